@@ -1,0 +1,76 @@
+"""The policy contract for station jobs, and the registry that loads checkpoints by type.
+
+A policy checkpoint is a directory holding ``config.json`` (with a ``policy_type`` key) and,
+for learned policies, ``*.safetensors``. The registry maps ``policy_type`` to a loader by import
+path, so the robot host imports torch only when it actually runs a learned policy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from robot_bridge.backends.base import Observation, RobotBackend
+
+
+class Policy(ABC):
+    """Image (+ state) and instruction in, a chunk of 7-D Bridge actions out."""
+
+    def reset(self, task: str, instruction: str, seed: int | None = None) -> None:
+        """Called at the start of every episode."""
+
+    @abstractmethod
+    def act(self, obs: Observation, instruction: str) -> np.ndarray:
+        """Return a float32 action chunk of shape (K, 7), K >= 1, executed in order."""
+
+
+POLICY_TYPES: dict[str, str] = {
+    "scripted_expert": "robot_bridge.policies.scripted:ScriptedExpertPolicy",
+    "random": "robot_bridge.policies.scripted:RandomPolicy",
+    "vla": "policy.station:VLAStationPolicy",
+}
+
+
+class PolicyLoadError(ValueError):
+    pass
+
+
+def read_policy_config(checkpoint_dir: str | Path) -> dict:
+    path = Path(checkpoint_dir) / "config.json"
+    if not path.is_file():
+        raise PolicyLoadError(f"policy checkpoint {checkpoint_dir} has no config.json")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PolicyLoadError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict) or "policy_type" not in config:
+        raise PolicyLoadError(f"{path} must be a JSON object with a 'policy_type' key")
+    return config
+
+
+def load_policy(checkpoint_dir: str | Path, backend: RobotBackend | None = None) -> Policy:
+    """Load a policy checkpoint directory; ``backend`` is offered to privileged (scripted) policies."""
+    config = read_policy_config(checkpoint_dir)
+    policy_type = config["policy_type"]
+    if policy_type not in POLICY_TYPES:
+        raise PolicyLoadError(
+            f"unknown policy_type {policy_type!r} in {checkpoint_dir}; "
+            f"valid types: {', '.join(sorted(POLICY_TYPES))}"
+        )
+    module_name, attr = POLICY_TYPES[policy_type].split(":")
+    cls = getattr(importlib.import_module(module_name), attr)
+    return cls.from_checkpoint(Path(checkpoint_dir), config, backend)
+
+
+def write_policy_config(checkpoint_dir: str | Path, policy_type: str, **fields) -> Path:
+    """Make a config-only checkpoint (scripted and random policies need no weights)."""
+    d = Path(checkpoint_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"policy_type": policy_type, **fields}, indent=2))
+    return d

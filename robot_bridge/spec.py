@@ -1,0 +1,103 @@
+"""Bridge / AutoEval conventions shared by every part of the station.
+
+Actions, states, images and tasks follow the WidowX Bridge setup so that real lab data and
+checkpoints fit: 5 Hz end-effector delta control, a 7-D action
+``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` and a 7-D state ``[x, y, z, roll, pitch, yaw,
+gripper]`` (angles relative to the gripper-down pose), one third-person RGB camera, uint8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CONTROL_HZ = 5.0
+ACTION_DIM = 7
+STATE_DIM = 7
+IMAGE_SHAPE = (256, 256, 3)  # (H, W, C) uint8 on the wire
+
+MAX_DELTA_POS = 0.05  # metres per step
+MAX_DELTA_ROT = 0.25  # radians per step
+
+# Target-pose workspace box (metres), as in bridge_data_robot's default.
+WORKSPACE_LOW = np.array([0.10, -0.15, -0.10], dtype=np.float32)
+WORKSPACE_HIGH = np.array([0.45, 0.25, 0.18], dtype=np.float32)
+
+ACTION_LOW = np.array([-MAX_DELTA_POS] * 3 + [-MAX_DELTA_ROT] * 3 + [0.0], dtype=np.float32)
+ACTION_HIGH = np.array([MAX_DELTA_POS] * 3 + [MAX_DELTA_ROT] * 3 + [1.0], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    instruction: str
+    max_steps: int
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("open_drawer", "open the drawer", 70),
+        Task("close_drawer", "close the drawer", 70),
+        Task("eggplant_in_sink", "put the eggplant in the blue sink", 100),
+        Task("eggplant_in_basket", "put the eggplant in the yellow basket", 100),
+    )
+}
+
+
+class UnknownTaskError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+def get_task(name: str) -> Task:
+    """Look a task up by name; an unknown name lists the valid ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UnknownTaskError(
+            f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ClipReport:
+    """What clipping changed in an action: which dimensions, and whether the workspace box bit."""
+
+    action_clipped: tuple[bool, ...]
+    workspace_clipped: bool
+
+    @property
+    def any(self) -> bool:
+        return any(self.action_clipped) or self.workspace_clipped
+
+    def to_dict(self) -> dict:
+        return {
+            "action_dims": [i for i, c in enumerate(self.action_clipped) if c],
+            "workspace": self.workspace_clipped,
+        }
+
+
+def validate_action(action: np.ndarray) -> np.ndarray:
+    """Check dtype-agnostic shape and finiteness; return a float32 copy. Raises ValueError."""
+    a = np.asarray(action)
+    if a.shape != (ACTION_DIM,):
+        raise ValueError(f"action must have shape ({ACTION_DIM},), got {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"action must be a float array, got dtype {a.dtype}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"action contains NaN or inf: {a.tolist()}")
+    return a.astype(np.float32, copy=True)
+
+
+def clip_action(action: np.ndarray) -> tuple[np.ndarray, tuple[bool, ...]]:
+    """Clip a validated action to the Bridge per-step bounds."""
+    clipped = np.clip(action, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+    return clipped, tuple(bool(x) for x in (clipped != action))
+
+
+def clip_target_position(target_xyz: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Clip a target end-effector position to the workspace box."""
+    clipped = np.clip(target_xyz, WORKSPACE_LOW, WORKSPACE_HIGH).astype(np.float32)
+    return clipped, bool(np.any(clipped != target_xyz))
