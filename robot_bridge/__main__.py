@@ -1,0 +1,5 @@
+import sys
+
+from robot_bridge.serve import main
+
+sys.exit(main())

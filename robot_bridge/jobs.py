@@ -1,0 +1,232 @@
+"""Jobs: the station runs a policy checkpoint for N episodes per task on its own, in closed loop.
+
+This is how checkpoints are dispatched (AutoEval-style): the client uploads a checkpoint, submits
+a job, polls its progress and fetches the recorded episodes. The loop runs next to the arm, so a
+slow network never stretches a control period.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from robot_bridge.backends.base import Observation, RobotBackend
+from robot_bridge.episodes import EpisodeMeta, EpisodeWriteError, EpisodeWriter
+from robot_bridge.policies.base import Policy, load_policy
+from robot_bridge.spec import TASKS, clip_action, validate_action
+
+if TYPE_CHECKING:
+    from robot_bridge.checkpoints import CheckpointStore
+    from robot_bridge.station import StationConfig
+
+log = logging.getLogger("gymnast.station.jobs")
+
+
+class JobStopped(Exception):
+    """Raised inside the episode loop when an e-stop or cancel arrives."""
+
+    def __init__(self, termination: str) -> None:
+        super().__init__(termination)
+        self.termination = termination
+
+
+@dataclass
+class JobSpec:
+    checkpoint_sha256: str
+    tasks: list[str]
+    episodes_per_task: int
+    seed: int = 0
+    # (task -> seeds) already collected in an earlier, interrupted run: not driven again.
+    skip_seeds: dict = field(default_factory=dict)
+    instructions: dict = field(default_factory=dict)  # task -> instruction override
+
+    def plan(self) -> list[tuple[str, int]]:
+        return [
+            (task, self.seed + i)
+            for task in self.tasks
+            for i in range(self.episodes_per_task)
+            if self.seed + i not in set(self.skip_seeds.get(task, []))
+        ]
+
+
+@dataclass
+class Job:
+    job_id: str
+    spec: JobSpec
+    state: str = "queued"  # queued | running | done | failed | cancelled | estopped
+    error: str | None = None
+    episode_files: list[str] = field(default_factory=list)
+    results: list[dict] = field(default_factory=list)
+    current: dict | None = None
+    total: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self, reason: str) -> None:
+        if self.state in ("queued", "running"):
+            self.error = reason
+            self._cancel.set()
+
+    def status(self) -> dict:
+        per_task: dict[str, dict] = {}
+        for r in self.results:
+            t = per_task.setdefault(r["task"], {"episodes": 0, "successes": 0, "labelled": 0})
+            t["episodes"] += 1
+            if r["success"] is not None:
+                t["labelled"] += 1
+                t["successes"] += int(r["success"])
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "error": self.error,
+            "done": len(self.results),
+            "total": self.total,
+            "current": self.current,
+            "episodes": [Path(p).name for p in self.episode_files],
+            "results": self.results,
+            "per_task": per_task,
+            "elapsed_s": (self.finished_at or time.monotonic()) - self.started_at if self.started_at else 0.0,
+        }
+
+
+class JobRunner:
+    """Runs at most one job at a time in a worker thread."""
+
+    def __init__(self, backend: RobotBackend, arm: threading.RLock, estop: threading.Event,
+                 checkpoints: CheckpointStore, config: StationConfig) -> None:
+        self.backend = backend
+        self.arm = arm
+        self.estop = estop
+        self.checkpoints = checkpoints
+        self.config = config
+        self._jobs: dict[str, Job] = {}
+        self._thread: threading.Thread | None = None
+        self._active: Job | None = None
+
+    def running(self) -> Job | None:
+        job = self._active
+        return job if job is not None and job.state in ("queued", "running") else None
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def submit(self, spec: JobSpec) -> Job:
+        if self.running() is not None:
+            raise RuntimeError(f"job {self._active.job_id} is still running; one job at a time")
+        job = Job(job_id=uuid.uuid4().hex[:12], spec=spec, total=len(spec.plan()))
+        self._jobs[job.job_id] = job
+        self._active = job
+        self._thread = threading.Thread(target=self._run, args=(job,), name=f"job-{job.job_id}", daemon=True)
+        self._thread.start()
+        return job
+
+    def cancel_all(self, reason: str) -> None:
+        job = self.running()
+        if job is not None:
+            job.cancel(reason)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self, job: Job) -> None:
+        job.state, job.started_at = "running", time.monotonic()
+        try:
+            policy = load_policy(self.checkpoints.path(job.spec.checkpoint_sha256), self.backend)
+            for task, seed in job.spec.plan():
+                job.current = {"task": task, "seed": seed}
+                self._episode(job, policy, task, seed)
+            job.state = "done"
+        except JobStopped as stop:
+            job.state = "estopped" if stop.termination == "estop" else "cancelled"
+            if stop.termination == "estop":
+                job.error = "e-stop during the job"
+        except Exception as e:
+            job.state = "failed"
+            job.error = f"{type(e).__name__}: {e}"
+            log.error("job %s failed:\n%s", job.job_id, traceback.format_exc())
+            with self.arm:
+                self.backend.hold_safe()
+        finally:
+            job.current = None
+            job.finished_at = time.monotonic()
+
+    def _check(self, job: Job) -> None:
+        if self.estop.is_set():
+            raise JobStopped("estop")
+        if job._cancel.is_set():
+            raise JobStopped("cancelled")
+
+    def _episode(self, job: Job, policy: Policy, task: str, seed: int) -> None:
+        self._check(job)
+        instruction = job.spec.instructions.get(task, TASKS[task].instruction)
+        with self.arm:
+            obs = self.backend.reset(task, seed)
+        writer = EpisodeWriter(
+            self.config.episodes_dir,
+            EpisodeMeta(
+                episode_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{job.job_id}-{task}-{seed}",
+                task=task, instruction=instruction, seed=seed, station_id=self.config.station_id,
+                policy_sha256=job.spec.checkpoint_sha256, backend=self.backend.info.name,
+            ),
+            image_shape=obs.image.shape,
+        )
+        policy.reset(task, instruction, seed)
+        termination, error, cursor = "error", None, [obs]
+        try:
+            termination = self._drive(job, policy, writer, task, instruction, cursor)
+        except JobStopped as stop:
+            termination, error = stop.termination, stop
+        except EpisodeWriteError:
+            with self.arm:
+                self.backend.hold_safe()
+            raise  # the partial file stays on disk; the job fails with the writer's message
+        except Exception as e:
+            termination, error = "error", e
+        self._finish(job, writer, task, seed, termination, cursor[0])
+        if error is not None:
+            raise error
+
+    def _drive(self, job: Job, policy: Policy, writer: EpisodeWriter, task: str, instruction: str,
+               cursor: list[Observation]) -> str:
+        """Closed loop until success or the step limit; ``cursor[0]`` is always the latest frame."""
+        max_steps, steps = TASKS[task].max_steps, 0
+        while True:
+            self._check(job)
+            chunk = np.asarray(policy.act(cursor[0], instruction))
+            if chunk.ndim != 2 or chunk.shape[1] != 7 or len(chunk) == 0:
+                raise ValueError(f"policy returned an action chunk of shape {chunk.shape}; expected (K, 7)")
+            for requested in chunk:
+                self._check(job)
+                requested = validate_action(requested)  # NaN/inf from a policy stops the episode
+                action, _ = clip_action(requested)
+                with self.arm:
+                    self._check(job)
+                    outcome = self.backend.step(action)
+                    success = self.backend.success()
+                writer.append(cursor[0], action, requested_action=requested)
+                cursor[0], steps = outcome.observation, steps + 1
+                if success:
+                    return "success"
+                if steps >= max_steps:
+                    return "max_steps"
+
+    def _finish(self, job: Job, writer: EpisodeWriter, task: str, seed: int, termination: str,
+                obs: Observation) -> None:
+        if termination in ("estop", "error", "cancelled"):
+            with self.arm:
+                self.backend.hold_safe()
+        writer.append(obs, None)
+        truth = self.backend.success()
+        source = "sim_ground_truth" if truth is not None else "none"
+        path = writer.finish(success=truth, success_source=source, termination=termination)
+        job.episode_files.append(str(path))
+        job.results.append({"task": task, "seed": seed, "success": truth, "termination": termination,
+                            "episode": Path(path).name})

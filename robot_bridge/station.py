@@ -1,0 +1,582 @@
+"""The station: a ZMQ ROUTER server next to the arm.
+
+One thread owns the socket and answers every request; episodes that the station runs on its own
+(jobs) run in a worker thread. Both go through ``_arm``, a lock around the backend, so an e-stop
+from the socket thread lands between two control steps of a job (within one 200 ms period).
+
+Safety rules, in order: an active e-stop refuses every motion until cleared; one controlling client
+holds the lease and must keep talking; a silent lease holder gets the arm held safe and its episode
+closed as ``lease_expired`` with everything recorded kept; a job and a lease never drive the arm at
+the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from robot_bridge import protocol
+from robot_bridge.backends.base import Observation, RobotBackend
+from robot_bridge.checkpoints import CheckpointError, CheckpointStore, FileEntry, checked_entries
+from robot_bridge.episodes import EpisodeMeta, EpisodeWriteError, EpisodeWriter, recover_partials
+from robot_bridge.jobs import Job, JobRunner, JobSpec
+from robot_bridge.protocol import ProtocolError, field as arg
+from robot_bridge.spec import (
+    ACTION_HIGH,
+    ACTION_LOW,
+    CONTROL_HZ,
+    TASKS,
+    WORKSPACE_HIGH,
+    WORKSPACE_LOW,
+    UnknownTaskError,
+    clip_action,
+    get_task,
+    validate_action,
+)
+
+log = logging.getLogger("gymnast.station")
+
+# Replies to operations that change the world are kept so a retried request id is answered
+# from here and never executed twice.
+MUTATING_OPS = frozenset(
+    {"acquire_lease", "release_lease", "reset", "step", "end_episode", "estop", "estop_clear",
+     "upload_begin", "upload_chunk", "upload_commit", "job_submit", "job_cancel"}
+)
+
+
+@dataclass
+class StationConfig:
+    bind: str = "tcp://127.0.0.1:5555"
+    episodes_dir: Path = Path("episodes")
+    checkpoints_dir: Path | None = None
+    station_id: str = "station-0"
+    lease_timeout_s: float = 2.0
+    idempotency_cache: int = 64
+    keys_dir: Path | None = None  # CURVE: server.key_secret + authorized_clients/*.key
+    record_step_control: bool = True
+
+    def __post_init__(self) -> None:
+        self.episodes_dir = Path(self.episodes_dir)
+        if self.checkpoints_dir is None:
+            self.checkpoints_dir = self.episodes_dir.parent / "station_checkpoints"
+        self.checkpoints_dir = Path(self.checkpoints_dir)
+        if not 0.05 <= self.lease_timeout_s <= 600:
+            raise ValueError(f"lease_timeout_s must be within [0.05, 600] s, got {self.lease_timeout_s}")
+        if self.idempotency_cache < 1:
+            raise ValueError(f"idempotency_cache must be >= 1, got {self.idempotency_cache}")
+        if self.keys_dir is not None:
+            self.keys_dir = Path(self.keys_dir)
+
+
+@dataclass
+class Lease:
+    token: str
+    holder: str
+    deadline: float
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+@dataclass
+class StepEpisode:
+    """The episode a lease holder is driving step by step."""
+
+    task: str
+    instruction: str
+    seed: int | None
+    writer: EpisodeWriter | None
+    max_steps: int
+    steps: int = 0
+    last_obs: Observation | None = None
+    done: bool = False
+
+
+@dataclass
+class Upload:
+    sha: str
+    entries: dict[str, FileEntry]
+    received: dict[str, int] = field(default_factory=dict)
+
+
+class Station:
+    def __init__(self, backend: RobotBackend, config: StationConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self.config.episodes_dir.mkdir(parents=True, exist_ok=True)
+        self.recovered = recover_partials(self.config.episodes_dir, self.config.station_id)
+        for p in self.recovered:
+            log.warning("kept partial episode from an earlier crash: %s", p)
+        self.checkpoints = CheckpointStore(self.config.checkpoints_dir)
+        self._arm = threading.RLock()
+        self._estop = threading.Event()
+        self._estop_reason = ""
+        self._lease: Lease | None = None
+        self._episode: StepEpisode | None = None
+        self._uploads: dict[str, Upload] = {}
+        self._cache: OrderedDict[str, list] = OrderedDict()
+        self._stop = threading.Event()
+        self.jobs = JobRunner(backend, self._arm, self._estop, self.checkpoints, self.config)
+        self._handlers: dict[str, Callable[[dict, dict, dict], tuple[dict, dict]]] = {
+            "hello": self._hello,
+            "ping": self._ping,
+            "acquire_lease": self._acquire_lease,
+            "heartbeat": self._heartbeat,
+            "release_lease": self._release_lease,
+            "reset": self._reset,
+            "observe": self._observe,
+            "step": self._step,
+            "end_episode": self._end_episode,
+            "estop": self._estop_op,
+            "estop_clear": self._estop_clear,
+            "upload_begin": self._upload_begin,
+            "upload_chunk": self._upload_chunk,
+            "upload_commit": self._upload_commit,
+            "job_submit": self._job_submit,
+            "job_status": self._job_status,
+            "job_cancel": self._job_cancel,
+            "episode_list": self._episode_list,
+            "episode_fetch": self._episode_fetch,
+        }
+
+    # --- serving ---------------------------------------------------------------------------
+
+    def serve(self, ready: Callable[[str], None] | None = None) -> None:
+        """Serve until ``stop()``; ``ready`` receives the bound endpoint."""
+        ctx = zmq.Context.instance()
+        auth = None
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.TRANSPORT_MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if self.config.keys_dir is not None:
+            from robot_bridge.auth import configure_server
+
+            auth = configure_server(ctx, sock, self.config.keys_dir)
+        sock.bind(self.config.bind)
+        endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("station %s serving %s on %s (auth: %s)", self.config.station_id,
+                 self.backend.info.name, endpoint, "curve" if auth else "none")
+        if ready is not None:
+            ready(endpoint)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if poller.poll(timeout=20):
+                    frames = sock.recv_multipart(copy=False)
+                    reply = self.handle(frames[1:])
+                    if reply is not None:
+                        sock.send_multipart([frames[0], *reply], copy=False)
+                self._check_lease()
+        finally:
+            self.shutdown()
+            sock.close(linger=0)
+            if auth is not None:
+                auth.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        """Stop jobs, hold the arm, and close any open episode so nothing is lost."""
+        self.jobs.cancel_all("station shutting down")
+        with self._arm:
+            self._safe_hold()
+            self._close_episode("cancelled")
+
+    def handle(self, frames: list) -> list | None:
+        """Answer one request (without the routing frame). Never raises."""
+        delimiter = []
+        if frames and len(frames[0]) == 0:  # a REQ peer sends an empty delimiter first
+            delimiter, frames = [b""], frames[1:]
+        request_id: Any = None
+        try:
+            header, arrays = protocol.decode(frames)
+            request_id = header.get("id")
+            op = self._check_header(header)
+            if op in MUTATING_OPS and request_id in self._cache:
+                self._cache.move_to_end(request_id)
+                return delimiter + self._cache[request_id]
+            result, out_arrays = self._handlers[op](header.get("args", {}), arrays, header)
+            reply = protocol.ok_reply(request_id, result, out_arrays)
+        except ProtocolError as e:
+            reply = protocol.error_reply(request_id, e.code, e.message)
+            op = None
+        except Exception as e:  # a bug must not take the arm's server down
+            log.exception("internal error handling request %r", request_id)
+            reply = protocol.error_reply(request_id, "internal", f"{type(e).__name__}: {e}")
+            op = None
+        if op in MUTATING_OPS and isinstance(request_id, str):
+            self._cache[request_id] = reply
+            while len(self._cache) > self.config.idempotency_cache:
+                self._cache.popitem(last=False)
+        return delimiter + reply
+
+    def _check_header(self, header: dict) -> str:
+        if header.get("v") != protocol.PROTOCOL_VERSION:
+            raise ProtocolError(
+                "unsupported_version",
+                f"protocol version {header.get('v')!r} is not supported; this station speaks {protocol.PROTOCOL_VERSION}",
+            )
+        rid = header.get("id")
+        if not isinstance(rid, str) or not 0 < len(rid) <= protocol.MAX_REQUEST_ID_CHARS:
+            raise ProtocolError("bad_request", f"request id must be a non-empty string of at most {protocol.MAX_REQUEST_ID_CHARS} chars")
+        op = header.get("op")
+        if op not in self._handlers:
+            raise ProtocolError("unknown_op", f"unknown op {op!r}; valid ops: {', '.join(sorted(self._handlers))}")
+        if not isinstance(header.get("args", {}), dict):
+            raise ProtocolError("bad_request", "'args' must be a map")
+        return op
+
+    # --- lease -----------------------------------------------------------------------------
+
+    def _check_lease(self) -> None:
+        if self._lease is not None and self._lease.remaining() < 0:
+            log.warning("lease of %s expired: holding the arm and closing its episode", self._lease.holder)
+            with self._arm:
+                self._safe_hold()
+                self._close_episode("lease_expired")
+            self._lease = None
+
+    def _require_lease(self, header: dict) -> Lease:
+        token = header.get("lease")
+        lease = self._lease
+        if lease is None or token != lease.token:
+            holder = f" (held by {lease.holder!r})" if lease else ""
+            raise ProtocolError("lease_required", f"this operation needs the lease{holder}; call acquire_lease first")
+        lease.deadline = time.monotonic() + self.config.lease_timeout_s
+        return lease
+
+    def _require_motion_allowed(self) -> None:
+        if self._estop.is_set():
+            raise ProtocolError("estop_active", f"e-stop is active ({self._estop_reason}); call estop_clear first")
+        if self.jobs.running() is not None:
+            raise ProtocolError("busy", f"job {self.jobs.running().job_id} is driving the arm")
+
+    def _acquire_lease(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        holder = arg(args, "client", str, default="anonymous", check=lambda s: len(s) <= 128, what="<= 128 chars")
+        if self._lease is not None and header.get("lease") != self._lease.token:
+            raise ProtocolError(
+                "leased_by_other",
+                f"the arm is leased by {self._lease.holder!r} for another {max(self._lease.remaining(), 0):.1f} s",
+            )
+        if self.jobs.running() is not None:
+            raise ProtocolError("busy", f"job {self.jobs.running().job_id} is driving the arm")
+        token = self._lease.token if self._lease else secrets.token_hex(16)
+        self._lease = Lease(token, holder, time.monotonic() + self.config.lease_timeout_s)
+        return {"lease": token, "timeout_s": self.config.lease_timeout_s}, {}
+
+    def _heartbeat(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        lease = self._require_lease(header)
+        return {"remaining_s": lease.remaining()}, {}
+
+    def _release_lease(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        self._require_lease(header)
+        with self._arm:
+            closed = self._close_episode("client_ended")
+        self._lease = None
+        return {"closed_episode": closed}, {}
+
+    # --- step-by-step control ----------------------------------------------------------------
+
+    def _reset(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        self._require_lease(header)
+        self._require_motion_allowed()
+        task = self._task(args)
+        seed = arg(args, "seed", int, default=None, check=lambda s: 0 <= s < 2**63, what="a non-negative int64")
+        record = arg(args, "record", bool, default=self.config.record_step_control)
+        instruction = arg(args, "instruction", str, default=TASKS[task].instruction,
+                          check=lambda s: 0 < len(s) <= 512, what="1..512 chars")
+        with self._arm:
+            self._close_episode("client_ended")
+            obs = self.backend.reset(task, seed)
+            writer = None
+            if record:
+                writer = self._open_writer(task, instruction, seed, policy_sha256="remote_control", obs=obs)
+            self._episode = StepEpisode(task, instruction, seed, writer, TASKS[task].max_steps, last_obs=obs)
+        return {"obs": self._obs_meta(obs), "episode_id": writer.meta.episode_id if writer else None,
+                "max_steps": TASKS[task].max_steps}, self._obs_arrays(obs)
+
+    def _step(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        self._require_lease(header)
+        self._require_motion_allowed()
+        ep = self._episode
+        if ep is None or ep.done:
+            raise ProtocolError("no_episode", "no episode is running; call reset first")
+        if "action" not in arrays:
+            raise ProtocolError("bad_request", "step needs an 'action' array frame")
+        try:
+            requested = validate_action(arrays["action"])
+        except ValueError as e:
+            raise ProtocolError("bad_action", str(e)) from None
+        action, dims_clipped = clip_action(requested)
+        with self._arm:
+            outcome = self.backend.step(action)
+            obs = outcome.observation
+            ep.steps += 1
+            success = self.backend.success()
+            self._record(ep, action, requested, obs)
+            ep.last_obs = obs
+            termination = "success" if success else ("max_steps" if ep.steps >= ep.max_steps else None)
+            episode_path = None
+            if termination is not None:
+                episode_path = self._close_episode(termination)
+        result = {
+            "obs": self._obs_meta(obs),
+            "step": ep.steps,
+            "executed_action": action.tolist(),
+            "clipped": {"action_dims": [i for i, c in enumerate(dims_clipped) if c],
+                        "workspace": outcome.workspace_clipped},
+            "success": success,
+            "done": termination is not None,
+            "termination": termination,
+            "episode_file": episode_path,
+        }
+        return result, self._obs_arrays(obs)
+
+    def _record(self, ep: StepEpisode, action: np.ndarray, requested: np.ndarray, obs: Observation) -> None:
+        if ep.writer is None:
+            return
+        try:
+            ep.writer.append(ep.last_obs, action, requested_action=requested)
+        except EpisodeWriteError as e:
+            self._safe_hold()
+            ep.writer, ep.done = None, True
+            raise ProtocolError("episode_write_failed", f"arm held safe; {e}") from None
+
+    def _observe(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        if self.jobs.running() is not None:
+            raise ProtocolError("busy", f"job {self.jobs.running().job_id} is driving the arm")
+        with self._arm:
+            obs = self.backend.observe()
+        return {"obs": self._obs_meta(obs)}, self._obs_arrays(obs)
+
+    def _end_episode(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        self._require_lease(header)
+        success = arg(args, "success", bool, default=None)
+        with self._arm:
+            path = self._close_episode("client_ended", operator_success=success)
+        return {"episode_file": path}, {}
+
+    def _close_episode(self, termination: str, operator_success: bool | None = None) -> str | None:
+        """Finish the step-control episode (if any), keeping every recorded step."""
+        ep, self._episode = self._episode, None
+        if ep is None or ep.writer is None:
+            return None
+        writer, ep.writer, ep.done = ep.writer, None, True
+        try:
+            if ep.last_obs is not None:
+                writer.append(ep.last_obs, None)
+            truth = self.backend.success()
+            if operator_success is not None:
+                success, source = operator_success, "operator"
+            elif truth is not None:
+                success, source = truth, "sim_ground_truth"
+            else:
+                success, source = None, "none"
+            return str(writer.finish(success=success, success_source=source, termination=termination))
+        except EpisodeWriteError as e:
+            log.error("could not close episode %s: %s (its partial file is kept)", writer.meta.episode_id, e)
+            return None
+
+    def _open_writer(self, task: str, instruction: str, seed: int | None, policy_sha256: str,
+                     obs: Observation) -> EpisodeWriter:
+        meta = EpisodeMeta(
+            episode_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
+            task=task, instruction=instruction, seed=seed, station_id=self.config.station_id,
+            policy_sha256=policy_sha256, backend=self.backend.info.name,
+        )
+        try:
+            return EpisodeWriter(self.config.episodes_dir, meta, image_shape=obs.image.shape)
+        except EpisodeWriteError as e:
+            raise ProtocolError("episode_write_failed", str(e)) from None
+
+    def _safe_hold(self) -> None:
+        try:
+            self.backend.hold_safe()
+        except Exception:
+            log.exception("hold_safe failed")
+
+    # --- e-stop ----------------------------------------------------------------------------
+
+    def _estop_op(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        reason = arg(args, "reason", str, default="e-stop requested", check=lambda s: len(s) <= 256, what="<= 256 chars")
+        self._estop_reason = reason
+        self._estop.set()  # jobs see this before their next step
+        with self._arm:
+            self._safe_hold()
+            closed = self._close_episode("estop")
+        log.warning("E-STOP: %s", reason)
+        return {"estop": True, "closed_episode": closed}, {}
+
+    def _estop_clear(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        self._estop.clear()
+        self._estop_reason = ""
+        return {"estop": False}, {}
+
+    # --- checkpoints and jobs ----------------------------------------------------------------
+
+    def _upload_begin(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        sha = arg(args, "sha256", str, check=lambda s: len(s) == 64, what="a sha256 hex digest")
+        try:
+            entries = checked_entries(args.get("files"))
+            if self.checkpoints.has(sha):
+                return {"present": True}, {}
+            self.checkpoints.begin(sha, entries)
+        except CheckpointError as e:
+            raise ProtocolError("bad_checkpoint", str(e)) from None
+        self._uploads[sha] = Upload(sha, {e.path: e for e in entries})
+        return {"present": False, "chunk_bytes": protocol.MAX_ARRAY_BYTES // 2}, {}
+
+    def _upload_chunk(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        sha = arg(args, "sha256", str)
+        path = arg(args, "path", str)
+        offset = arg(args, "offset", int)
+        upload = self._uploads.get(sha)
+        if upload is None or path not in upload.entries:
+            raise ProtocolError("bad_checkpoint", f"no upload of {path!r} in progress for checkpoint {sha[:12]}")
+        data = arrays.get("data")
+        if data is None or data.dtype != np.uint8 or data.ndim != 1:
+            raise ProtocolError("bad_request", "upload_chunk needs a 1-D uint8 'data' frame")
+        try:
+            self.checkpoints.write_chunk(sha, upload.entries[path], offset, memoryview(data))
+        except CheckpointError as e:
+            raise ProtocolError("bad_checkpoint", str(e)) from None
+        upload.received[path] = upload.received.get(path, 0) + int(data.nbytes)
+        return {"received": upload.received[path]}, {}
+
+    def _upload_commit(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        sha = arg(args, "sha256", str)
+        upload = self._uploads.pop(sha, None)
+        if upload is None:
+            if self.checkpoints.has(sha):
+                return {"path": str(self.checkpoints.path(sha))}, {}
+            raise ProtocolError("bad_checkpoint", f"no upload in progress for checkpoint {sha[:12]}")
+        try:
+            path = self.checkpoints.commit(sha, list(upload.entries.values()))
+        except CheckpointError as e:
+            raise ProtocolError("bad_checkpoint", str(e)) from None
+        return {"path": str(path)}, {}
+
+    def _job_submit(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        if self._estop.is_set():
+            raise ProtocolError("estop_active", f"e-stop is active ({self._estop_reason}); call estop_clear first")
+        if self._lease is not None and header.get("lease") != self._lease.token:
+            raise ProtocolError("leased_by_other", f"the arm is leased by {self._lease.holder!r}")
+        sha = arg(args, "checkpoint", str, check=self.checkpoints.has, what="a checkpoint this station holds (upload it first)")
+        tasks = arg(args, "tasks", list, check=lambda t: 0 < len(t) <= 16, what="a list of 1..16 task names")
+        for t in tasks:
+            self._task({"task": t})
+        spec = JobSpec(
+            checkpoint_sha256=sha,
+            tasks=list(tasks),
+            episodes_per_task=arg(args, "episodes_per_task", int, check=lambda n: 1 <= n <= 1000, what="1..1000"),
+            seed=arg(args, "seed", int, default=0, check=lambda s: 0 <= s < 2**62, what="a non-negative int"),
+            skip_seeds=arg(args, "skip", dict, default={}),
+            instructions=arg(args, "instructions", dict, default={}),
+        )
+        if self._lease is not None:  # the submitter's own lease hands the arm to the job
+            with self._arm:
+                self._close_episode("client_ended")
+            self._lease = None
+        try:
+            job = self.jobs.submit(spec)
+        except RuntimeError as e:
+            raise ProtocolError("busy", str(e)) from None
+        return {"job_id": job.job_id}, {}
+
+    def _job_status(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        return self._job(args).status(), {}
+
+    def _job_cancel(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        job = self._job(args)
+        job.cancel("cancelled by client")
+        return job.status(), {}
+
+    def _job(self, args: dict) -> Job:
+        job_id = arg(args, "job_id", str)
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise ProtocolError("job_not_found", f"no job {job_id!r} on this station")
+        return job
+
+    # --- episodes --------------------------------------------------------------------------
+
+    def _episode_list(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        job_id = arg(args, "job_id", str, default=None)
+        if job_id is not None:
+            names = [Path(p).name for p in self._job({"job_id": job_id}).episode_files]
+        else:
+            names = sorted(p.name for p in self.config.episodes_dir.glob("*.h5"))
+        return {"episodes": names}, {}
+
+    def _episode_fetch(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        from robot_bridge.checkpoints import sha256_file
+
+        name = arg(args, "name", str, check=lambda s: "/" not in s and s.endswith(".h5") and not s.startswith("."),
+                   what="an episode file name")
+        offset = arg(args, "offset", int, check=lambda o: o >= 0, what=">= 0")
+        length = arg(args, "length", int, check=lambda n: 0 < n <= protocol.MAX_ARRAY_BYTES, what=f"1..{protocol.MAX_ARRAY_BYTES}")
+        path = self.config.episodes_dir / name
+        if not path.is_file():
+            raise ProtocolError("episode_not_found", f"no episode file {name!r} on this station")
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = np.frombuffer(f.read(length), dtype=np.uint8)
+        result = {"size": size, "offset": offset}
+        if offset == 0:
+            result["sha256"] = sha256_file(path)
+        return result, {"data": data}
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _task(self, args: dict) -> str:
+        name = arg(args, "task", str)
+        try:
+            return get_task(name).name
+        except UnknownTaskError as e:
+            raise ProtocolError("unknown_task", str(e)) from None
+
+    def _obs_meta(self, obs: Observation) -> dict:
+        return {"timestamp": obs.timestamp, "seq": obs.seq, "station_time": time.monotonic()}
+
+    @staticmethod
+    def _obs_arrays(obs: Observation) -> dict[str, np.ndarray]:
+        return {"image": obs.image, "state": obs.state}
+
+    def _hello(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        info = self.backend.info
+        return {
+            "protocol": protocol.PROTOCOL_VERSION,
+            "station_id": self.config.station_id,
+            "backend": info.name,
+            "camera_shape": list(info.camera_shape),
+            "ground_truth_success": info.has_ground_truth_success,
+            "control_hz": CONTROL_HZ,
+            "tasks": {t.name: {"instruction": t.instruction, "max_steps": t.max_steps} for t in TASKS.values()},
+            "action_low": ACTION_LOW.tolist(),
+            "action_high": ACTION_HIGH.tolist(),
+            "workspace_low": WORKSPACE_LOW.tolist(),
+            "workspace_high": WORKSPACE_HIGH.tolist(),
+            "lease_timeout_s": self.config.lease_timeout_s,
+            "auth": "curve" if self.config.keys_dir else "none",
+            "estop": self._estop.is_set(),
+            "limits": {"max_array_bytes": protocol.MAX_ARRAY_BYTES, "max_header_bytes": protocol.MAX_HEADER_BYTES},
+            "recovered_partial_episodes": [p.name for p in self.recovered],
+        }, {}
+
+    def _ping(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        return {"station_time": time.monotonic()}, {}
