@@ -174,9 +174,9 @@ def build_tiny_tokenizer(num_queries: int, bpe_vocab_size: int):
 
 def build_tiny_processor(image_size: int, num_image_tokens: int, num_queries: int, bpe_vocab_size: int):
     """A real ``PaliGemmaProcessor`` (SigLIP image processor + BPE tokenizer) for the tiny VLA."""
-    from transformers import PaliGemmaProcessor, SiglipImageProcessor
+    from transformers import PaliGemmaProcessor, SiglipImageProcessorFast
 
-    image_processor = SiglipImageProcessor(
+    image_processor = SiglipImageProcessorFast(
         size={"height": image_size, "width": image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
     )
     image_processor.image_seq_length = num_image_tokens

@@ -89,6 +89,8 @@ _NOT_COMPLETE_SUFFIXES = (PARTIAL_SUFFIX, CRASHED_SUFFIX, CORRUPT_SUFFIX)
 # No dots, so the suffixes above parse unambiguously.
 _EPISODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _ACTION_TOL = 1e-6
+# Room reserved beyond one frame for HDF5's own metadata (chunk index nodes, attributes).
+_RESERVE_MARGIN = 64 * 1024
 
 
 class EpisodeWriteError(RuntimeError):
@@ -291,6 +293,8 @@ class EpisodeWriter:
         self._last_timestamp: float | None = None
         self._failed: EpisodeWriteError | None = None
         self._closed = False
+        self._file: h5py.File | None = None
+        self._fd: int | None = None
         self.root.mkdir(parents=True, exist_ok=True)
         for p in (
             self.final_path,
@@ -298,12 +302,16 @@ class EpisodeWriter:
         ):
             if p.exists():
                 raise FileExistsError(f"episode {meta.episode_id} already has a file: {p}")
-        self._file = self._guard("create the file", lambda: self._create(compression))
+        try:
+            self._guard("create the file", lambda: self._create(compression))
+        except BaseException:
+            self.close()
+            raise
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _create(self, compression: str | None) -> h5py.File:
-        f = h5py.File(self.partial_path, "w-")
+    def _create(self, compression: str | None) -> None:
+        self._file = f = h5py.File(self.partial_path, "w-")
         h, w, c = self.image_shape
         comp = {"compression": compression} if compression else {}
         f.create_dataset(
@@ -331,10 +339,10 @@ class EpisodeWriter:
         f.attrs["num_observations"] = 0
         f.attrs["num_actions"] = 0
         f.attrs["complete"] = False
-        self._file = f
+        # A second descriptor, only to reserve disk space ahead of HDF5 (see _reserve).
+        self._fd = os.open(self.partial_path, os.O_RDWR)
         self._sync()
         _fsync_dir(self.root)  # the partial file's name must survive a power cut too
-        return f
 
     def _guard(self, what: str, fn):
         """Run a write; turn any I/O failure into EpisodeWriteError and refuse later writes."""
@@ -357,6 +365,16 @@ class EpisodeWriter:
             )
             self._failed = err
             raise err from e
+
+    def _reserve(self, nbytes: int) -> None:
+        """Allocate disk space past HDF5's end of file before HDF5 writes into it.
+
+        HDF5 cannot recover from a failed write: its dirty cache can then never be flushed,
+        close fails and the process may crash at exit. Reserving first turns disk-full and
+        file-size limits into an error raised while the file is still consistent. The file
+        may end with up to one step of reserved, unused space.
+        """
+        os.posix_fallocate(self._fd, self._file.id.get_filesize(), nbytes)
 
     def _sync(self) -> None:
         self._file.flush()
@@ -409,6 +427,7 @@ class EpisodeWriter:
         return image, state, action, requested
 
     def _write_step(self, obs, image, state, action, requested) -> None:
+        self._reserve(image.nbytes + _RESERVE_MARGIN)
         f, n = self._file, self._num_obs
         for name, value in (
             ("frames", image),
@@ -480,13 +499,15 @@ class EpisodeWriter:
         }
 
         def write_labels() -> None:
+            self._reserve(_RESERVE_MARGIN)
             self._file.attrs["labels"] = json.dumps(labels)
             self._file.attrs["content_sha256"] = self._hash.hexdigest()
             self._file.attrs["complete"] = True
             self._file.flush()
             os.fsync(self._file.id.get_vfd_handle())
             self._file.close()
-            self._closed = True
+            os.close(self._fd)
+            self._file, self._fd, self._closed = None, None, True
 
         self._guard("write the labels", write_labels)
         try:
@@ -504,8 +525,12 @@ class EpisodeWriter:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(Exception):  # the file may be broken after a failed write
-            self._file.close()
+        if self._file is not None:
+            with contextlib.suppress(Exception):  # the file may be broken after a failed write
+                self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+        self._file, self._fd = None, None
 
     @property
     def num_observations(self) -> int:

@@ -93,11 +93,13 @@ def validate_action(action: np.ndarray) -> np.ndarray:
 
 def clip_action(action: np.ndarray) -> tuple[np.ndarray, tuple[bool, ...]]:
     """Clip a validated action to the Bridge per-step bounds."""
-    clipped = np.clip(action, ACTION_LOW, ACTION_HIGH).astype(np.float32)
+    action = np.asarray(action, dtype=np.float32)
+    clipped = np.clip(action, ACTION_LOW, ACTION_HIGH)
     return clipped, tuple(bool(x) for x in (clipped != action))
 
 
 def clip_target_position(target_xyz: np.ndarray) -> tuple[np.ndarray, bool]:
     """Clip a target end-effector position to the workspace box."""
-    clipped = np.clip(target_xyz, WORKSPACE_LOW, WORKSPACE_HIGH).astype(np.float32)
-    return clipped, bool(np.any(clipped != target_xyz))
+    target = np.asarray(target_xyz, dtype=np.float32)  # compare like with like
+    clipped = np.clip(target, WORKSPACE_LOW, WORKSPACE_HIGH)
+    return clipped, bool(np.any(clipped != target))

@@ -27,7 +27,7 @@ import numpy as np
 import zmq
 
 from robot_bridge import protocol
-from robot_bridge.backends.base import Observation, RobotBackend
+from robot_bridge.backends.base import BackendError, Observation, RobotBackend
 from robot_bridge.checkpoints import CheckpointError, CheckpointStore, FileEntry, checked_entries
 from robot_bridge.episodes import EpisodeMeta, EpisodeWriteError, EpisodeWriter, recover_partials
 from robot_bridge.jobs import Job, JobRunner, JobSpec
@@ -301,7 +301,7 @@ class Station:
                           check=lambda s: 0 < len(s) <= 512, what="1..512 chars")
         with self._arm:
             self._close_episode("client_ended")
-            obs = self.backend.reset(task, seed)
+            obs = self._backend_call(lambda: self.backend.reset(task, seed))
             writer = None
             if record:
                 writer = self._open_writer(task, instruction, seed, policy_sha256="remote_control", obs=obs)
@@ -323,7 +323,7 @@ class Station:
             raise ProtocolError("bad_action", str(e)) from None
         action, dims_clipped = clip_action(requested)
         with self._arm:
-            outcome = self.backend.step(action)
+            outcome = self._backend_call(lambda: self.backend.step(action))
             obs = outcome.observation
             ep.steps += 1
             success = self.backend.success()
@@ -402,6 +402,17 @@ class Station:
             return EpisodeWriter(self.config.episodes_dir, meta, image_shape=obs.image.shape)
         except EpisodeWriteError as e:
             raise ProtocolError("episode_write_failed", str(e)) from None
+
+    def _backend_call(self, fn):
+        """Run a backend command; a refusal becomes a clear error reply, a fault also stops the episode."""
+        try:
+            return fn()
+        except BackendError as e:
+            if not e.recoverable:
+                self._safe_hold()
+                self._close_episode("error")
+            what = "refused, nothing moved" if e.recoverable else "arm held safe, episode closed"
+            raise ProtocolError("backend_error", f"{type(e).__name__}: {e} ({what})") from None
 
     def _safe_hold(self) -> None:
         try:

@@ -35,6 +35,16 @@ class Observation:
             raise ValueError(f"observation state must have shape ({STATE_DIM},), got {self.state.shape}")
 
 
+class BackendError(RuntimeError):
+    """The backend refused or could not complete a command; the station replies ``backend_error``.
+
+    The station holds the arm safe and ends the current episode (keeping what was recorded)
+    unless ``recoverable`` is true, as for an IK refusal, where nothing moved.
+    """
+
+    recoverable: bool = False
+
+
 @dataclass
 class StepOutcome:
     observation: Observation

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from robot_bridge.backends.base import BackendInfo, Observation, RobotBackend, StepOutcome
+from robot_bridge.backends.base import BackendError, BackendInfo, Observation, RobotBackend, StepOutcome
 from robot_bridge.spec import (
     CONTROL_HZ,
     IMAGE_SHAPE,
@@ -57,12 +57,14 @@ BRIDGE_MAX_EFFORTS_MA = (1200.0, 1500.0, 900.0, 900.0, 900.0, 1050.0)
 ALL_MOTORS = "all"  # the xs_sdk group holding every motor of the arm and gripper
 
 
-class InterbotixError(RuntimeError):
+class InterbotixError(BackendError):
     """Something the real arm refused or could not do; the message says what and what to check."""
 
 
 class IKError(InterbotixError):
     """The target pose has no inverse-kinematics solution within joint limits; nothing was sent."""
+
+    recoverable = True
 
 
 class JointEffortError(InterbotixError):
@@ -123,18 +125,25 @@ class InterbotixConfig:
         for name in ("control_period_s", "gripper_delay_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for moving, accel in (("moving_time_s", "accel_time_s"), ("reset_moving_time_s", "reset_accel_time_s")):
+        for moving, accel in (
+            ("moving_time_s", "accel_time_s"),
+            ("reset_moving_time_s", "reset_accel_time_s"),
+        ):
             m, a = getattr(self, moving), getattr(self, accel)
             # The Interbotix time-based profile needs accel_time <= moving_time / 2.
             if m <= 0 or not 0 <= a <= m / 2:
-                raise ValueError(f"need {moving} > 0 and 0 <= {accel} <= {moving}/2, got {m} and {a}")
+                raise ValueError(
+                    f"need {moving} > 0 and 0 <= {accel} <= {moving}/2, got {m} and {a}"
+                )
         if len(self.neutral_joints) != 6 or len(self.max_joint_efforts_ma) != 6:
             raise ValueError(
                 "neutral_joints and max_joint_efforts_ma need one value per arm joint (6), got "
                 f"{len(self.neutral_joints)} and {len(self.max_joint_efforts_ma)}"
             )
         if len(self.start_pose) != 6:
-            raise ValueError(f"start_pose must be [x, y, z, roll, pitch, yaw], got {self.start_pose}")
+            raise ValueError(
+                f"start_pose must be [x, y, z, roll, pitch, yaw], got {self.start_pose}"
+            )
         xyz = np.array(self.start_pose[:3], dtype=np.float32)
         if np.any(xyz < WORKSPACE_LOW) or np.any(xyz > WORKSPACE_HIGH):
             raise ValueError(
@@ -153,7 +162,14 @@ class InterbotixConfig:
 def euler_to_matrix(rpy) -> np.ndarray:
     """R = Rz(yaw) @ Ry(pitch) @ Rx(roll), Bridge's and Interbotix's convention."""
     r, p, y = (float(v) for v in rpy)
-    cr, sr, cp, sp, cy, sy = math.cos(r), math.sin(r), math.cos(p), math.sin(p), math.cos(y), math.sin(y)
+    cr, sr, cp, sp, cy, sy = (
+        math.cos(r),
+        math.sin(r),
+        math.cos(p),
+        math.sin(p),
+        math.cos(y),
+        math.sin(y),
+    )
     return np.array(
         [
             [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
@@ -167,7 +183,9 @@ def matrix_to_euler(R: np.ndarray) -> np.ndarray:
     """Inverse of ``euler_to_matrix`` (roll, pitch, yaw), with yaw = 0 at gimbal lock."""
     sy = math.hypot(R[0, 0], R[1, 0])
     if sy > 1e-6:
-        return np.array([math.atan2(R[2, 1], R[2, 2]), math.atan2(-R[2, 0], sy), math.atan2(R[1, 0], R[0, 0])])
+        return np.array(
+            [math.atan2(R[2, 1], R[2, 2]), math.atan2(-R[2, 0], sy), math.atan2(R[1, 0], R[0, 0])]
+        )
     return np.array([math.atan2(-R[1, 2], R[1, 1]), math.atan2(-R[2, 0], sy), 0.0])
 
 
@@ -187,7 +205,8 @@ def next_target(target: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, bool
     """
     T = np.eye(4)
     T[:3, :3] = euler_to_matrix(delta[3:6]) @ target[:3, :3]
-    xyz, clipped = clip_target_position(target[:3, 3] + delta[:3])
+    # float32 in: clip_target_position compares its float32 result with its input.
+    xyz, clipped = clip_target_position((target[:3, 3] + delta[:3]).astype(np.float32))
     T[:3, 3] = xyz
     return T, clipped
 
@@ -278,14 +297,23 @@ class InterbotixBackend(RobotBackend):
         **overrides: Any,
     ) -> None:
         if config is not None and overrides:
-            raise ValueError(f"pass either config or keyword overrides, not both: {sorted(overrides)}")
+            raise ValueError(
+                f"pass either config or keyword overrides, not both: {sorted(overrides)}"
+            )
         self.config = config or InterbotixConfig(**overrides)
         if bot_factory is None:
             self._bot, self._shutdown = _connect_interbotix(self.config)
         else:
             self._bot = bot_factory()
             self._shutdown = getattr(self._bot, "shutdown", None)
-        self._camera = camera or OpenCVCamera(self.config.camera_device, self.config.camera_shape)
+        try:
+            self._camera = camera or OpenCVCamera(
+                self.config.camera_device, self.config.camera_shape
+            )
+        except Exception:
+            if self._shutdown is not None:
+                self._shutdown()  # leave no ROS node spinning behind a failed start
+            raise
         self._arm, self._core, self._gripper = self._bot.arm, self._bot.core, self._bot.gripper
         self._joint_names = list(self._arm.group_info.joint_names)
         if len(self._joint_names) != 6:
@@ -299,7 +327,10 @@ class InterbotixBackend(RobotBackend):
             name="interbotix",
             camera_shape=self.config.camera_shape,
             has_ground_truth_success=False,
-            extra={"robot_model": self.config.robot_model, "camera_device": self.config.camera_device},
+            extra={
+                "robot_model": self.config.robot_model,
+                "camera_device": self.config.camera_device,
+            },
         )
 
     # -- RobotBackend ---------------------------------------------------------------------
@@ -321,7 +352,9 @@ class InterbotixBackend(RobotBackend):
                     "blocked arm or an unpowered motor"
                 )
         start = pose_to_matrix(self.config.start_pose[:3], self.config.start_pose[3:])
-        self._move_to(start, self.config.reset_moving_time_s, self.config.reset_accel_time_s, blocking=True)
+        self._move_to(
+            start, self.config.reset_moving_time_s, self.config.reset_accel_time_s, blocking=True
+        )
         self._target = self._arm.get_ee_pose()
         return self.observe()
 
@@ -350,7 +383,9 @@ class InterbotixBackend(RobotBackend):
             raise InterbotixError(
                 f"camera frame must be {self.config.camera_shape} uint8, got {image.shape} {image.dtype}"
             )
-        return Observation(image=image, state=self._state(), timestamp=captured, seq=next(self._seq))
+        return Observation(
+            image=image, state=self._state(), timestamp=captured, seq=next(self._seq)
+        )
 
     def success(self) -> None:
         return None  # no ground truth on a real table; a detector or an operator labels episodes
@@ -359,7 +394,10 @@ class InterbotixBackend(RobotBackend):
         """Command the measured joint positions, so the arm stops where it is."""
         q = self._measured_joints()
         held = self._arm.set_joint_positions(
-            q, moving_time=self.config.moving_time_s, accel_time=self.config.accel_time_s, blocking=False
+            q,
+            moving_time=self.config.moving_time_s,
+            accel_time=self.config.accel_time_s,
+            blocking=False,
         )
         if not held:
             # The API refuses positions a hair outside its limits or too far from the last
@@ -376,7 +414,10 @@ class InterbotixBackend(RobotBackend):
             return
         self._closed = True
         try:
-            timing = {"moving_time": self.config.reset_moving_time_s, "accel_time": self.config.reset_accel_time_s}
+            timing = {
+                "moving_time": self.config.reset_moving_time_s,
+                "accel_time": self.config.reset_accel_time_s,
+            }
             self._gripper.release(delay=self.config.reset_gripper_delay_s)
             self._arm.go_to_home_pose(**timing)  # via home, so the folding arm clears the table
             self._arm.go_to_sleep_pose(**timing)
@@ -386,7 +427,9 @@ class InterbotixBackend(RobotBackend):
             self._camera.close()
 
     # -- internals ------------------------------------------------------------------------
-    def _move_to(self, T: np.ndarray, moving_time: float, accel_time: float, blocking: bool) -> None:
+    def _move_to(
+        self, T: np.ndarray, moving_time: float, accel_time: float, blocking: bool
+    ) -> None:
         # The full matrix, not set_ee_pose_components: gripper-down is pitch = 90 degrees in the
         # API's absolute angles, where roll and yaw are not separable.
         _, found = self._arm.set_ee_pose_matrix(
@@ -454,7 +497,9 @@ class InterbotixBackend(RobotBackend):
             )
 
     def _motor_status(self) -> list[int]:
-        return list(self._core.robot_get_motor_registers("group", ALL_MOTORS, "Hardware_Error_Status"))
+        return list(
+            self._core.robot_get_motor_registers("group", ALL_MOTORS, "Hardware_Error_Status")
+        )
 
     def _healthy(self, status: list[int]) -> bool:
         # A motor that stops answering drops out of the reply, as bridge_data_robot checks.
@@ -467,7 +512,9 @@ class InterbotixBackend(RobotBackend):
     def _gripper_fraction(self) -> float:
         js = self._core.robot_get_joint_states()
         lo, hi = self._gripper.left_finger_lower_limit, self._gripper.left_finger_upper_limit
-        return float(np.clip((js.position[self._gripper.left_finger_index] - lo) / (hi - lo), 0.0, 1.0))
+        return float(
+            np.clip((js.position[self._gripper.left_finger_index] - lo) / (hi - lo), 0.0, 1.0)
+        )
 
     def _state(self) -> np.ndarray:
         """[x, y, z, roll, pitch, yaw, gripper] from the encoders; angles from gripper-down."""

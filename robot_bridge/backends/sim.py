@@ -182,7 +182,7 @@ BASKET_INNER = 0.058
 BASKET_WALL = 0.045
 SINK_POS = np.array([0.34, -0.075])
 BASKET_POS = np.array([0.16, -0.085])
-EGGPLANT_POS = np.array([0.225, 0.075])
+EGGPLANT_POS = np.array([0.215, 0.05])
 EGGPLANT_RADIUS = 0.021
 EGGPLANT_HALF_LEN = 0.035
 CABINET_POS = np.array([0.40, 0.165])  # drawer front face x, cabinet centre y
@@ -238,7 +238,7 @@ def _arm_xml(s: SceneStyle) -> str:
 
 def _drawer_xml(s: SceneStyle) -> str:
     cab, drw, hdl = _fmt(s.cabinet_rgba), _fmt(s.drawer_rgba), _fmt(s.handle_rgba)
-    w, d = 0.085, 0.08  # cabinet half-width (y) and half-depth (x)
+    w, d = 0.07, 0.08  # cabinet half-width (y) and half-depth (x)
     z0 = TABLE_Z
     # The drawer box: front panel facing the robot, a floor, two sides and a back; the handle
     # is a vertical tab the gripper can pinch from above.
@@ -304,7 +304,7 @@ def build_scene_xml(style: SceneStyle, image_size: int) -> str:
       <geom friction="{max(f, 1.0) * 1.5:.3f} 0.02 0.002" condim="4"/>
     </default>
     <default class="object">
-      <geom friction="{f:.3f} 0.01 0.001" condim="4"/>
+      <geom friction="{f:.3f} 0.01 0.004" condim="6"/>
     </default>
     <position kp="400" kv="30" forcerange="-60 60"/>
   </default>

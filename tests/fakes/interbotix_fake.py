@@ -34,7 +34,12 @@ WX250S_SLIST = np.array(
     ]
 ).T  # (6, n_joints): one screw axis per column, as modern_robotics wants
 WX250S_M = np.array(
-    [[1.0, 0.0, 0.0, 0.458325], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.36065], [0.0, 0.0, 0.0, 1.0]]
+    [
+        [1.0, 0.0, 0.0, 0.458325],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0, 0.36065],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
 )
 ARM_JOINTS = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate"]
 # What the xs_sdk publishes on joint_states for a wx250s (joint_order, then the finger joints).
@@ -57,6 +62,10 @@ class Call:
 
 
 class CallLog(list):
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        return CallLog(item) if isinstance(index, slice) else item
+
     def names(self) -> list[str]:
         return [c.name for c in self]
 
@@ -95,8 +104,10 @@ def _rotation_log(R: np.ndarray) -> np.ndarray:
     if np.pi - angle < 1e-6:
         axis = np.sqrt(np.maximum((np.diag(R) + 1) / 2, 0.0))
         return axis * angle
-    return angle / (2 * np.sin(angle)) * np.array(
-        [R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]]
+    return (
+        angle
+        / (2 * np.sin(angle))
+        * np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
     )
 
 
@@ -236,7 +247,11 @@ class FakeArmXSInterface(_Recorded):
         self.group_name = "arm"
         self.group_info = RobotInfo()
         self.moving_time, self.accel_time = moving_time, accel_time
-        self.initial_guesses = [[0.0] * 6, [np.deg2rad(-120)] + [0.0] * 5, [np.deg2rad(120)] + [0.0] * 5]
+        self.initial_guesses = [
+            [0.0] * 6,
+            [np.deg2rad(-120)] + [0.0] * 5,
+            [np.deg2rad(120)] + [0.0] * 5,
+        ]
         self.joint_commands = core.arm_positions()
         self.T_sb = fk(self.joint_commands)
 
@@ -268,14 +283,18 @@ class FakeArmXSInterface(_Recorded):
     def go_to_home_pose(
         self, moving_time: float = None, accel_time: float = None, blocking: bool = True
     ) -> None:
-        self._record("go_to_home_pose", moving_time=moving_time, accel_time=accel_time, blocking=blocking)
+        self._record(
+            "go_to_home_pose", moving_time=moving_time, accel_time=accel_time, blocking=blocking
+        )
         self._set_times(moving_time, accel_time)
         self._publish([0.0] * 6)
 
     def go_to_sleep_pose(
         self, moving_time: float = None, accel_time: float = None, blocking: bool = True
     ) -> None:
-        self._record("go_to_sleep_pose", moving_time=moving_time, accel_time=accel_time, blocking=blocking)
+        self._record(
+            "go_to_sleep_pose", moving_time=moving_time, accel_time=accel_time, blocking=blocking
+        )
         self._set_times(moving_time, accel_time)
         self._publish(self.group_info.joint_sleep_positions)
 
@@ -297,7 +316,9 @@ class FakeArmXSInterface(_Recorded):
             accel_time=accel_time,
             blocking=blocking,
         )
-        return self._solve(np.asarray(T_sd, dtype=float), custom_guess, execute, moving_time, accel_time)
+        return self._solve(
+            np.asarray(T_sd, dtype=float), custom_guess, execute, moving_time, accel_time
+        )
 
     def set_ee_pose_components(
         self,

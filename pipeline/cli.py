@@ -1,0 +1,219 @@
+"""``gymnast``: one command line for the station, the episode store, benchmarks and the loop."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from robot_bridge.spec import TASKS
+
+
+def gymnast_home() -> Path:
+    """Where local stores live (episodes, datasets, checkpoints, MLflow, Dagster): $GYMNAST_HOME."""
+    return Path(os.environ.get("GYMNAST_HOME", ".gymnast")).resolve()
+
+
+def _tasks(value: str) -> list[str]:
+    names = list(TASKS) if value == "all" else [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; valid: all, {', '.join(TASKS)}")
+    return names
+
+
+# --- station ----------------------------------------------------------------------------------
+
+
+def cmd_station(args: argparse.Namespace) -> int:
+    from robot_bridge import serve
+
+    return serve.run_keys(args) if args.station_command == "keys" else serve.run_station(args)
+
+
+# --- episodes ---------------------------------------------------------------------------------
+
+
+def cmd_episodes(args: argparse.Namespace) -> int:
+    from robot_bridge import episodes as store
+
+    if args.episodes_command == "list":
+        paths = store.list_episodes(args.dir, include_partial=args.include_partial)
+        for p in paths:
+            ep = store.read_episode(p)
+            label = {True: "success", False: "failure", None: "unlabelled"}[ep.success]
+            print(f"{p.name}  {ep.task:<20} seed={ep.seed}  steps={ep.num_steps:<4} {label:<10} "
+                  f"{ep.termination}{'' if ep.complete else '  (PARTIAL)'}")
+        print(store.format_summary(store.summarize(paths)))
+        for p in store.list_corrupt(args.dir):
+            print(f"corrupt (kept, not used): {p}")
+        return 0
+    if args.episodes_command == "validate":
+        bad = 0
+        for p in store.list_episodes(args.dir, include_partial=True):
+            problems = store.validate_episode(p)
+            bad += bool(problems)
+            print(f"{p.name}: {'ok' if not problems else '; '.join(problems)}")
+        print(f"{bad} invalid episode file(s)")
+        return 1 if bad else 0
+    if args.episodes_command == "recover":
+        for p in store.recover_partials(args.dir, args.station_id):
+            print(f"kept and flagged: {p}")
+        return 0
+    if args.episodes_command == "export":
+        from robot_bridge.lerobot_export import export_lerobot
+
+        paths = store.list_episodes(args.dir)
+        out = export_lerobot(paths, args.out, repo_id=args.repo_id, use_videos=not args.images)
+        print(f"exported {len(paths)} episodes to {out}")
+        return 0
+    raise AssertionError(args.episodes_command)
+
+
+# --- collecting with a policy over ZMQ --------------------------------------------------------
+
+
+def _policy_dir(spec: str, workdir: Path) -> Path:
+    """A checkpoint directory, or a scripted policy name (made into a config-only checkpoint)."""
+    from robot_bridge.policies import write_policy_config
+
+    if Path(spec).is_dir():
+        return Path(spec)
+    if spec == "scripted_expert":
+        return write_policy_config(workdir / "scripted_expert", "scripted_expert", noise=0.0)
+    if spec == "random":
+        return write_policy_config(workdir / "random", "random", seed=0)
+    raise SystemExit(f"--policy must be a checkpoint directory, 'scripted_expert' or 'random'; got {spec!r}")
+
+
+def collect(endpoint: str | None, policy: str, tasks: list[str], episodes_per_task: int, out: Path,
+            seed: int, keys: Path | None, backend: str = "sim", progress: bool = True):
+    """Run a policy on a station (an embedded simulated one if no endpoint) and copy the episodes to ``out``."""
+    from robot_bridge.client import StationClient
+    from robot_bridge.dispatch import run_on_station
+    from robot_bridge.launch import StationProcess
+
+    home = gymnast_home()
+    station = None
+    if endpoint is None:
+        station = StationProcess(backend, episodes_dir=home / "station" / "episodes")
+        endpoint = station.endpoint
+        print(f"started a simulated {backend} station on {endpoint}")
+    try:
+        with StationClient(endpoint, keys_dir=keys, timeout_s=30.0) as client:
+            hello = client.hello()
+            print(f"station {hello['station_id']} ({hello['backend']}, auth {hello['auth']})")
+            return run_on_station(client, _policy_dir(policy, home / "policies"), tasks, episodes_per_task, out,
+                                  seed=seed, progress=progress)
+    finally:
+        if station is not None:
+            station.stop()
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from robot_bridge.dispatch import format_result
+
+    result = collect(args.station, args.policy, args.tasks, args.episodes_per_task, args.out, args.seed, args.keys,
+                     backend=args.backend)
+    print(f"{len(result.episodes)} episodes in {args.out} ({result.skipped} already there, not re-collected)")
+    print(format_result(result))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded default: a simulated station, scripted-expert demonstrations over ZMQ, a LeRobot dataset."""
+    from robot_bridge.dispatch import format_result
+    from robot_bridge.lerobot_export import export_lerobot
+
+    home = gymnast_home()
+    episodes_dir = home / "episodes" / "demo"
+    result = collect(None, "scripted_expert", args.tasks, args.episodes_per_task, episodes_dir, args.seed, None)
+    print(format_result(result))
+    out = export_lerobot(result.episodes, home / "datasets" / "demo", repo_id="gymnast/demo", use_videos=True)
+    print(f"LeRobot dataset: {out}")
+    return 0
+
+
+# --- benchmarks -------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "bridge":
+        from robot_bridge import bench
+
+        bench.run(args.n, args.sim_steps, args.json)
+        return 0
+    raise AssertionError(args.bench_command)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from robot_bridge import serve
+
+    p = argparse.ArgumentParser(
+        prog="gymnast",
+        description="World-Gymnast improvement loop: a ZMQ robot station, episodes, world model, "
+                    "VLA policy RL in imagination, and nightly rounds in Dagster.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    st = sub.add_parser("station", help="run a robot station (ZMQ server next to the arm), or make its keys",
+                        description="Run a robot station: `gymnast station --backend sim --bind tcp://127.0.0.1:5555`. "
+                                    "`gymnast station keys DIR` makes CURVE keys.")
+    serve.build_parser(st)
+    st.set_defaults(func=cmd_station)
+
+    ep = sub.add_parser("episodes", help="list, validate, recover and export recorded episodes")
+    ep_sub = ep.add_subparsers(dest="episodes_command", required=True)
+    e = ep_sub.add_parser("list", help="one line per episode and a per-task summary")
+    e.add_argument("dir", type=Path)
+    e.add_argument("--include-partial", action="store_true", help="also list partial / crashed files")
+    e = ep_sub.add_parser("validate", help="check every file (shapes, finiteness, labels, checksums)")
+    e.add_argument("dir", type=Path)
+    e = ep_sub.add_parser("recover", help="flag partial files left by a killed station (never deletes)")
+    e.add_argument("dir", type=Path)
+    e.add_argument("--station-id", default="cli")
+    e = ep_sub.add_parser("export", help="export complete episodes as a LeRobotDataset (v3)")
+    e.add_argument("dir", type=Path)
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--repo-id", default="gymnast/episodes")
+    e.add_argument("--images", action="store_true", help="store lossless PNG frames instead of videos")
+    ep.set_defaults(func=cmd_episodes)
+
+    co = sub.add_parser("collect", help="run a policy on a station for N episodes per task and copy them here")
+    co.add_argument("--station", default=None, help="station endpoint; default: start an embedded simulated one")
+    co.add_argument("--backend", default="sim", choices=["sim", "sim_gap"], help="embedded station backend")
+    co.add_argument("--keys", type=Path, default=None, help="CURVE keys directory (server.key + client.key_secret)")
+    co.add_argument("--policy", default="scripted_expert", help="checkpoint dir, 'scripted_expert' or 'random'")
+    co.add_argument("--tasks", type=_tasks, default=list(TASKS), help="comma-separated task names or 'all'")
+    co.add_argument("-n", "--episodes-per-task", type=int, default=5)
+    co.add_argument("--seed", type=int, default=0)
+    co.add_argument("--out", type=Path, default=gymnast_home() / "episodes" / "collected")
+    co.set_defaults(func=cmd_collect)
+
+    de = sub.add_parser("demo", help="the main job on the embedded default (simulated station, local stores)")
+    de.add_argument("--tasks", type=_tasks, default=list(TASKS))
+    de.add_argument("-n", "--episodes-per-task", type=int, default=3)
+    de.add_argument("--seed", type=int, default=0)
+    de.set_defaults(func=cmd_demo)
+
+    be = sub.add_parser("bench", help="benchmarks that print measured figures")
+    be_sub = be.add_subparsers(dest="bench_command", required=True)
+    b = be_sub.add_parser("bridge", help="step latency vs a bare ZMQ floor, and simulator steps/s")
+    b.add_argument("-n", type=int, default=2000, help="timed round trips per configuration")
+    b.add_argument("--sim-steps", type=int, default=200)
+    b.add_argument("--json", type=Path, default=None)
+    be.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""GRPO in imagination (World-Gymnast / SimpleVLA-RL recipe).
+
+For each start (a real initial frame and an instruction) draw a group of ``G`` closed-loop
+rollouts in the world model: the policy sees the latest (imagined) frame, samples a chunk of
+actions at temperature 1.6, the world model imagines one frame per action, ``horizon_chunks``
+times. The judge scores every rollout (0/1 by majority vote); advantages are the group z-score of
+the outcome; groups whose success rate is outside [0.1, 0.9] carry no signal and are dropped
+(dynamic sampling); the loss is PPO's clipped surrogate with an asymmetric clip (0.2 low / 0.28
+high), averaged over action tokens, with no KL and no entropy term by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+PRESETS = ("tiny", "paper")
+
+
+@dataclass
+class GRPOConfig:
+    group_size: int = 8  # G rollouts per start
+    starts_per_step: int = 20  # prompts per step (the paper: 20 x 8 = 160 rollouts)
+    horizon_chunks: int = 8  # policy calls per rollout (8 x 5 actions = 40 frames)
+    temperature: float = 1.6
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    lr: float = 5e-6
+    grad_clip: float = 1.0
+    ppo_epochs: int = 1
+    minibatch_size: int = 64  # rollout-chunks per optimizer micro-batch (gradients accumulate)
+    kl_coef: float = 0.0  # > 0 adds the k3 estimator of KL to the policy at the step's start
+    entropy_coef: float = 0.0
+    filter_low: float = 0.1  # keep groups with success rate in [filter_low, filter_high]
+    filter_high: float = 0.9
+    steps: int = 100
+    judge_samples: int = 5
+    distractor_prob: float = 0.0  # chance a start frame gets pasted distractor objects
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("group_size", "starts_per_step", "horizon_chunks", "ppo_epochs", "minibatch_size",
+                     "steps", "judge_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 for a group z-score, got {self.group_size}")
+        if not 0 <= self.filter_low <= self.filter_high <= 1:
+            raise ValueError(
+                f"need 0 <= filter_low <= filter_high <= 1, got {self.filter_low} and {self.filter_high}"
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for rollouts, got {self.temperature}")
+        if not (0 < self.clip_low < 1 and self.clip_high > 0):
+            raise ValueError(f"clip_low must be in (0, 1) and clip_high > 0, got {self.clip_low}, {self.clip_high}")
+        if not 0 <= self.distractor_prob <= 1:
+            raise ValueError(f"distractor_prob must be in [0, 1], got {self.distractor_prob}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> GRPOConfig:
+        if name == "paper":
+            base = cls()
+        elif name == "tiny":
+            base = cls(group_size=8, starts_per_step=4, horizon_chunks=8, lr=1e-4, steps=20, judge_samples=3,
+                       minibatch_size=64)
+        else:
+            raise ValueError(f"unknown GRPO preset {name!r}; valid presets: {', '.join(PRESETS)}")
+        return dataclasses.replace(base, **overrides)
+
+
+@dataclass
+class Start:
+    """Where a group of imagined rollouts begins: a real frame and the instruction to follow."""
+
+    frame: np.ndarray  # (H, W, 3) uint8
+    instruction: str
+    task: str = ""
+
+
+@dataclass
+class Rollouts:
+    """A batch of closed-loop imagined rollouts, B = starts x G."""
+
+    observations: torch.Tensor  # (B, C, h, w, 3) uint8: the frame the policy saw before chunk c
+    tokens: torch.Tensor  # (B, C, N) long: sampled action tokens, N = K * 7
+    old_logprobs: torch.Tensor  # (B, C, N) log pi_old(token) at the rollout temperature
+    videos: torch.Tensor  # (B, T + 1, h, w, 3) uint8: start frame + one frame per action
+    instructions: list[str]  # (B,)
+    group: torch.Tensor  # (B,) long: index of the start each rollout belongs to
+
+
+@dataclass
+class GRPOStats:
+    step: int
+    success_rate: float  # judge-scored success in imagination, over all rollouts
+    kept_groups: int
+    total_groups: int
+    loss: float = float("nan")
+    clipfrac: float = float("nan")
+    approx_kl: float = float("nan")
+    entropy: float = float("nan")
+    grad_norm: float = float("nan")
+    seconds: float = 0.0
+    imagined_frames: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+# --- the math -----------------------------------------------------------------------------------
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(P, G) outcome rewards -> (P, G) advantages: the per-group z-score."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=True) if rewards.shape[1] > 1 else torch.zeros_like(mean)
+    return (rewards - mean) / (std + eps)
+
+
+def keep_groups(rewards: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """(P, G) -> (P,) bool: groups whose success rate lies in [low, high] (dynamic sampling)."""
+    rate = rewards.float().mean(dim=1)
+    return (rate >= low) & (rate <= high)
+
+
+def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                      clip_low: float, clip_high: float) -> tuple[torch.Tensor, dict]:
+    """PPO's clipped objective with an asymmetric clip, token-mean; returns (loss, stats).
+
+    ``logprobs`` / ``old_logprobs``: (M, N) per action token; ``advantages``: (M,) per rollout chunk.
+    """
+    logratio = logprobs - old_logprobs
+    ratio = logratio.exp()
+    adv = advantages[:, None].expand_as(ratio)  # (M, N)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
+    loss = torch.maximum(unclipped, clipped).mean()
+    with torch.no_grad():
+        clipfrac = ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float().mean()
+        approx_kl = ((ratio - 1) - logratio).mean()  # k3 estimator, >= 0
+    return loss, {"clipfrac": float(clipfrac), "approx_kl": float(approx_kl)}
+
+
+# --- rollouts -------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def imagine_rollouts(policy, world_model, starts: Sequence[Start], config: GRPOConfig,
+                     generator: torch.Generator | None = None) -> Rollouts:
+    """Closed-loop rollouts: G per start, ``horizon_chunks`` policy calls each."""
+    if not starts:
+        raise ValueError("imagine_rollouts needs at least one start")
+    g = config.group_size
+    frames0 = np.stack([s.frame for s in starts for _ in range(g)])  # (B, H, W, 3)
+    instructions = [s.instruction for s in starts for _ in range(g)]
+    state = world_model.start(frames0)
+    # what the policy sees is the world model's own rendering of the start frame (same resolution
+    # as every later frame), so the first chunk is not conditioned on a sharper image
+    current = torch.as_tensor(_resize_like(frames0, world_model))  # (B, h, w, 3)
+    observations, tokens, old_logprobs, video = [], [], [], [current]
+    for _ in range(config.horizon_chunks):
+        sample = policy.sample(current, instructions, temperature=config.temperature, generator=generator)
+        observations.append(current)
+        tokens.append(sample.tokens)
+        old_logprobs.append(sample.logprobs)
+        state, imagined = world_model.imagine(state, torch.as_tensor(sample.actions), generator)  # (B, K, h, w, 3)
+        video.append(imagined.cpu())
+        current = imagined[:, -1]
+    return Rollouts(
+        observations=torch.stack(observations, dim=1).cpu(),  # (B, C, h, w, 3)
+        tokens=torch.stack(tokens, dim=1).cpu(),  # (B, C, N)
+        old_logprobs=torch.stack(old_logprobs, dim=1).float().cpu(),  # (B, C, N)
+        videos=torch.cat([video[0][:, None].cpu(), *video[1:]], dim=1),  # (B, T+1, h, w, 3)
+        instructions=instructions,
+        group=torch.arange(len(starts)).repeat_interleave(g),
+    )
+
+
+def _resize_like(frames: np.ndarray, world_model) -> np.ndarray:
+    size = world_model.config.image_size
+    if frames.shape[1] == size and frames.shape[2] == size:
+        return frames
+    t = torch.as_tensor(frames).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+    t = torch.nn.functional.interpolate(t, size=(size, size), mode="area")
+    return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (B, h, w, 3)
+
+
+# --- one step -------------------------------------------------------------------------------------
+
+
+def score_rollouts(judge, rollouts: Rollouts, config: GRPOConfig) -> torch.Tensor:
+    """(B,) {0, 1} rewards from the judge's majority vote; any judge failure propagates."""
+    videos = [v.numpy() for v in rollouts.videos]
+    result = judge.judge(videos, rollouts.instructions, n_samples=config.judge_samples)
+    rewards = torch.as_tensor(result.rewards, dtype=torch.float32)
+    if rewards.shape != (len(videos),) or not torch.isfinite(rewards).all():
+        raise ValueError(f"judge returned rewards of shape {tuple(rewards.shape)} with non-finite values")
+    return rewards
+
+
+def grpo_update(policy, optimizer: torch.optim.Optimizer, rollouts: Rollouts, rewards: torch.Tensor,
+                config: GRPOConfig) -> dict:
+    """PPO epochs over the kept groups; returns loss statistics (NaN loss raises)."""
+    n_starts = int(rollouts.group.max()) + 1
+    per_group = rewards.view(n_starts, config.group_size)  # (P, G)
+    keep = keep_groups(per_group, config.filter_low, config.filter_high)  # (P,)
+    stats = {"kept_groups": int(keep.sum()), "total_groups": n_starts}
+    if not keep.any():
+        return stats
+    advantages = group_advantages(per_group).view(-1)  # (B,)
+    rows = keep[rollouts.group].nonzero().squeeze(1)  # rollouts of kept groups
+    b, c, n = rollouts.tokens.shape
+    # flatten (rollout, chunk) pairs: every policy call is one PPO sample
+    obs = rollouts.observations[rows].reshape(-1, *rollouts.observations.shape[2:])  # (M, h, w, 3)
+    tokens = rollouts.tokens[rows].reshape(-1, n).to(policy.device)  # (M, N)
+    old = rollouts.old_logprobs[rows].reshape(-1, n).to(policy.device)  # (M, N)
+    adv = advantages[rows].repeat_interleave(c).to(policy.device)  # (M,)
+    instr = [rollouts.instructions[i] for i in rows.tolist() for _ in range(c)]
+    m = len(instr)
+    policy.train()
+    totals = {"loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+    updates = 0
+    for _ in range(config.ppo_epochs):
+        perm = torch.randperm(m)
+        optimizer.zero_grad(set_to_none=True)
+        for lo in range(0, m, config.minibatch_size):
+            idx = perm[lo: lo + config.minibatch_size]
+            ts = policy.token_stats(obs[idx], [instr[i] for i in idx.tolist()], tokens[idx],
+                                    temperature=config.temperature)
+            loss, s = clipped_surrogate(ts.logprobs, old[idx], adv[idx], config.clip_low, config.clip_high)
+            if config.kl_coef > 0:
+                loss = loss + config.kl_coef * ((old[idx] - ts.logprobs).exp() - 1 - (old[idx] - ts.logprobs)).mean()
+            if config.entropy_coef > 0:
+                loss = loss - config.entropy_coef * ts.entropy.mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"GRPO loss is {float(loss)} (non-finite) on a minibatch of {len(idx)}")
+            weight = len(idx) / m
+            (loss * weight).backward()
+            totals["loss"] += float(loss) * weight
+            totals["clipfrac"] += s["clipfrac"] * weight
+            totals["approx_kl"] += s["approx_kl"] * weight
+            totals["entropy"] += float(ts.entropy.mean()) * weight
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+        optimizer.step()
+        totals["grad_norm"] += float(grad_norm)
+        updates += 1
+    policy.eval()
+    return {**stats, **{k: v / updates for k, v in totals.items()}}
+
+
+def train_grpo(policy, world_model, judge, starts: Sequence[Start], config: GRPOConfig, *,
+               progress: bool = True, on_step=None) -> list[GRPOStats]:
+    """Run ``config.steps`` GRPO steps; ``on_step(stats)`` is called after each (for tracking)."""
+    if not starts:
+        raise ValueError("train_grpo needs at least one start (a real initial frame and an instruction)")
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    history: list[GRPOStats] = []
+    bar = _progress(config.steps, progress)
+    for step in range(config.steps):
+        t0 = time.perf_counter()
+        batch = _draw_starts(starts, config, rng)
+        rollouts = imagine_rollouts(policy, world_model, batch, config, generator)
+        rewards = score_rollouts(judge, rollouts, config)
+        update = grpo_update(policy, optimizer, rollouts, rewards, config)
+        stats = GRPOStats(
+            step=step, success_rate=float(rewards.mean()), kept_groups=update["kept_groups"],
+            total_groups=update["total_groups"], loss=update.get("loss", math.nan),
+            clipfrac=update.get("clipfrac", math.nan), approx_kl=update.get("approx_kl", math.nan),
+            entropy=update.get("entropy", math.nan), grad_norm=update.get("grad_norm", math.nan),
+            seconds=time.perf_counter() - t0,
+            imagined_frames=int(rollouts.videos.shape[0] * (rollouts.videos.shape[1] - 1)),
+        )
+        history.append(stats)
+        bar.set_postfix(success=f"{stats.success_rate:.2f}", kept=f"{stats.kept_groups}/{stats.total_groups}",
+                        clipfrac=f"{stats.clipfrac:.3f}", kl=f"{stats.approx_kl:.4f}", ent=f"{stats.entropy:.2f}")
+        bar.update(1)
+        if on_step is not None:
+            on_step(stats)
+    bar.close()
+    return history
+
+
+def _draw_starts(starts: Sequence[Start], config: GRPOConfig, rng: np.random.Generator) -> list[Start]:
+    idx = rng.choice(len(starts), size=config.starts_per_step, replace=len(starts) < config.starts_per_step)
+    batch = [starts[i] for i in idx]
+    if config.distractor_prob > 0:
+        from policy.augment import add_distractors
+
+        batch = [
+            Start(add_distractors(s.frame[None], rng)[0], s.instruction, s.task)
+            if rng.random() < config.distractor_prob else s
+            for s in batch
+        ]
+    return batch
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="GRPO", unit="step", disable=not enabled)

@@ -1,0 +1,313 @@
+"""Finetune the VLM judge on success-labelled episodes and calibrate its threshold.
+
+Examples are the judge's own image of each labelled episode (its final frame, or the last frames
+tiled) with the episode's ``success`` label, plus optional early-frame negatives. Batches are
+class-balanced (half successes, half failures) and augmented with the artefacts world-model
+rollouts show (blur, low resolution, noise, colour shifts, small shifts), because the judge will
+score imagined rollouts after training on real ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reward.config import AugmentConfig, JudgeTrainConfig, VLMJudgeConfig
+from reward.judge import SuccessJudge
+from reward.metrics import binary_metrics
+from reward.vlm import VLMJudge, shift_images, video_to_image
+
+log = logging.getLogger(__name__)
+
+
+class JudgeDataError(ValueError):
+    """The labelled episodes cannot train or calibrate a judge (empty, one class, ...)."""
+
+
+@dataclass
+class JudgeExamples:
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    instructions: list[str]
+    labels: torch.Tensor  # (N,) float32 {0, 1}
+    early: torch.Tensor  # (N,) bool: an early-frame negative, not an episode's own label
+    n_episodes: int
+    n_skipped: int
+
+
+def labelled(episodes: Sequence[Any]) -> tuple[list[Any], int]:
+    """Episodes with a success label, and how many had none (``success is None``)."""
+    kept = [e for e in episodes if e.success is not None]
+    return kept, len(episodes) - len(kept)
+
+
+def _require_both_classes(labels: Sequence[bool], what: str) -> None:
+    n_pos = int(sum(bool(x) for x in labels))
+    n_neg = len(labels) - n_pos
+    if len(labels) == 0:
+        raise JudgeDataError(f"no success-labelled episodes in the {what} (success is None for all)")
+    if n_pos == 0 or n_neg == 0:
+        raise JudgeDataError(
+            f"the {what} has a single class ({n_pos} successes, {n_neg} failures); "
+            "a judge needs both successes and failures"
+        )
+
+
+def build_examples(
+    judge: VLMJudge, episodes: Sequence[Any], train: JudgeTrainConfig
+) -> JudgeExamples:
+    kept, skipped = labelled(episodes)
+    _require_both_classes([e.success for e in kept], "training episodes")
+    c = judge.config
+    images, texts, labels, early = [], [], [], []
+
+    def add(video: np.ndarray, text: str, label: bool, is_early: bool) -> None:
+        img = video_to_image(video, c.frame_stride, c.frames_per_image, c.image_size)
+        images.append((img * 255).round().to(torch.uint8))
+        texts.append(text)
+        labels.append(float(label))
+        early.append(is_early)
+
+    for e in kept:
+        frames = np.asarray(e.frames)
+        add(frames, e.instruction, bool(e.success), False)
+        last_early = min(int(train.early_frac * (len(frames) - 1)), len(frames) - 2)
+        if train.early_negatives and last_early >= 0:
+            ts = np.unique(np.linspace(0, last_early, train.early_per_episode).round().astype(int))
+            for t in ts:
+                add(frames[: t + 1], e.instruction, False, True)
+    return JudgeExamples(
+        images=torch.stack(images),
+        instructions=texts,
+        labels=torch.tensor(labels, dtype=torch.float32),
+        early=torch.tensor(early, dtype=torch.bool),
+        n_episodes=len(kept),
+        n_skipped=skipped,
+    )
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, sigma_max: float) -> torch.Tensor:
+    """Per-image separable Gaussian blur; sigma (B,) may be 0 (no blur)."""
+    b, c, h, w = x.shape
+    r = max(1, math.ceil(2 * sigma_max))
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-(t[None] ** 2) / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))  # (B, 2r+1)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, 2r+1)
+    y = F.pad(x.reshape(1, b * c, h, w), (r, r, r, r), mode="reflect")  # (1, B*C, H+2r, W+2r)
+    y = F.conv2d(y, k[:, None, None, :], groups=b * c)  # horizontal
+    y = F.conv2d(y, k[:, None, :, None], groups=b * c)  # vertical
+    return y.reshape(b, c, h, w)
+
+
+def augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """(B, 3, S, S) float in [0, 1] -> same, with world-model-like artefacts."""
+    if not aug.enabled:
+        return x
+    b, _, s, _ = x.shape
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=gen)
+
+    if aug.shift_px > 0:
+        d = torch.randint(-aug.shift_px, aug.shift_px + 1, (2, b), generator=gen)
+        x = shift_images(x, d[0], d[1])
+    lowres = torch.rand(b, generator=gen) < aug.lowres_prob
+    sizes = uniform(aug.lowres_min_frac * s, s).round().int()
+    x = x.clone()
+    for i in torch.nonzero(lowres).flatten().tolist():
+        small = F.interpolate(x[i : i + 1], size=int(sizes[i]), mode="bilinear", antialias=True)
+        x[i] = F.interpolate(small, size=s, mode="bilinear", align_corners=False)[0]
+    if aug.blur_sigma_max > 0:
+        sigma = uniform(0.0, aug.blur_sigma_max) * (torch.rand(b, generator=gen) < aug.blur_prob)
+        x = _gaussian_blur(x, sigma, aug.blur_sigma_max)
+    gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    x = gray + (x - gray) * uniform(1 - aug.saturation, 1 + aug.saturation).view(b, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = mean + (x - mean) * uniform(1 - aug.contrast, 1 + aug.contrast).view(b, 1, 1, 1)
+    x = x * uniform(1 - aug.brightness, 1 + aug.brightness).view(b, 1, 1, 1)
+    noise_std = uniform(0.0, aug.noise_std_max).view(b, 1, 1, 1)
+    x = x + noise_std * torch.randn(x.shape, generator=gen)
+    return x.clamp(0.0, 1.0)
+
+
+def _balanced_batch(ex: JudgeExamples, batch_size: int, early_frac: float, gen: torch.Generator) -> torch.Tensor:
+    """Half successes; the other half failures, ``early_frac`` of it early-frame negatives."""
+    pos = torch.nonzero((ex.labels == 1) & ~ex.early).flatten()
+    neg_final = torch.nonzero((ex.labels == 0) & ~ex.early).flatten()
+    neg_early = torch.nonzero(ex.early).flatten()
+    half = batch_size // 2
+    n_early = round(half * early_frac) if len(neg_early) else 0
+
+    def draw(pool: torch.Tensor, k: int) -> torch.Tensor:
+        return pool[torch.randint(len(pool), (k,), generator=gen)]
+
+    return torch.cat([draw(pos, half), draw(neg_final, half - n_early), draw(neg_early, n_early)])
+
+
+def _lr_lambda(steps: int, warmup_frac: float):
+    warmup = max(1, int(warmup_frac * steps))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine to 10%
+
+    return f
+
+
+def finetune_judge(
+    judge_or_config: VLMJudge | VLMJudgeConfig,
+    episodes: Sequence[Any],
+    steps: int = 600,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    val_episodes: Sequence[Any] | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> tuple[VLMJudge, dict[str, Any]]:
+    """Train the judge on labelled episodes; with ``val_episodes``, calibrate its threshold.
+
+    ``options`` are further ``JudgeTrainConfig`` fields (early_negatives, augment, ...).
+    Returns the trained judge (in eval mode) and metrics (loss, speed, data counts, val F1).
+    """
+    train = JudgeTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, **options)
+    judge = _as_vlm_judge(judge_or_config, episodes)
+    ex = build_examples(judge, episodes, train)
+    if ex.n_skipped:
+        log.warning("skipped %d of %d episodes without a success label", ex.n_skipped, len(episodes))
+    gen = torch.Generator().manual_seed(seed)
+    model = judge.model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, train.warmup_frac))
+    loss_ema, losses = None, []
+    bar = _progress(steps, progress)
+    t0 = time.perf_counter()
+    try:
+        for step in range(steps):
+            idx = _balanced_batch(ex, batch_size, train.early_batch_frac, gen)
+            x = augment(ex.images[idx].float() / 255.0, train.augment, gen)
+            margin = judge.yes_no_margin(x, [ex.instructions[i] for i in idx.tolist()])
+            loss = F.binary_cross_entropy_with_logits(margin, ex.labels[idx].to(margin.device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"judge loss is {loss.item()} at step {step} (lr {lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            loss_ema = losses[-1] if loss_ema is None else 0.95 * loss_ema + 0.05 * losses[-1]
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_ema:.3f}")
+    finally:
+        if bar is not None:
+            bar.close()
+        model.eval()
+    elapsed = time.perf_counter() - t0
+    metrics: dict[str, Any] = {
+        "steps": steps,
+        "steps_per_s": steps / elapsed,
+        "train_time_s": elapsed,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "loss_ema": loss_ema,
+        "n_train_episodes": ex.n_episodes,
+        "n_skipped_unlabelled": ex.n_skipped,
+        "n_positive": int(((ex.labels == 1) & ~ex.early).sum()),
+        "n_negative": int(((ex.labels == 0) & ~ex.early).sum()),
+        "n_early_negatives": int(ex.early.sum()),
+        "train_config": train.to_dict(),
+    }
+    if val_episodes is not None:
+        threshold, calib = calibrate_threshold(judge, val_episodes)
+        metrics["threshold"] = threshold
+        metrics["val_calibration"] = calib
+        metrics["val"] = evaluate_judge(judge, val_episodes)
+    metrics["threshold"] = judge.config.threshold
+    return judge, metrics
+
+
+def _as_vlm_judge(judge_or_config: Any, episodes: Sequence[Any]) -> VLMJudge:
+    if isinstance(judge_or_config, VLMJudge):
+        return judge_or_config
+    if isinstance(judge_or_config, VLMJudgeConfig):
+        instructions = sorted({e.instruction for e in episodes})
+        return VLMJudge.from_config(judge_or_config, instructions=instructions)
+    raise TypeError(
+        f"finetune_judge needs a VLMJudge or VLMJudgeConfig, got {type(judge_or_config).__name__}"
+    )
+
+
+def _progress(steps: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc="judge finetune", leave=False)
+
+
+def _score_episodes(judge: SuccessJudge, episodes: Sequence[Any], what: str) -> tuple[np.ndarray, np.ndarray]:
+    kept, skipped = labelled(episodes)
+    if skipped:
+        log.warning("skipped %d of %d %s without a success label", skipped, len(episodes), what)
+    _require_both_classes([e.success for e in kept], what)
+    probs = np.concatenate(
+        [
+            judge.success_probability([np.asarray(e.frames) for e in kept[i : i + 64]], [e.instruction for e in kept[i : i + 64]])
+            for i in range(0, len(kept), 64)
+        ]
+    )
+    return probs, np.array([bool(e.success) for e in kept])
+
+
+def calibrate_threshold(judge: SuccessJudge, episodes: Sequence[Any]) -> tuple[float, dict[str, Any]]:
+    """Set ``judge.config.threshold`` to the F1-maximizing cut on labelled episodes.
+
+    Candidates are midpoints between neighbouring distinct probabilities (and 0.5); among equal
+    F1 the one closest to 0.5 wins. Returns the threshold and the metrics it gives.
+    """
+    probs, labels = _score_episodes(judge, episodes, "validation episodes")
+    u = np.unique(probs)
+    candidates = np.clip(np.append((u[:-1] + u[1:]) / 2, 0.5), 1e-4, 1 - 1e-4)
+    best, best_key = 0.5, None
+    for thr in candidates:
+        f1 = binary_metrics(probs >= thr, labels)["f1"]
+        key = (-1.0 if f1 is None else f1, -abs(thr - 0.5))
+        if best_key is None or key > best_key:
+            best, best_key = float(thr), key
+    judge.config = replace(judge.config, threshold=best)
+    return best, binary_metrics(probs >= best, labels)
+
+
+def evaluate_judge(
+    judge: SuccessJudge, episodes: Sequence[Any], n_samples: int | None = None, threshold: float | None = None
+) -> dict[str, Any]:
+    """Precision / recall / F1 of ``judge()`` rewards (the majority vote RL uses) vs labels."""
+    kept, skipped = labelled(episodes)
+    if not kept:
+        raise JudgeDataError("no success-labelled episodes to evaluate on")
+    rewards = np.concatenate(
+        [
+            judge.judge(
+                [np.asarray(e.frames) for e in kept[i : i + 64]],
+                [e.instruction for e in kept[i : i + 64]],
+                n_samples=n_samples,
+                threshold=threshold,
+            ).rewards
+            for i in range(0, len(kept), 64)
+        ]
+    )
+    out: dict[str, Any] = binary_metrics(rewards > 0.5, np.array([bool(e.success) for e in kept]))
+    out["n_skipped_unlabelled"] = skipped
+    return out

@@ -1,0 +1,229 @@
+"""Configuration of the action-conditioned video world model, with named presets.
+
+``tiny`` runs the whole loop on a CPU: a pixel-space diffusers ``UNet2DModel`` at 64x64 that sees
+the context frames by channel concatenation and the action through its class embedding.
+``large`` mirrors WorldGym: frozen SD3-style VAE latents (16 channels) and a spatial/temporal
+factorized DiT (width 1024, 16 heads, 16 layers) with frame-level action conditioning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robot_bridge.spec import ACTION_DIM, ACTION_HIGH, ACTION_LOW
+
+BACKBONES = ("unet", "dit")
+CODECS = ("pixel", "vae")
+TARGETS = ("delta", "frame")
+
+# Until statistics are fitted on data, actions are normalised by the Bridge per-step bounds
+# (centre and half-range), so an untrained model still sees inputs of order one.
+_BRIDGE_MEAN = [float(x) for x in (ACTION_LOW + ACTION_HIGH) / 2]
+_BRIDGE_STD = [float(x) for x in (ACTION_HIGH - ACTION_LOW) / 2]
+
+
+@dataclass
+class WorldModelConfig:
+    name: str = "tiny"
+    # Frames: square RGB at `image_size`; the model conditions on `context_frames` past frames.
+    image_size: int = 64
+    context_frames: int = 2
+    action_dim: int = ACTION_DIM
+    # Backbone: "unet" (diffusers UNet2DModel) or "dit" (spatial/temporal factorized DiT).
+    backbone: str = "unet"
+    unet_block_out_channels: tuple[int, ...] = (48, 96, 96)
+    unet_down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D")
+    unet_up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+    unet_layers_per_block: int = 1
+    unet_attention_head_dim: int = 32
+    unet_norm_num_groups: int = 16
+    # Space-to-depth factor in front of the UNet: a 64x64 frame is processed as 32x32x12, which
+    # makes the CPU forward ~2x cheaper than convolving at full resolution.
+    pixel_unshuffle: int = 2
+    dit_width: int = 1024
+    dit_heads: int = 16
+    dit_layers: int = 16
+    dit_patch_size: int = 2
+    dit_mlp_ratio: float = 4.0
+    # Frame space: "pixel" ([-1, 1] RGB) or "vae" (latents of a frozen diffusers AutoencoderKL).
+    codec: str = "pixel"
+    vae_path: str | None = None
+    latent_channels: int = 3
+    # Spatial factor of the VAE (SD3: 8); checked against the VAE's own config when it is loaded.
+    vae_downsample: int = 8
+    # Diffusion (v-prediction, zero-terminal-SNR betas, DDIM with trailing spacing for few steps).
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    num_inference_steps: int = 4
+    # "delta": the diffusion target is next frame minus last context frame, so the static scene
+    # is a zero target and does not drift over long autoregressive rollouts.
+    target: str = "delta"
+    # Context noise augmentation: training noises the context to a random timestep in
+    # [0, context_noise_max_t] and tells the model the level; sampling uses a fixed small level.
+    context_noise_max_t: int = 200
+    context_noise_t_inference: int = 15
+    # Classifier-free guidance on actions: a learned null action replaces the action with
+    # probability `action_dropout` in training; `guidance_scale` 1.0 disables guidance.
+    action_dropout: float = 0.1
+    guidance_scale: float = 2.0
+    # Per-dimension action normalisation (raw Bridge units -> (a - mean) / std).
+    action_mean: tuple[float, ...] = field(default_factory=lambda: tuple(_BRIDGE_MEAN))
+    action_std: tuple[float, ...] = field(default_factory=lambda: tuple(_BRIDGE_STD))
+
+    def __post_init__(self) -> None:
+        for name in (
+            "unet_block_out_channels",
+            "unet_down_block_types",
+            "unet_up_block_types",
+            "action_mean",
+            "action_std",
+        ):
+            setattr(self, name, tuple(getattr(self, name)))
+        self.action_mean = tuple(float(x) for x in self.action_mean)
+        self.action_std = tuple(float(x) for x in self.action_std)
+        _check(self.backbone in BACKBONES, "backbone", f"one of {BACKBONES}", self.backbone)
+        _check(self.codec in CODECS, "codec", f"one of {CODECS}", self.codec)
+        _check(self.target in TARGETS, "target", f"one of {TARGETS}", self.target)
+        _check(self.image_size >= 8, "image_size", ">= 8", self.image_size)
+        _check(self.context_frames >= 1, "context_frames", ">= 1", self.context_frames)
+        _check(self.action_dim >= 1, "action_dim", ">= 1", self.action_dim)
+        for name in ("action_mean", "action_std"):
+            n = len(getattr(self, name))
+            _check(n == self.action_dim, f"len({name})", f"action_dim={self.action_dim}", n)
+        _check(min(self.action_std) > 0, "action_std", "all > 0", self.action_std)
+        _check(
+            1 <= self.num_inference_steps <= self.num_train_timesteps,
+            "num_inference_steps",
+            f"in [1, num_train_timesteps={self.num_train_timesteps}]",
+            self.num_inference_steps,
+        )
+        _check(
+            0 <= self.context_noise_t_inference <= self.context_noise_max_t < self.num_train_timesteps,
+            "context_noise_t_inference <= context_noise_max_t",
+            f"0 <= inference <= max < {self.num_train_timesteps}",
+            (self.context_noise_t_inference, self.context_noise_max_t),
+        )
+        _check(0.0 <= self.action_dropout < 1.0, "action_dropout", "in [0, 1)", self.action_dropout)
+        _check(self.guidance_scale >= 0.0, "guidance_scale", ">= 0", self.guidance_scale)
+        if self.codec == "vae":
+            _check(
+                self.image_size % self.vae_downsample == 0,
+                "image_size",
+                f"a multiple of vae_downsample={self.vae_downsample}",
+                self.image_size,
+            )
+        if self.codec == "pixel":
+            _check(self.latent_channels == 3, "latent_channels", "3 for codec='pixel'", self.latent_channels)
+        if self.backbone == "unet":
+            self._check_unet()
+        else:
+            self._check_dit()
+
+    def _check_unet(self) -> None:
+        n = len(self.unet_block_out_channels)
+        for name in ("unet_down_block_types", "unet_up_block_types"):
+            got = len(getattr(self, name))
+            _check(got == n, f"len({name})", f"len(unet_block_out_channels)={n}", got)
+        groups = self.unet_norm_num_groups
+        bad = [c for c in self.unet_block_out_channels if c % groups]
+        _check(not bad, "unet_block_out_channels", f"multiples of unet_norm_num_groups={groups}", bad)
+        factor = self.pixel_unshuffle * 2 ** (n - 1)
+        _check(
+            self.latent_size % factor == 0,
+            "frame size in model space",
+            f"a multiple of pixel_unshuffle * 2**(levels-1) = {factor}",
+            self.latent_size,
+        )
+
+    def _check_dit(self) -> None:
+        _check(
+            self.dit_width % self.dit_heads == 0,
+            "dit_width",
+            f"a multiple of dit_heads={self.dit_heads}",
+            self.dit_width,
+        )
+        head_dim = self.dit_width // self.dit_heads
+        _check(head_dim % 4 == 0, "dit head dim (width/heads)", "a multiple of 4 for 2-D RoPE", head_dim)
+        _check(
+            self.latent_size % self.dit_patch_size == 0,
+            "frame size in model space",
+            f"a multiple of dit_patch_size={self.dit_patch_size}",
+            self.latent_size,
+        )
+
+    @property
+    def latent_size(self) -> int:
+        """Side of a frame in model space (pixels: image_size; VAE: image_size / downsample)."""
+        return self.image_size // self.vae_downsample if self.codec == "vae" else self.image_size
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> WorldModelConfig:
+        """A named preset, with field overrides; an unknown name lists the valid ones."""
+        if name not in PRESETS:
+            raise KeyError(f"unknown world-model preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown WorldModelConfig fields in overrides: {sorted(unknown)}")
+        return cls(**{**PRESETS[name], "name": name, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> WorldModelConfig:
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown WorldModelConfig fields {sorted(unknown)}")
+        return cls(**data)
+
+    def architecture(self) -> dict[str, Any]:
+        """Fields that decide tensor shapes: two configs with equal architecture share weights."""
+        keys = [
+            "image_size", "context_frames", "action_dim", "backbone", "codec", "latent_channels",
+            "vae_downsample", "pixel_unshuffle",
+        ]  # fmt: skip
+        if self.backbone == "unet":
+            keys += [
+                "unet_block_out_channels", "unet_down_block_types", "unet_up_block_types",
+                "unet_layers_per_block", "unet_attention_head_dim", "unet_norm_num_groups",
+            ]  # fmt: skip
+        else:
+            keys += ["dit_width", "dit_heads", "dit_layers", "dit_patch_size", "dit_mlp_ratio"]
+        return {k: _jsonable(getattr(self, k)) for k in keys}
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _check(ok: bool, what: str, expected: str, received: Any) -> None:
+    if not ok:
+        raise ValueError(f"WorldModelConfig.{what}: expected {expected}, received {received!r}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    # WorldGym (arXiv 2506.00613): SD3 VAE latents (256x256 -> 32x32x16), patch 2 -> 256 tokens per
+    # frame, factorized DiT 1024 wide x 16 heads x 16 layers (~600M), context of up to 20 frames,
+    # 10 DDIM steps, CFG 3.0 on actions with 10% dropout. `vae_path` must name a local directory.
+    "large": {
+        "image_size": 256,
+        "context_frames": 19,
+        "backbone": "dit",
+        "codec": "vae",
+        "latent_channels": 16,
+        "beta_schedule": "scaled_linear",
+        "num_inference_steps": 10,
+        "target": "frame",
+        "guidance_scale": 3.0,
+    },
+}
