@@ -265,8 +265,11 @@ class VLAPolicy(nn.Module):
             )
 
     # ----- persistence ------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json (policy_type "vla"), model.safetensors and the processor files."""
+    def save_pretrained(self, directory: str | Path, station_temperature: float = 0.0) -> Path:
+        """Write config.json (policy_type "vla"), model.safetensors and the processor files.
+
+        ``station_temperature`` is how a station job decodes this checkpoint (0 = greedy).
+        """
         from safetensors.torch import save_file
 
         d = Path(directory)
@@ -285,6 +288,7 @@ class VLAPolicy(nn.Module):
             "model_class": type(self.model).__name__,
             "model_config": self.model.config.to_dict(),
             "base_model_path": self.base_model_path,
+            "station_temperature": float(station_temperature),
         }
         (d / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         return d
@@ -314,6 +318,7 @@ class VLAPolicy(nn.Module):
                 trust_remote_code=config.trust_remote_code,
                 dtype=getattr(torch, config.torch_dtype),
             )
+        model.tie_weights()  # skipped along with the initialisation
         weights = d / WEIGHTS_NAME
         if not weights.is_file():
             raise CheckpointError(f"VLA checkpoint {d} has no {WEIGHTS_NAME}")

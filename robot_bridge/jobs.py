@@ -143,14 +143,15 @@ class JobRunner:
             for task, seed in job.spec.plan():
                 job.current = {"task": task, "seed": seed}
                 self._episode(job, policy, task, seed)
+            job.current = None
             job.state = "done"
         except JobStopped as stop:
-            job.state = "estopped" if stop.termination == "estop" else "cancelled"
             if stop.termination == "estop":
                 job.error = "e-stop during the job"
+            job.state = "estopped" if stop.termination == "estop" else "cancelled"
         except Exception as e:
+            job.error = f"{type(e).__name__}: {e}"  # before the state, which pollers watch
             job.state = "failed"
-            job.error = f"{type(e).__name__}: {e}"
             log.error("job %s failed:\n%s", job.job_id, traceback.format_exc())
             with self.arm:
                 self.backend.hold_safe()

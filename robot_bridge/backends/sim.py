@@ -16,7 +16,8 @@ set-points for position actuators, and the physics runs for one 200 ms control p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+import threading
+from dataclasses import dataclass, replace
 
 import mujoco
 import numpy as np
@@ -57,7 +58,14 @@ R_DOWN = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
 def euler_to_mat(rpy: np.ndarray) -> np.ndarray:
     """Extrinsic x-y-z Euler angles to a rotation matrix, R = Rz(yaw) Ry(pitch) Rx(roll)."""
     r, p, y = rpy
-    cr, sr, cp, sp, cy, sy = math.cos(r), math.sin(r), math.cos(p), math.sin(p), math.cos(y), math.sin(y)
+    cr, sr, cp, sp, cy, sy = (
+        math.cos(r),
+        math.sin(r),
+        math.cos(p),
+        math.sin(p),
+        math.cos(y),
+        math.sin(y),
+    )
     return np.array(
         [
             [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
@@ -375,7 +383,6 @@ class _Layout:
     sink_xy: np.ndarray
     basket_xy: np.ndarray
     cabinet_y: float
-    extra: dict = field(default_factory=dict)
 
 
 class SimBackend(RobotBackend):
@@ -397,9 +404,12 @@ class SimBackend(RobotBackend):
         self._ik_data = mujoco.MjData(self.model)
         self._n_substeps = max(1, round(self.config.control_dt / self.model.opt.timestep))
         self._index_model()
-        self._renderer = (
-            mujoco.Renderer(self.model, image_size, image_size) if render else None
-        )
+        # An EGL/OSMesa context belongs to the thread that made it, and the station renders from
+        # its socket thread and from job threads: one renderer per thread.
+        self._render_enabled = render
+        self._image_size = image_size
+        self._renderers: dict[int, mujoco.Renderer] = {}
+        self._renderers_lock = threading.Lock()
         self._blank = np.zeros((image_size, image_size, 3), dtype=np.uint8)
         self._seq = SequenceCounter()
         self._task: str | None = None
@@ -524,11 +534,19 @@ class SimBackend(RobotBackend):
         self._require_reset()
         return self._seq.stamp(self._render(), self._state())
 
+    def _renderer(self) -> mujoco.Renderer:
+        key = threading.get_ident()
+        with self._renderers_lock:
+            if key not in self._renderers:
+                self._renderers[key] = mujoco.Renderer(self.model, self._image_size, self._image_size)
+            return self._renderers[key]
+
     def _render(self) -> np.ndarray:
-        if self._renderer is None:
+        if not self._render_enabled:
             return self._blank.copy()
-        self._renderer.update_scene(self.data, camera="primary")
-        return self._renderer.render().copy()
+        renderer = self._renderer()
+        renderer.update_scene(self.data, camera="primary")
+        return renderer.render().copy()
 
     def _state(self) -> np.ndarray:
         pos = self.data.site_xpos[self._ee_site]
@@ -558,9 +576,12 @@ class SimBackend(RobotBackend):
         mujoco.mj_forward(self.model, d)
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        # a context can only be released from its own thread; others die with their threads
+        with self._renderers_lock:
+            own = self._renderers.pop(threading.get_ident(), None)
+            self._renderers.clear()
+        if own is not None:
+            own.close()
 
     # ------------------------------------------------------------------ IK
 

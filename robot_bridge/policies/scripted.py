@@ -56,7 +56,9 @@ class ScriptedExpertConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.noise <= 2.0:
-            raise ValueError(f"noise must be in [0, 2] (fraction of the action half range), got {self.noise}")
+            raise ValueError(
+                f"noise must be in [0, 2] (fraction of the action half range), got {self.noise}"
+            )
         if not 0.0 <= self.mistake_prob <= 1.0:
             raise ValueError(f"mistake_prob must be in [0, 1], got {self.mistake_prob}")
         if self.seed < 0:
@@ -116,8 +118,9 @@ class ScriptedExpertPolicy(Policy):
         self._episodes += 1
         self._mistake = bool(self._rng.random() < self.config.mistake_prob)
         self._phases = self._plan(task)
+        # The first waypoint is placed at the first act: the station may reset the policy
+        # before it resets the scene.
         self._phase_index = -1
-        self._enter_next_phase(None)
 
     # ------------------------------------------------------------------ plans
 
@@ -162,7 +165,9 @@ class ScriptedExpertPolicy(Policy):
             _Phase("approach", lambda s: (_up(grasp_point(s), 0.08), yaw(s)), 1.0, tol=0.012),
             _Phase("descend", lambda s: (grasp_point(s), yaw(s)), 1.0, tol=0.008, max_steps=8),
             _Phase("grasp", hold, 0.0, tol=1.0, hold=3),
-            _Phase("lift", lambda s: (np.r_[s["ee_pos"][:2], 0.04], s["target_rpy"][2]), 0.0, tol=0.015),
+            _Phase(
+                "lift", lambda s: (np.r_[s["ee_pos"][:2], 0.04], s["target_rpy"][2]), 0.0, tol=0.015
+            ),
         ]
         if early_release:
             phases.append(_Phase("drop", hold, 1.0, tol=1.0, hold=2))
@@ -170,7 +175,12 @@ class ScriptedExpertPolicy(Policy):
             _Phase("carry", lambda s: (above_container(s), s["target_rpy"][2]), 0.0, tol=0.015),
             _Phase("lower", lambda s: (into_container(s), s["target_rpy"][2]), 0.0, tol=0.012),
             _Phase("release", hold, 1.0, tol=1.0, hold=2),
-            _Phase("retreat", lambda s: (_up(s["ee_pos"], 0.08), s["target_rpy"][2]), 1.0, max_steps=10**9),
+            _Phase(
+                "retreat",
+                lambda s: (_up(s["ee_pos"], 0.08), s["target_rpy"][2]),
+                1.0,
+                max_steps=10**9,
+            ),
         ]
 
     def _plan_open_drawer(self) -> list[_Phase]:
@@ -182,7 +192,13 @@ class ScriptedExpertPolicy(Policy):
             _Phase("approach", lambda s: (_up(grasp(s), 0.07), 0.0), 1.0, tol=0.012),
             _Phase("descend", lambda s: (grasp(s), 0.0), 1.0, tol=0.007, max_steps=8),
             _Phase("grasp", hold, 0.0, tol=1.0, hold=3),
-            _Phase("pull", lambda s: (s["ee_pos"] - [s["drawer_travel"] - 0.01, 0.0, 0.0], 0.0), 0.0, tol=0.015, max_steps=10),
+            _Phase(
+                "pull",
+                lambda s: (s["ee_pos"] - [s["drawer_travel"] - 0.01, 0.0, 0.0], 0.0),
+                0.0,
+                tol=0.015,
+                max_steps=10,
+            ),
             _Phase("release", hold, 1.0, tol=1.0, hold=2),
             _Phase("retreat", lambda s: (_up(s["ee_pos"], 0.07), 0.0), 1.0, max_steps=10**9),
         ]
@@ -199,18 +215,30 @@ class ScriptedExpertPolicy(Policy):
             return tip, 0.0
 
         return [
-            _Phase("approach", lambda s: (_up(s["handle_tip_pos"] + standoff, 0.06), 0.0), 0.0, tol=0.012),
-            _Phase("descend", lambda s: (s["handle_tip_pos"] + standoff, 0.0), 0.0, tol=0.008, max_steps=8),
+            _Phase(
+                "approach",
+                lambda s: (_up(s["handle_tip_pos"] + standoff, 0.06), 0.0),
+                0.0,
+                tol=0.012,
+            ),
+            _Phase(
+                "descend",
+                lambda s: (s["handle_tip_pos"] + standoff, 0.0),
+                0.0,
+                tol=0.008,
+                max_steps=8,
+            ),
             _Phase("push", push_goal, 0.0, tol=0.012, max_steps=10),
-            _Phase("retreat", lambda s: (_up(s["ee_pos"] + standoff, 0.06), 0.0), 0.0, max_steps=10**9),
+            _Phase(
+                "retreat", lambda s: (_up(s["ee_pos"] + standoff, 0.06), 0.0), 0.0, max_steps=10**9
+            ),
         ]
 
     # ------------------------------------------------------------------ control
 
-    def _enter_next_phase(self, state: dict | None) -> None:
+    def _enter_next_phase(self, state: dict) -> None:
         self._phase_index = min(self._phase_index + 1, len(self._phases) - 1)
         phase = self._phases[self._phase_index]
-        state = state if state is not None else self.backend.privileged_state()
         pos, yaw = phase.goal(state)
         self._goal_pos, self._goal_yaw = np.asarray(pos, dtype=np.float64), float(yaw)
         self._phase_steps = 0
@@ -218,7 +246,7 @@ class ScriptedExpertPolicy(Policy):
 
     @property
     def phase(self) -> str:
-        return self._phases[self._phase_index].name
+        return self._phases[self._phase_index].name if self._phase_index >= 0 else "start"
 
     def _advance(self, s: dict) -> None:
         phase = self._phases[self._phase_index]
@@ -233,9 +261,14 @@ class ScriptedExpertPolicy(Policy):
 
     def act(self, obs: Observation, instruction: str) -> np.ndarray:
         if not self._phases:
-            raise RuntimeError("ScriptedExpertPolicy.reset(task, instruction, seed) must come before act")
+            raise RuntimeError(
+                "ScriptedExpertPolicy.reset(task, instruction, seed) must come before act"
+            )
         s = self.backend.privileged_state()
-        self._advance(s)
+        if self._phase_index < 0:
+            self._enter_next_phase(s)
+        else:
+            self._advance(s)
         self._phase_steps += 1
         phase = self._phases[self._phase_index]
         action = np.zeros(ACTION_DIM)
@@ -277,7 +310,9 @@ class RandomPolicy(Policy):
         self._rng = np.random.default_rng(config.seed)
 
     @classmethod
-    def from_checkpoint(cls, path: Path, config: dict, backend: RobotBackend | None) -> RandomPolicy:
+    def from_checkpoint(
+        cls, path: Path, config: dict, backend: RobotBackend | None
+    ) -> RandomPolicy:
         return cls(_config_from_dict(RandomPolicyConfig, config, cls.policy_type))
 
     def reset(self, task: str, instruction: str, seed: int | None = None) -> None:
@@ -286,4 +321,6 @@ class RandomPolicy(Policy):
 
     def act(self, obs: Observation, instruction: str) -> np.ndarray:
         k = self.config.chunk_size
-        return self._rng.uniform(ACTION_LOW, ACTION_HIGH, size=(k, ACTION_DIM)).astype(np.float32)  # (K, 7)
+        return self._rng.uniform(ACTION_LOW, ACTION_HIGH, size=(k, ACTION_DIM)).astype(
+            np.float32
+        )  # (K, 7)

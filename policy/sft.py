@@ -1,0 +1,204 @@
+"""Supervised finetuning of the VLA on recorded episodes (cross-entropy on action tokens).
+
+Each training example is a window: the frame before action ``t``, the episode's instruction, and
+the action chunk ``t .. t+K-1``. Chunks running past the end of an episode are padded with a
+hold action (zero motion, last gripper command): what the arm does once an episode is over.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from policy.augment import AugmentConfig, augment_images
+from policy.config import VLAConfig
+from policy.tokenization import ActionTokenizer
+from policy.vla import VLAPolicy
+
+
+class EpisodeLike(Protocol):
+    """What SFT reads from ``robot_bridge.episodes.Episode``."""
+
+    instruction: str
+    frames: np.ndarray  # (T+1, H, W, 3) uint8
+    actions: np.ndarray  # (T, 7) float32
+
+
+@dataclass
+class SFTWindows:
+    frames: np.ndarray  # (F, H, W, 3) uint8, every usable frame (at model resolution if known)
+    instructions: list[str]  # per window
+    action_chunks: np.ndarray  # (N, K, 7) float32, window n starts at frames[n]
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+
+def chunk_actions(actions: np.ndarray, chunk_size: int) -> np.ndarray:
+    """(T, D) actions -> (T, K, D) chunks; past the end: zero motion, last gripper command."""
+    t, d = actions.shape
+    hold = np.zeros(d, dtype=np.float32)
+    hold[-1] = actions[-1, -1]
+    padded = np.concatenate([actions, np.repeat(hold[None], chunk_size - 1, axis=0)])  # (T+K-1, D)
+    idx = np.arange(t)[:, None] + np.arange(chunk_size)[None]  # (T, K)
+    return padded[idx].astype(np.float32)
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int], batch: int = 512) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> uint8 (N, h, w, 3) with the policy's antialiased bilinear resize."""
+    if tuple(frames.shape[1:3]) == tuple(size):
+        return frames
+    out = []
+    for i in range(0, len(frames), batch):
+        x = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        out.append(x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def build_windows(
+    episodes: Sequence[EpisodeLike], chunk_size: int, image_size: tuple[int, int] | None
+) -> SFTWindows:
+    frames, instructions, chunks = [], [], []
+    for i, ep in enumerate(episodes):
+        actions = np.asarray(ep.actions, dtype=np.float32)
+        t = len(actions)
+        if t == 0:
+            continue
+        if actions.ndim != 2 or len(ep.frames) < t:
+            raise ValueError(
+                f"episode {i}: need (T, D) actions and at least T frames, got actions {actions.shape} "
+                f"and {len(ep.frames)} frames"
+            )
+        img = np.asarray(ep.frames[:t])
+        frames.append(resize_frames(img, image_size) if image_size else img)
+        instructions += [ep.instruction] * t
+        chunks.append(chunk_actions(actions, chunk_size))
+    if not chunks:
+        raise ValueError(f"train_sft: none of the {len(episodes)} episodes has any actions")
+    return SFTWindows(np.concatenate(frames), instructions, np.concatenate(chunks))
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # cosine to 10%
+
+    return f
+
+
+def train_sft(
+    policy_or_config: VLAPolicy | VLAConfig,
+    episodes: Iterable[EpisodeLike],
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    augment: AugmentConfig | None = None,
+    weight_decay: float = 0.01,
+    warmup_steps: int | None = None,
+    grad_clip: float = 1.0,
+    refit_action_stats: bool = False,
+    callback: Callable[[int, dict], None] | None = None,
+) -> tuple[VLAPolicy, dict]:
+    """Finetune (or build and train) a VLA on episodes; returns (policy, metrics).
+
+    A ``VLAConfig`` builds a fresh tiny policy whose action bins span the episodes' q01/q99. A
+    ``VLAPolicy`` keeps its action stats (so its tokens keep their meaning) unless
+    ``refit_action_stats``. ``callback(step, {"loss", "token_accuracy", "lr", "grad_norm"})`` is
+    called every step (e.g. for MLflow).
+    """
+    from tqdm.auto import tqdm
+
+    if steps < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}")
+    episodes = list(episodes)
+    if not episodes:
+        raise ValueError("train_sft got an empty list of episodes")
+    all_actions = [np.asarray(ep.actions) for ep in episodes if len(ep.actions)]
+    if not all_actions:
+        raise ValueError(f"train_sft: none of the {len(episodes)} episodes has any actions")
+    stats = ActionTokenizer.from_actions(np.concatenate(all_actions), token_start=0).to_dict()
+    if isinstance(policy_or_config, VLAConfig):
+        policy = VLAPolicy.build(policy_or_config, stats)
+    elif isinstance(policy_or_config, VLAPolicy):
+        policy = policy_or_config
+        if refit_action_stats:
+            policy.set_action_stats(stats)
+    else:
+        raise TypeError(f"expected a VLAPolicy or VLAConfig, got {type(policy_or_config).__name__}")
+
+    cfg = policy.config
+    windows = build_windows(episodes, cfg.chunk_size, policy.image_size)
+    targets = torch.from_numpy(policy.action_tokenizer.to_bins(windows.action_chunks).reshape(len(windows), -1))
+    augment = AugmentConfig() if augment is None else augment
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
+    warmup = max(1, steps // 20) if warmup_steps is None else max(1, warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps))
+
+    policy.train()
+    losses, accs = [], []
+    start = time.perf_counter()
+    bar = tqdm(range(steps), disable=not progress, desc="sft", dynamic_ncols=True)
+    for step in bar:
+        idx = rng.integers(0, len(windows), size=batch_size)
+        images = augment_images(windows.frames[idx], augment, rng)
+        logits = policy.action_logits(images, [windows.instructions[i] for i in idx])  # (B, N, 256)
+        target = targets[idx].to(logits.device)  # (B, N)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"SFT loss is {loss.item()} at step {step} (lr={sched.get_last_lr()[0]:.2e}); "
+                "check the episodes' actions/frames for NaN or lower the learning rate"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        sched.step()
+        acc = (logits.argmax(-1) == target).float().mean().item()
+        losses.append(loss.item())
+        accs.append(acc)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.2f}")
+        if callback is not None:
+            callback(step, {"loss": losses[-1], "token_accuracy": acc, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm)})
+    elapsed = time.perf_counter() - start
+    policy.eval()
+    tail = max(1, min(10, steps // 5))
+    metrics = {
+        "loss": losses,
+        "token_accuracy": accs,
+        "initial_loss": float(np.mean(losses[:tail])),
+        "final_loss": float(np.mean(losses[-tail:])),
+        "final_token_accuracy": float(np.mean(accs[-tail:])),
+        "steps_per_s": steps / elapsed,
+        "num_episodes": len(episodes),
+        "num_windows": len(windows),
+        **greedy_action_error(policy, windows, rng),
+    }
+    return policy, metrics
+
+
+@torch.no_grad()
+def greedy_action_error(policy: VLAPolicy, windows: SFTWindows, rng: np.random.Generator, n: int = 256) -> dict:
+    """Mean |greedy action - demonstrated action| per dimension on up to n training windows."""
+    idx = rng.choice(len(windows), size=min(n, len(windows)), replace=False)
+    errs = []
+    for chunk in np.array_split(idx, max(1, len(idx) // 64)):
+        s = policy.sample(windows.frames[chunk], [windows.instructions[i] for i in chunk], greedy=True)
+        errs.append(np.abs(s.actions - windows.action_chunks[chunk]).reshape(-1, s.actions.shape[-1]))
+    per_dim = np.concatenate(errs).mean(axis=0)
+    return {"train_greedy_l1_per_dim": per_dim.tolist(), "train_greedy_l1": float(per_dim.mean())}
