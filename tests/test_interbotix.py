@@ -321,3 +321,35 @@ def test_opencv_camera_gives_resized_rgb_frames(tmp_path):
     assert image.shape == (32, 40, 3) and image.dtype == np.uint8
     assert image[..., 0].min() > 200 and image[..., 2].max() < 50  # RGB order
     assert 0 <= time.monotonic() - captured < 2.0
+
+
+def test_station_turns_backend_refusals_into_clear_replies(tmp_path):
+    """The real station logic over the real-arm backend: an IK refusal is an error reply, nothing moves."""
+    from robot_bridge import protocol
+    from robot_bridge.station import Station, StationConfig
+
+    bot, camera = FakeInterbotixManipulatorXS(), FakeCamera()
+    backend = InterbotixBackend(InterbotixConfig(control_period_s=0.0), bot_factory=lambda: bot, camera=camera)
+    station = Station(backend, StationConfig(episodes_dir=tmp_path / "episodes"))
+
+    def call(op, args=None, lease=None, arrays=None):
+        frames = protocol.request(f"{op}-{len(bot.calls)}", op, args or {}, lease, arrays)
+        header, out = protocol.decode(station.handle([bytes(memoryview(f)) for f in frames]))
+        return header, out
+
+    lease = call("acquire_lease")[0]["result"]["lease"]
+    assert call("reset", {"task": "open_drawer", "seed": 0}, lease)[0]["ok"]
+    # push the target far into a corner the arm cannot reach, one clipped step at a time
+    reply = None
+    for _ in range(40):
+        reply, _ = call("step", lease=lease, arrays={"action": act(dxyz=(0.05, 0.05, -0.05))})
+        if not reply["ok"]:
+            break
+    assert reply["error"]["code"] == "backend_error"
+    assert "IKError" in reply["error"]["message"] and "nothing moved" in reply["error"]["message"]
+    since = len(bot.calls)
+    ok, _ = call("step", lease=lease, arrays={"action": act(dxyz=(-0.05, -0.05, 0.05))})
+    assert ok["ok"], ok  # the episode goes on after a refused step
+    assert "arm.set_ee_pose_matrix" in motion_calls(bot, since)
+    station.shutdown()
+    backend.close()
