@@ -188,6 +188,7 @@ class JobRunner:
         except EpisodeWriteError:
             with self.arm:
                 self.backend.hold_safe()
+            writer.close()  # release the HDF5 handle; the partial file stays, flagged by its name
             raise  # the partial file stays on disk; the job fails with the writer's message
         except Exception as e:
             termination, error = "error", e

@@ -353,6 +353,7 @@ class Station:
             ep.writer.append(ep.last_obs, action, requested_action=requested)
         except EpisodeWriteError as e:
             self._safe_hold()
+            ep.writer.close()  # the partial file stays, flagged by its name
             ep.writer, ep.done = None, True
             raise ProtocolError("episode_write_failed", f"arm held safe; {e}") from None
 
@@ -388,6 +389,7 @@ class Station:
                 success, source = None, "none"
             return str(writer.finish(success=success, success_source=source, termination=termination))
         except EpisodeWriteError as e:
+            writer.close()
             log.error("could not close episode %s: %s (its partial file is kept)", writer.meta.episode_id, e)
             return None
 

@@ -400,5 +400,6 @@ def test_append_cost_at_256_is_small_against_the_control_period(tmp_path):
         costs.append(time.perf_counter() - start)
     w.append(obs(15, shape=(256, 256, 3)), None)
     w.finish(success=True, success_source="operator", termination="success")
-    # 200 ms control period; measured ~2-5 ms on a 2-core VM. A tenth leaves room for a busy host.
-    assert np.median(costs) < 0.02, costs
+    # 200 ms control period; measured 2-4 ms median on a quiet 2-core VM, up to 16 ms under heavy
+    # shared load (mostly the per-step fsync). A quarter of the period leaves room for that.
+    assert np.median(costs) < 0.05, costs
