@@ -1,0 +1,350 @@
+"""The stages of one improvement round, as typed functions.
+
+Dagster assets, ``gymnast bench learning`` and the CLI all call these; each takes paths and a
+``RoundConfig`` and returns a small result record, so orchestration stays thin and every stage
+can be run and tested on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from robot_bridge.checkpoints import build_manifest
+from robot_bridge.client import StationClient
+from robot_bridge.dispatch import DispatchResult, TaskResult, run_on_station
+from robot_bridge.episodes import Episode, list_episodes, read_episode
+from robot_bridge.policies import write_policy_config
+from robot_bridge.spec import TASKS
+
+PRESETS = ("tiny", "bench", "lab")
+
+
+@dataclass
+class RoundConfig:
+    """Sizes of one round. ``tiny`` runs on a 2-core CPU in minutes; ``lab`` is the real-arm setting."""
+
+    tasks: tuple[str, ...] = tuple(TASKS)
+    model_preset: str = "tiny"
+    # bootstrap (first round only): scripted demonstrations -> SFT
+    demo_episodes_per_task: int = 10
+    demo_noise: float = 0.0
+    demo_mistake_prob: float = 0.0
+    sft_steps: int = 300
+    # each round
+    collect_episodes_per_task: int = 5  # champion runs; also its real evaluation this round
+    eval_episodes_per_task: int = 5  # challenger runs, same seeds (paired comparison)
+    world_model_steps: int = 400  # from scratch
+    world_model_finetune_steps: int = 150  # warm start from last round
+    judge_steps: int = 300
+    judge_finetune_steps: int = 150
+    grpo_steps: int = 10
+    grpo_overrides: dict = field(default_factory=dict)
+    holdout_fraction: float = 0.15
+    promotion_alpha: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(self.tasks)}")
+        for name in ("demo_episodes_per_task", "collect_episodes_per_task", "eval_episodes_per_task",
+                     "sft_steps", "world_model_steps", "world_model_finetune_steps", "judge_steps",
+                     "judge_finetune_steps", "grpo_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if not 0 < self.promotion_alpha < 1:
+            raise ValueError(f"promotion_alpha must be in (0, 1), got {self.promotion_alpha}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> RoundConfig:
+        if name == "tiny":
+            base = cls()
+        elif name == "bench":
+            base = cls(demo_episodes_per_task=25, collect_episodes_per_task=20, eval_episodes_per_task=50,
+                       sft_steps=800, world_model_steps=1500, judge_steps=600, grpo_steps=40)
+        elif name == "lab":
+            base = cls(model_preset="large", demo_episodes_per_task=50, collect_episodes_per_task=25,
+                       eval_episodes_per_task=50, sft_steps=5000, world_model_steps=20000,
+                       world_model_finetune_steps=5000, judge_steps=3000, judge_finetune_steps=1000,
+                       grpo_steps=200)
+        else:
+            raise ValueError(f"unknown round preset {name!r}; valid presets: {', '.join(PRESETS)}")
+        return dataclasses.replace(base, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ModelArtifact:
+    path: Path
+    sha256: str
+    metrics: dict[str, float]
+    previews: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class DatasetInfo:
+    path: Path
+    n_episodes: int
+    n_frames: int
+    per_task: dict[str, dict]
+    stats_path: Path
+    episode_files: list[Path]
+
+
+@dataclass
+class Evaluation:
+    checkpoint_sha256: str
+    episodes: list[Path]
+    per_task: dict[str, TaskResult]
+    outcomes: dict[tuple[str, int], bool]  # (task, seed) -> success
+
+    @property
+    def success_rate(self) -> float:
+        labelled = sum(r.labelled for r in self.per_task.values())
+        return sum(r.successes for r in self.per_task.values()) / labelled if labelled else math.nan
+
+    def to_dict(self) -> dict:
+        return {
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "episodes": len(self.episodes),
+            "success_rate": self.success_rate,
+            "per_task": {t: {"episodes": r.episodes, "successes": r.successes, "labelled": r.labelled,
+                             "success_rate": r.success_rate, "ci95": list(r.ci95)}
+                         for t, r in self.per_task.items()},
+        }
+
+
+@dataclass
+class PromotionDecision:
+    promote: bool
+    test: str
+    p_value: float
+    champion_rate: float
+    challenger_rate: float
+    discordant: dict[str, int]
+    per_task: dict[str, dict]
+    reason: str
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def checkpoint_sha256(path: Path) -> str:
+    return build_manifest(path)[0]
+
+
+def load_episodes(dirs: Sequence[str | Path]) -> list[Episode]:
+    """Every complete episode under the given folders, in a stable order."""
+    paths = sorted({p for d in dirs for p in list_episodes(d)}, key=lambda p: p.name)
+    return [read_episode(p) for p in paths]
+
+
+def split_holdout(episodes: Sequence[Episode], fraction: float) -> tuple[list[Episode], list[Episode]]:
+    """Deterministic split by episode id (a hash), so a round re-run holds out the same episodes."""
+    def held(ep: Episode) -> bool:
+        h = int(hashlib.sha256(ep.episode_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        return h < fraction
+
+    train = [e for e in episodes if not held(e)]
+    test = [e for e in episodes if held(e)]
+    if not test and len(train) > 1:  # tiny rounds: keep at least one held-out episode
+        test.append(train.pop())
+    return train, test
+
+
+def _evaluation(result: DispatchResult) -> Evaluation:
+    outcomes = {}
+    for p in result.episodes:
+        ep = read_episode(p)
+        if ep.success is not None:
+            outcomes[(ep.task, int(ep.seed))] = bool(ep.success)
+    return Evaluation(result.checkpoint_sha256, result.episodes, result.per_task, outcomes)
+
+
+# --- stages -----------------------------------------------------------------------------------
+
+
+def bootstrap_champion(station: StationClient, workdir: Path, cfg: RoundConfig, progress: bool = True) -> ModelArtifact:
+    """No champion yet: scripted-expert demonstrations on the station, then SFT."""
+    from policy.config import VLAConfig
+    from policy.sft import train_sft
+
+    workdir = Path(workdir)
+    expert = write_policy_config(workdir / "scripted_expert", "scripted_expert", noise=cfg.demo_noise,
+                                 mistake_prob=cfg.demo_mistake_prob, seed=cfg.seed)
+    run_on_station(station, expert, cfg.tasks, cfg.demo_episodes_per_task, workdir / "demos",
+                   seed=cfg.seed + 10_000, progress=progress)
+    demos = load_episodes([workdir / "demos"])
+    successful = [e for e in demos if e.success]
+    if not successful:
+        raise RuntimeError(f"none of the {len(demos)} scripted demonstrations succeeded; nothing to imitate")
+    policy, metrics = train_sft(VLAConfig.from_preset(cfg.model_preset), successful, steps=cfg.sft_steps,
+                                seed=cfg.seed, progress=progress)
+    out = policy.save_pretrained(workdir / "policy")
+    return ModelArtifact(Path(out), checkpoint_sha256(Path(out)), _scalars(metrics) | {"demos": len(demos),
+                                                                                      "demos_successful": len(successful)})
+
+
+def collect_episodes(station: StationClient, policy_dir: Path, dest: Path, cfg: RoundConfig, *,
+                     episodes_per_task: int | None = None, seed: int | None = None,
+                     progress: bool = True) -> Evaluation:
+    """Run a policy checkpoint on the station (resumable: finished episodes are not run again)."""
+    n = cfg.collect_episodes_per_task if episodes_per_task is None else episodes_per_task
+    result = run_on_station(station, policy_dir, cfg.tasks, n, dest, seed=cfg.seed if seed is None else seed,
+                            progress=progress)
+    return _evaluation(result)
+
+
+def evaluate_on_station(station: StationClient, policy_dir: Path, dest: Path, cfg: RoundConfig, *,
+                        seed: int | None = None, progress: bool = True) -> Evaluation:
+    """AutoEval-style real evaluation on the same seeds the champion ran (paired comparison)."""
+    return collect_episodes(station, policy_dir, dest, cfg, episodes_per_task=cfg.eval_episodes_per_task,
+                            seed=seed, progress=progress)
+
+
+def build_dataset(episode_dirs: Sequence[Path], out_dir: Path) -> DatasetInfo:
+    """Every real episode so far as a LeRobotDataset (v3) plus action statistics."""
+    from robot_bridge.lerobot_export import export_lerobot
+
+    paths = sorted({p for d in episode_dirs for p in list_episodes(d)}, key=lambda p: p.name)
+    if not paths:
+        raise ValueError(f"no complete episodes under {[str(d) for d in episode_dirs]}")
+    out = export_lerobot(paths, out_dir, repo_id="gymnast/rounds", use_videos=True)
+    per_task: dict[str, dict] = {}
+    n_frames = 0
+    for p in paths:
+        ep = read_episode(p)
+        n_frames += ep.frames.shape[0]
+        t = per_task.setdefault(ep.task, {"episodes": 0, "successes": 0, "failures": 0})
+        t["episodes"] += 1
+        t["successes"] += int(ep.success is True)
+        t["failures"] += int(ep.success is False)
+    return DatasetInfo(Path(out), len(paths), n_frames, per_task, Path(out) / "meta" / "action_stats.json", paths)
+
+
+def refresh_world_model(episode_dirs: Sequence[Path], previous: Path | None, out_dir: Path, cfg: RoundConfig,
+                        progress: bool = True) -> ModelArtifact:
+    """Train (or warm-start from last round and finetune) the world model; held-out error and a preview."""
+    from world_model.config import WorldModelConfig
+    from world_model.evaluate import evaluate_world_model, write_side_by_side_video
+    from world_model.train import train_world_model
+
+    episodes = load_episodes(episode_dirs)
+    train, held = split_holdout(episodes, cfg.holdout_fraction)
+    if previous is not None:
+        model, metrics = train_world_model(WorldModelConfig.preset(cfg.model_preset), train,
+                                           steps=cfg.world_model_finetune_steps, seed=cfg.seed, progress=progress,
+                                           init_from=previous)
+    else:
+        model, metrics = train_world_model(WorldModelConfig.preset(cfg.model_preset), train,
+                                           steps=cfg.world_model_steps, seed=cfg.seed, progress=progress)
+    out = Path(model.save_pretrained(out_dir))
+    evaluation = evaluate_world_model(model, held)
+    preview = write_side_by_side_video(model, held[0], out / "preview.mp4")
+    return ModelArtifact(out, checkpoint_sha256(out), _scalars(metrics) | _scalars(evaluation), [Path(preview)])
+
+
+def refresh_judge(episode_dirs: Sequence[Path], previous: Path | None, out_dir: Path, cfg: RoundConfig,
+                  progress: bool = True) -> ModelArtifact:
+    """Finetune the success judge on the success-labelled real episodes; F1 on held-out ones."""
+    from reward.config import VLMJudgeConfig
+    from reward.train import evaluate_judge, finetune_judge
+    from reward.vlm import VLMJudge
+
+    episodes = [e for e in load_episodes(episode_dirs) if e.success is not None]
+    train, held = split_holdout(episodes, cfg.holdout_fraction)
+    start = VLMJudge.from_pretrained(previous) if previous is not None else VLMJudgeConfig.from_preset(cfg.model_preset)
+    steps = cfg.judge_finetune_steps if previous is not None else cfg.judge_steps
+    judge, metrics = finetune_judge(start, train, steps=steps, seed=cfg.seed, progress=progress, val_episodes=train)
+    out = Path(judge.save_pretrained(out_dir))
+    held_metrics = evaluate_judge(judge, held)
+    return ModelArtifact(out, checkpoint_sha256(out), _scalars(metrics) | {f"heldout_{k}": v for k, v in _scalars(held_metrics).items()})
+
+
+def initial_frames(episodes: Sequence[Episode]) -> list:
+    """GRPO starts: each real episode's first frame with its instruction."""
+    from policy.grpo import Start
+
+    return [Start(np.asarray(e.frames[0]), e.instruction, e.task) for e in episodes]
+
+
+def train_challenger(champion: Path, world_model: Path, judge: Path, episode_dirs: Sequence[Path], out_dir: Path,
+                     cfg: RoundConfig, progress: bool = True,
+                     on_step: Callable | None = None) -> ModelArtifact:
+    """GRPO-finetune the champion in the world model, rewarded by the judge, from real initial frames."""
+    from policy.grpo import GRPOConfig, train_grpo
+    from policy.vla import VLAPolicy
+    from reward.judge import load_judge
+    from world_model.model import ActionConditionedWorldModel
+
+    policy = VLAPolicy.from_pretrained(champion)
+    wm = ActionConditionedWorldModel.from_pretrained(world_model)
+    judge_model = load_judge(judge)
+    starts = initial_frames(load_episodes(episode_dirs))
+    grpo_cfg = GRPOConfig.preset("tiny", steps=cfg.grpo_steps, seed=cfg.seed, **cfg.grpo_overrides)
+    history = train_grpo(policy, wm, judge_model, starts, grpo_cfg, progress=progress, on_step=on_step)
+    out = Path(policy.save_pretrained(out_dir))
+    metrics = {
+        "grpo_steps": len(history),
+        "imagined_success_first": history[0].success_rate,
+        "imagined_success_last": history[-1].success_rate,
+        "kept_groups_total": sum(h.kept_groups for h in history),
+        "seconds_per_step": float(np.mean([h.seconds for h in history])),
+    }
+    (out / "grpo_history.json").write_text(json.dumps([dataclasses.asdict(h) for h in history], indent=1))
+    return ModelArtifact(out, checkpoint_sha256(out), metrics)
+
+
+def decide_promotion(champion: Evaluation, challenger: Evaluation, alpha: float = 0.05) -> PromotionDecision:
+    """Promote only if the challenger is better with confidence: one-sided exact McNemar test.
+
+    Both policies run the same (task, seed) initial states, so outcomes are paired; the test uses
+    only the discordant pairs (b: champion succeeded and challenger failed; c: the reverse) and
+    asks whether c is larger than chance under H0: P(c) = P(b) = 1/2.
+    """
+    pairs = sorted(set(champion.outcomes) & set(challenger.outcomes))
+    if not pairs:
+        raise ValueError("no paired (task, seed) outcomes between champion and challenger; cannot decide")
+    b = sum(champion.outcomes[k] and not challenger.outcomes[k] for k in pairs)
+    c = sum(challenger.outcomes[k] and not champion.outcomes[k] for k in pairs)
+    p_value = _binomial_tail(c, b + c)
+    champ_rate = sum(champion.outcomes[k] for k in pairs) / len(pairs)
+    chall_rate = sum(challenger.outcomes[k] for k in pairs) / len(pairs)
+    promote = c > b and p_value < alpha
+    per_task = {}
+    for task in sorted({k[0] for k in pairs}):
+        ks = [k for k in pairs if k[0] == task]
+        per_task[task] = {"n": len(ks), "champion": sum(champion.outcomes[k] for k in ks) / len(ks),
+                          "challenger": sum(challenger.outcomes[k] for k in ks) / len(ks)}
+    reason = (f"challenger better on {c} paired episodes, worse on {b}; one-sided exact McNemar p={p_value:.4f} "
+              f"{'<' if promote else '>='} alpha={alpha}" if b + c else "no discordant pairs: no evidence either way")
+    return PromotionDecision(promote, "one-sided exact McNemar (paired by task and seed)", p_value, champ_rate,
+                             chall_rate, {"champion_only": b, "challenger_only": c}, per_task, reason)
+
+
+def _binomial_tail(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2); 1.0 when n == 0."""
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    """The numeric, finite-or-not scalar entries of a metrics dict (lists and nested maps dropped)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or isinstance(v, int | float | np.floating | np.integer):
+            out[k] = float(v)
+    return out
