@@ -345,6 +345,6 @@ def _scalars(metrics: dict) -> dict[str, float]:
     """The numeric, finite-or-not scalar entries of a metrics dict (lists and nested maps dropped)."""
     out = {}
     for k, v in metrics.items():
-        if isinstance(v, bool) or isinstance(v, int | float | np.floating | np.integer):
+        if isinstance(v, int | float | np.floating | np.integer):  # bool is an int
             out[k] = float(v)
     return out
