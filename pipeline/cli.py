@@ -144,6 +144,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         bench.run(args.n, args.sim_steps, args.json)
         return 0
+    if args.bench_command == "learning":
+        from pipeline import bench_learning
+
+        return bench_learning.run_from_args(args)
     raise AssertionError(args.bench_command)
 
 
@@ -206,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-n", type=int, default=2000, help="timed round trips per configuration")
     b.add_argument("--sim-steps", type=int, default=200)
     b.add_argument("--json", type=Path, default=None)
+    b = be_sub.add_parser("learning", help="SFT vs RL-in-imagination on the simulated station (about an hour on CPU)")
+    from pipeline import bench_learning
+
+    bench_learning.add_arguments(b)
     be.set_defaults(func=cmd_bench)
     return p
 

@@ -238,7 +238,7 @@ def refresh_world_model(episode_dirs: Sequence[Path], previous: Path | None, out
                         progress: bool = True) -> ModelArtifact:
     """Train (or warm-start from last round and finetune) the world model; held-out error and a preview."""
     from world_model.config import WorldModelConfig
-    from world_model.evaluate import evaluate_world_model, write_side_by_side_video
+    from world_model.evaluate import evaluate_world_model, rollout_error, write_side_by_side_video
     from world_model.train import train_world_model
 
     episodes = load_episodes(episode_dirs)
@@ -252,7 +252,8 @@ def refresh_world_model(episode_dirs: Sequence[Path], previous: Path | None, out
                                            steps=cfg.world_model_steps, seed=cfg.seed, progress=progress)
     out = Path(model.save_pretrained(out_dir))
     evaluation = evaluate_world_model(model, held)
-    preview = write_side_by_side_video(model, held[0], out / "preview.mp4")
+    sample = rollout_error(model, held[:1], horizon=40, max_episodes=1, seed=cfg.seed)
+    preview = write_side_by_side_video(sample["real"][0], sample["imagined"][0], out / "preview.mp4")
     return ModelArtifact(out, checkpoint_sha256(out), _scalars(metrics) | _scalars(evaluation), [Path(preview)])
 
 

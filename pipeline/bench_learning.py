@@ -1,0 +1,173 @@
+"""``gymnast bench learning``: does RL in the world model make the policy better on the real station?
+
+End to end on the simulated station, tiny presets, CPU:
+
+1. scripted-expert demonstrations over ZMQ -> SFT policy (the starting point);
+2. the SFT policy's own attempts on the station (failures included) + the demonstrations ->
+   world model and success judge;
+3. GRPO of the SFT policy in the world model, rewarded by the judge, from real initial frames;
+4. real evaluation of SFT and RL on held-out seeds, N episodes per task, 95% Wilson intervals;
+5. judge F1 on held-out real episodes; agreement between success in imagination and real success
+   across several policies (Pearson r); imagined frames/s, seconds per GRPO step, peak memory.
+
+The learning code never sees the simulator's ground truth except through episode labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.stages import (
+    RoundConfig,
+    bootstrap_champion,
+    collect_episodes,
+    initial_frames,
+    load_episodes,
+    refresh_judge,
+    refresh_world_model,
+    train_challenger,
+)
+from robot_bridge.dispatch import wilson_interval
+
+EVAL_SEED = 50_000  # disjoint from demonstration (10_000+) and training-collection (0+) seeds
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def imagined_success(policy_dir: Path, world_model_dir: Path, judge_dir: Path, episodes, group: int,
+                     horizon_chunks: int, seed: int) -> dict[str, float]:
+    """Per-task success rate in imagination: closed-loop rollouts from real initial frames, judged."""
+    import torch
+
+    from policy.grpo import GRPOConfig, imagine_rollouts, score_rollouts
+    from policy.vla import VLAPolicy
+    from reward.judge import load_judge
+    from world_model.model import ActionConditionedWorldModel
+
+    policy = VLAPolicy.from_pretrained(policy_dir)
+    wm = ActionConditionedWorldModel.from_pretrained(world_model_dir)
+    judge = load_judge(judge_dir)
+    cfg = GRPOConfig.preset("tiny", group_size=group, horizon_chunks=horizon_chunks, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, float] = {}
+    for task in sorted({e.task for e in episodes}):
+        starts = [s for s in initial_frames(episodes) if s.task == task]
+        rollouts = imagine_rollouts(policy, wm, starts, cfg, gen)
+        out[task] = float(score_rollouts(judge, rollouts, cfg).mean())
+    return out
+
+
+def imagination_throughput(world_model_dir: Path, frame: np.ndarray, batch: int = 8, steps: int = 40) -> float:
+    import torch
+
+    from world_model.model import ActionConditionedWorldModel
+
+    wm = ActionConditionedWorldModel.from_pretrained(world_model_dir)
+    actions = torch.zeros(batch, steps, 7)
+    actions[..., 6] = 1.0
+    t0 = time.perf_counter()
+    wm.rollout(np.stack([frame] * batch), actions)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = True) -> dict:
+    from robot_bridge.client import StationClient
+    from robot_bridge.launch import StationProcess
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    report: dict = {"config": cfg.to_dict(), "eval_episodes_per_task": eval_episodes}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        value = fn()
+        timings[name] = time.perf_counter() - t0
+        print(f"[{name}] {timings[name]:.0f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
+        return value
+
+    with StationProcess("sim", episodes_dir=workdir / "station" / "episodes", lease_timeout_s=30) as station, \
+            StationClient(station.endpoint, timeout_s=60) as client:
+        sft = timed("demos + SFT", lambda: bootstrap_champion(client, workdir / "bootstrap", cfg, progress))
+        attempts = timed("SFT attempts on station", lambda: collect_episodes(
+            client, sft.path, workdir / "sft_attempts", cfg, progress=progress))
+        report["sft_attempts"] = attempts.to_dict()
+        data_dirs = [workdir / "bootstrap" / "demos", workdir / "sft_attempts"]
+        wm = timed("world model", lambda: refresh_world_model(data_dirs, None, workdir / "world_model", cfg, progress))
+        judge = timed("judge", lambda: refresh_judge(data_dirs, None, workdir / "judge", cfg, progress))
+        rl = timed("GRPO", lambda: train_challenger(sft.path, wm.path, judge.path, data_dirs, workdir / "rl_policy",
+                                                    cfg, progress))
+        evals = {}
+        for name, art in (("SFT", sft), ("RL", rl)):
+            evals[name] = timed(f"real eval {name}", lambda art=art, name=name: collect_episodes(
+                client, art.path, workdir / f"eval_{name}", cfg, episodes_per_task=eval_episodes, seed=EVAL_SEED,
+                progress=progress))
+    eval_eps = {name: load_episodes([workdir / f"eval_{name}"]) for name in evals}
+    imag = {name: timed(f"imagined eval {name}", lambda name=name, art=art: imagined_success(
+        art.path, wm.path, judge.path, eval_eps[name][:: max(1, len(eval_eps[name]) // 16)], group=4,
+        horizon_chunks=cfg.grpo_overrides.get("horizon_chunks", 8), seed=cfg.seed))
+        for name, art in (("SFT", sft), ("RL", rl))}
+    real = {name: {t: r.success_rate for t, r in ev.per_task.items()} for name, ev in evals.items()}
+    xs = [imag[n][t] for n in imag for t in imag[n]]
+    ys = [real[n][t] for n in imag for t in imag[n]]
+    report.update(
+        sft=dataclasses.asdict(sft) | {"path": str(sft.path)},
+        world_model={k: v for k, v in wm.metrics.items()},
+        judge={k: v for k, v in judge.metrics.items()},
+        grpo=rl.metrics,
+        real={n: ev.to_dict() for n, ev in evals.items()},
+        imagined=imag,
+        pearson_r=float(np.corrcoef(xs, ys)[0, 1]) if np.std(xs) > 0 and np.std(ys) > 0 else float("nan"),
+        imagined_fps_b8=imagination_throughput(wm.path, eval_eps["SFT"][0].frames[0]),
+        timings_s=timings,
+        peak_rss_gb=peak_rss_gb(),
+    )
+    print(format_report(report))
+    (workdir / "bench_learning.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def format_report(r: dict) -> str:
+    lines = ["| task | SFT real | RL real | RL - SFT | SFT imagined | RL imagined |", "|---|---|---|---|---|---|"]
+    for task, s in r["real"]["SFT"]["per_task"].items():
+        q = r["real"]["RL"]["per_task"][task]
+        lines.append(
+            f"| {task} | {_ci(s)} | {_ci(q)} | {100 * (q['success_rate'] - s['success_rate']):+.0f} | "
+            f"{100 * r['imagined']['SFT'].get(task, float('nan')):.0f}% | {100 * r['imagined']['RL'].get(task, float('nan')):.0f}% |")
+    lines += [
+        "",
+        f"judge held-out F1: {r['judge'].get('heldout_f1', float('nan')):.3f}  "
+        f"(precision {r['judge'].get('heldout_precision', float('nan')):.3f}, recall {r['judge'].get('heldout_recall', float('nan')):.3f})",
+        f"imagined vs real success, Pearson r over (policy, task): {r['pearson_r']:.3f}",
+        f"imagined frames/s (batch 8): {r['imagined_fps_b8']:.1f}",
+        f"GRPO seconds/step: {r['grpo']['seconds_per_step']:.1f}",
+        f"peak RSS: {r['peak_rss_gb']:.2f} GB",
+        "stage wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in r["timings_s"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def _ci(t: dict) -> str:
+    lo, hi = wilson_interval(round(t["success_rate"] * t["labelled"]), t["labelled"])
+    return f"{100 * t['success_rate']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", type=Path, default=Path(".gymnast/bench_learning"))
+    p.add_argument("--preset", default="bench", help="RoundConfig preset (tiny for a smoke run)")
+    p.add_argument("--eval-episodes", type=int, default=50, help="real evaluation episodes per task and policy")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="override a RoundConfig field")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
+    run(args.workdir, RoundConfig.from_preset(args.preset, **overrides), args.eval_episodes)
+    return 0
