@@ -151,10 +151,10 @@ def load_episodes(dirs: Sequence[str | Path]) -> list[Episode]:
     return [read_episode(p) for p in paths]
 
 
-def split_holdout(episodes: Sequence[Episode], fraction: float) -> tuple[list[Episode], list[Episode]]:
+def split_holdout(episodes: Sequence[Episode], fraction: float, salt: str = "") -> tuple[list[Episode], list[Episode]]:
     """Deterministic split by episode id (a hash), so a round re-run holds out the same episodes."""
     def held(ep: Episode) -> bool:
-        h = int(hashlib.sha256(ep.episode_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        h = int(hashlib.sha256((salt + ep.episode_id).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         return h < fraction
 
     train = [e for e in episodes if not held(e)]
@@ -265,10 +265,12 @@ def refresh_judge(episode_dirs: Sequence[Path], previous: Path | None, out_dir: 
     from reward.vlm import VLMJudge
 
     episodes = [e for e in load_episodes(episode_dirs) if e.success is not None]
-    train, held = split_holdout(episodes, cfg.holdout_fraction)
+    rest, held = split_holdout(episodes, cfg.holdout_fraction)
+    # the threshold is calibrated on its own split, so held-out F1 is not flattered by it
+    train, val = split_holdout(rest, cfg.holdout_fraction, salt="judge-threshold")
     start = VLMJudge.from_pretrained(previous) if previous is not None else VLMJudgeConfig.from_preset(cfg.model_preset)
     steps = cfg.judge_finetune_steps if previous is not None else cfg.judge_steps
-    judge, metrics = finetune_judge(start, train, steps=steps, seed=cfg.seed, progress=progress, val_episodes=train)
+    judge, metrics = finetune_judge(start, train, steps=steps, seed=cfg.seed, progress=progress, val_episodes=val)
     out = Path(judge.save_pretrained(out_dir))
     held_metrics = evaluate_judge(judge, held)
     return ModelArtifact(out, checkpoint_sha256(out), _scalars(metrics) | {f"heldout_{k}": v for k, v in _scalars(held_metrics).items()})

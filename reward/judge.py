@@ -43,7 +43,9 @@ def majority_vote(votes: np.ndarray) -> np.ndarray:
     return (2 * v.sum(axis=1) > v.shape[1]).astype(np.float32)
 
 
-def select_frame_indices(num_frames: int, frame_stride: int, max_frames: int | None = None) -> list[int]:
+def select_frame_indices(
+    num_frames: int, frame_stride: int, max_frames: int | None = None
+) -> list[int]:
     """Every ``frame_stride``-th frame counted back from the last one, in time order.
 
     Anchored at the final frame because a real episode ends at its first success frame. With
@@ -123,7 +125,9 @@ class SuccessJudge(ABC):
             raise ValueError(f"threshold must be in (0, 1), got {thr}")
         scores = self.sample_scores(videos, instructions, n, stride)  # (B, n)
         if scores.shape != (len(videos), n):
-            raise JudgeError(f"backend returned scores of shape {scores.shape}, expected {(len(videos), n)}")
+            raise JudgeError(
+                f"backend returned scores of shape {scores.shape}, expected {(len(videos), n)}"
+            )
         votes = scores >= thr
         return JudgeResult(
             rewards=majority_vote(votes),
@@ -150,7 +154,9 @@ JUDGES: dict[str, str] = {
 def get_judge_class(name: str) -> type[SuccessJudge]:
     """Look a backend up by name; an unknown name lists the valid ones."""
     if name not in JUDGES:
-        raise UnknownJudgeError(f"unknown judge backend {name!r}; valid backends: {', '.join(sorted(JUDGES))}")
+        raise UnknownJudgeError(
+            f"unknown judge backend {name!r}; valid backends: {', '.join(sorted(JUDGES))}"
+        )
     module, attr = JUDGES[name].split(":")
     return getattr(importlib.import_module(module), attr)
 

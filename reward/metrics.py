@@ -26,7 +26,9 @@ def _ratio(num: int, den: int) -> float | None:
     return num / den if den > 0 else None
 
 
-def binary_metrics(pred: np.ndarray | list, label: np.ndarray | list) -> dict[str, float | int | None]:
+def binary_metrics(
+    pred: np.ndarray | list, label: np.ndarray | list
+) -> dict[str, float | int | None]:
     """precision, recall, f1, accuracy (None where undefined) and the confusion counts."""
     p = _as_binary(pred, "pred")
     y = _as_binary(label, "label")

@@ -52,7 +52,9 @@ def _require_both_classes(labels: Sequence[bool], what: str) -> None:
     n_pos = int(sum(bool(x) for x in labels))
     n_neg = len(labels) - n_pos
     if len(labels) == 0:
-        raise JudgeDataError(f"no success-labelled episodes in the {what} (success is None for all)")
+        raise JudgeDataError(
+            f"no success-labelled episodes in the {what} (success is None for all)"
+        )
     if n_pos == 0 or n_neg == 0:
         raise JudgeDataError(
             f"the {what} has a single class ({n_pos} successes, {n_neg} failures); "
@@ -137,7 +139,9 @@ def augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.
     return x.clamp(0.0, 1.0)
 
 
-def _balanced_batch(ex: JudgeExamples, batch_size: int, early_frac: float, gen: torch.Generator) -> torch.Tensor:
+def _balanced_batch(
+    ex: JudgeExamples, batch_size: int, early_frac: float, gen: torch.Generator
+) -> torch.Tensor:
     """Half successes; the other half failures, ``early_frac`` of it early-frame negatives."""
     pos = torch.nonzero((ex.labels == 1) & ~ex.early).flatten()
     neg_final = torch.nonzero((ex.labels == 0) & ~ex.early).flatten()
@@ -183,7 +187,9 @@ def finetune_judge(
     judge = _as_vlm_judge(judge_or_config, episodes)
     ex = build_examples(judge, episodes, train)
     if ex.n_skipped:
-        log.warning("skipped %d of %d episodes without a success label", ex.n_skipped, len(episodes))
+        log.warning(
+            "skipped %d of %d episodes without a success label", ex.n_skipped, len(episodes)
+        )
     gen = torch.Generator().manual_seed(seed)
     model = judge.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -230,9 +236,7 @@ def finetune_judge(
         "train_config": train.to_dict(),
     }
     if val_episodes is not None:
-        threshold, calib = calibrate_threshold(judge, val_episodes)
-        metrics["threshold"] = threshold
-        metrics["val_calibration"] = calib
+        _, metrics["val_calibration"] = calibrate_threshold(judge, val_episodes)
         metrics["val"] = evaluate_judge(judge, val_episodes)
     metrics["threshold"] = judge.config.threshold
     return judge, metrics
@@ -257,29 +261,40 @@ def _progress(steps: int, enabled: bool):
     return tqdm(total=steps, desc="judge finetune", leave=False)
 
 
-def _score_episodes(judge: SuccessJudge, episodes: Sequence[Any], what: str) -> tuple[np.ndarray, np.ndarray]:
+def _score_episodes(
+    judge: SuccessJudge, episodes: Sequence[Any], what: str
+) -> tuple[np.ndarray, np.ndarray]:
     kept, skipped = labelled(episodes)
     if skipped:
         log.warning("skipped %d of %d %s without a success label", skipped, len(episodes), what)
     _require_both_classes([e.success for e in kept], what)
     probs = np.concatenate(
         [
-            judge.success_probability([np.asarray(e.frames) for e in kept[i : i + 64]], [e.instruction for e in kept[i : i + 64]])
+            judge.success_probability(
+                [np.asarray(e.frames) for e in kept[i : i + 64]],
+                [e.instruction for e in kept[i : i + 64]],
+            )
             for i in range(0, len(kept), 64)
         ]
     )
     return probs, np.array([bool(e.success) for e in kept])
 
 
-def calibrate_threshold(judge: SuccessJudge, episodes: Sequence[Any]) -> tuple[float, dict[str, Any]]:
+def calibrate_threshold(
+    judge: SuccessJudge, episodes: Sequence[Any]
+) -> tuple[float, dict[str, Any]]:
     """Set ``judge.config.threshold`` to the F1-maximizing cut on labelled episodes.
 
-    Candidates are midpoints between neighbouring distinct probabilities (and 0.5); among equal
+    Candidates are midpoints (in logit space) between neighbouring distinct probabilities, and 0.5; among equal
     F1 the one closest to 0.5 wins. Returns the threshold and the metrics it gives.
     """
     probs, labels = _score_episodes(judge, episodes, "validation episodes")
-    u = np.unique(probs)
-    candidates = np.clip(np.append((u[:-1] + u[1:]) / 2, 0.5), 1e-4, 1 - 1e-4)
+    # midpoints in logit space: a confident judge puts both classes near 0 and 1, where plain
+    # midpoints would hug one class
+    u = np.clip(np.unique(probs), 1e-7, 1 - 1e-7)
+    logits = np.log(u / (1 - u))
+    mids = 1 / (1 + np.exp(-(logits[:-1] + logits[1:]) / 2))
+    candidates = np.clip(np.append(mids, 0.5), 1e-4, 1 - 1e-4)
     best, best_key = 0.5, None
     for thr in candidates:
         f1 = binary_metrics(probs >= thr, labels)["f1"]
@@ -291,7 +306,10 @@ def calibrate_threshold(judge: SuccessJudge, episodes: Sequence[Any]) -> tuple[f
 
 
 def evaluate_judge(
-    judge: SuccessJudge, episodes: Sequence[Any], n_samples: int | None = None, threshold: float | None = None
+    judge: SuccessJudge,
+    episodes: Sequence[Any],
+    n_samples: int | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Precision / recall / F1 of ``judge()`` rewards (the majority vote RL uses) vs labels."""
     kept, skipped = labelled(episodes)

@@ -90,7 +90,9 @@ def tta_view(images: torch.Tensor, sample: int, shift_px: int, brightness: float
 def tiny_corpus(config: VLMJudgeConfig, instructions: Sequence[str] = ()) -> list[str]:
     from robot_bridge.spec import TASKS
 
-    texts = sorted({t.instruction for t in TASKS.values()} | set(config.extra_instructions) | set(instructions))
+    texts = sorted(
+        {t.instruction for t in TASKS.values()} | set(config.extra_instructions) | set(instructions)
+    )
     prompts = [config.prompt_template.format(instruction=t) for t in texts]
     # the answers must become single tokens, so they appear on their own many times
     return prompts + texts + [config.yes_token, config.no_token] * 50
@@ -112,7 +114,11 @@ def build_tiny_processor(config: VLMJudgeConfig, instructions: Sequence[str] = (
     )
     tok.train_from_iterator(tiny_corpus(config, instructions), trainer)
     fast = GemmaTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
     image_processor = SiglipImageProcessor(
         size={"height": config.image_size, "width": config.image_size},
@@ -125,7 +131,12 @@ def build_tiny_processor(config: VLMJudgeConfig, instructions: Sequence[str] = (
 
 def build_tiny_model(config: VLMJudgeConfig, tokenizer: Any) -> torch.nn.Module:
     """PaliGemmaForConditionalGeneration with a small SigLIP tower and a small Gemma."""
-    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        SiglipVisionConfig,
+    )
 
     vision = SiglipVisionConfig(
         hidden_size=config.vision_hidden_size,
@@ -175,18 +186,24 @@ def load_model(path: Path, config: VLMJudgeConfig) -> torch.nn.Module:
     if not path.is_dir():
         raise CheckpointError(f"judge checkpoint directory {path} does not exist")
     if not any(path.glob("*.safetensors")):
-        raise CheckpointError(f"no *.safetensors weights in {path} (pickled weights are never loaded)")
+        raise CheckpointError(
+            f"no *.safetensors weights in {path} (pickled weights are never loaded)"
+        )
     try:
         model, info = AutoModelForImageTextToText.from_pretrained(
             path,
             local_files_only=True,
             use_safetensors=True,
             output_loading_info=True,
+            # report mismatched shapes by name below instead of an anonymous size error
+            ignore_mismatched_sizes=True,
             dtype=DTYPES[config.dtype],
         )
     except (RuntimeError, ValueError, OSError) as e:
         raise CheckpointError(f"could not load judge weights from {path}: {e}") from e
-    problems = {k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {
+        k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+    }
     problems = {k: v for k, v in problems.items() if v}
     if problems:
         shown = {k: v[:8] for k, v in problems.items()}
@@ -222,7 +239,9 @@ class VLMJudge(SuccessJudge):
     # construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: VLMJudgeConfig | None = None, instructions: Sequence[str] = ()) -> VLMJudge:
+    def from_config(
+        cls, config: VLMJudgeConfig | None = None, instructions: Sequence[str] = ()
+    ) -> VLMJudge:
         """tiny: build locally (tokenizer covers ``instructions``); large: load checkpoint_path."""
         config = config or VLMJudgeConfig()
         if config.preset == "large":
@@ -236,6 +255,8 @@ class VLMJudge(SuccessJudge):
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> VLMJudge:
         """Load a saved judge, or a plain local HF checkpoint (then the large preset applies)."""
         path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"judge checkpoint directory {path} does not exist")
         cfg_file = path / JUDGE_CONFIG_NAME
         if cfg_file.is_file():
             payload = json.loads(cfg_file.read_text())
@@ -306,11 +327,17 @@ class VLMJudge(SuccessJudge):
     def images(self, videos: list[np.ndarray], frame_stride: int) -> torch.Tensor:
         """(B, 3, S, S) float in [0, 1], before normalization and augmentation."""
         c = self.config
-        return torch.stack([video_to_image(v, frame_stride, c.frames_per_image, c.image_size) for v in videos])
+        return torch.stack(
+            [video_to_image(v, frame_stride, c.frames_per_image, c.image_size) for v in videos]
+        )
 
     def yes_no_margin(self, images: torch.Tensor, instructions: list[str]) -> torch.Tensor:
         """(B,) logit(yes) - logit(no); sigmoid of it is P(yes | yes or no). Differentiable."""
-        if images.ndim != 4 or images.shape[1:] != (3, self.config.image_size, self.config.image_size):
+        if images.ndim != 4 or images.shape[1:] != (
+            3,
+            self.config.image_size,
+            self.config.image_size,
+        ):
             raise ValueError(
                 f"images must have shape (B, 3, {self.config.image_size}, {self.config.image_size}), "
                 f"got {tuple(images.shape)}"
@@ -325,7 +352,9 @@ class VLMJudge(SuccessJudge):
         if instruction not in self._prefix_cache:
             # PaliGemma's prefix: image tokens, <bos>, prompt, "\n" (as its processor builds it)
             prompt = self.config.prompt_template.format(instruction=instruction)
-            text_ids = self.tokenizer(self.tokenizer.bos_token + prompt + "\n", add_special_tokens=False)
+            text_ids = self.tokenizer(
+                self.tokenizer.bos_token + prompt + "\n", add_special_tokens=False
+            )
             self._prefix_cache[instruction] = [self.image_token_id] * self.num_image_tokens + list(
                 text_ids["input_ids"]
             )
@@ -369,12 +398,16 @@ class VLMJudge(SuccessJudge):
         mask = inputs["attention_mask"]
         positions = torch.arange(mask.shape[1], device=mask.device)
         last = (mask * positions).argmax(1)  # (B,) index of the last real token
-        return logits[torch.arange(len(texts), device=mask.device), last][:, [self.yes_id, self.no_id]].float()
+        return logits[torch.arange(len(texts), device=mask.device), last][
+            :, [self.yes_id, self.no_id]
+        ].float()
 
     def _processor_text(self, instruction: str) -> str:
         prompt = self.config.prompt_template.format(instruction=instruction)
         if getattr(self.processor, "chat_template", None):
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+            messages = [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}
+            ]
             return self.processor.apply_chat_template(messages, add_generation_prompt=True)
         return prompt  # PaliGemma's processor adds the image tokens, <bos> and "\n" itself
 
@@ -395,7 +428,9 @@ class VLMJudge(SuccessJudge):
         images = self.images(videos, frame_stride)
         c = self.config
         cols = [
-            self._probabilities(tta_view(images, j, c.tta_shift_px, c.tta_brightness), list(instructions))
+            self._probabilities(
+                tta_view(images, j, c.tta_shift_px, c.tta_brightness), list(instructions)
+            )
             for j in range(n_samples)
         ]
         return np.stack(cols, axis=1)  # (B, n_samples)
