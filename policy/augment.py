@@ -30,7 +30,12 @@ class AugmentConfig:
 
 
 def _check(images: np.ndarray) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[-1] != 3
+    ):
         raise ValueError(
             f"expected uint8 (B, H, W, 3) numpy frames, got {type(images).__name__} "
             f"{getattr(images, 'shape', None)} {getattr(images, 'dtype', None)}"
@@ -49,7 +54,11 @@ def random_shift(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
 
 
 def color_jitter(
-    images: np.ndarray, rng: np.random.Generator, brightness: float, contrast: float, channel_gain: float
+    images: np.ndarray,
+    rng: np.random.Generator,
+    brightness: float,
+    contrast: float,
+    channel_gain: float,
 ) -> np.ndarray:
     _check(images)
     b = images.shape[0]
@@ -74,7 +83,9 @@ def add_distractors(
     """
     _check(images)
     if max_shapes < 1 or not 0 < size_range[0] <= size_range[1] < 1:
-        raise ValueError(f"need max_shapes >= 1 and 0 < size_range <= 1, got {max_shapes}, {size_range}")
+        raise ValueError(
+            f"need max_shapes >= 1 and 0 < size_range <= 1, got {max_shapes}, {size_range}"
+        )
     out = images.copy()
     b, h, w, _ = images.shape
     yy, xx = np.mgrid[0:h, 0:w]
@@ -90,7 +101,9 @@ def add_distractors(
     return out
 
 
-def augment_images(images: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+def augment_images(
+    images: np.ndarray, config: AugmentConfig, rng: np.random.Generator
+) -> np.ndarray:
     """Distractors (per frame, with probability), then shift, then colour jitter."""
     _check(images)
     out = images

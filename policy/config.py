@@ -73,7 +73,9 @@ class VLAConfig:
                 f"vision_hidden ({self.vision_hidden}) must be divisible by vision_heads ({self.vision_heads})"
             )
         if self.preset == "large" and not self.model_path:
-            raise ValueError("preset 'large' needs model_path (a local checkpoint directory), got None")
+            raise ValueError(
+                "preset 'large' needs model_path (a local checkpoint directory), got None"
+            )
         if self.torch_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(
                 f"torch_dtype must be float32, bfloat16 or float16, got {self.torch_dtype!r}"
@@ -101,7 +103,9 @@ class VLAConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides) -> VLAConfig:
         if name not in PRESETS_NAMES:
-            raise ValueError(f"unknown VLA preset {name!r}; valid presets: {', '.join(PRESETS_NAMES)}")
+            raise ValueError(
+                f"unknown VLA preset {name!r}; valid presets: {', '.join(PRESETS_NAMES)}"
+            )
         return cls(**{**_PRESETS[name], **overrides})
 
 

@@ -57,7 +57,11 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int], batch: int = 512) -
         return frames
     out = []
     for i in range(0, len(frames), batch):
-        x = torch.from_numpy(np.ascontiguousarray(frames[i : i + batch])).permute(0, 3, 1, 2).float()
+        x = (
+            torch.from_numpy(np.ascontiguousarray(frames[i : i + batch]))
+            .permute(0, 3, 1, 2)
+            .float()
+        )
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         out.append(x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
@@ -121,7 +125,9 @@ def train_sft(
     from tqdm.auto import tqdm
 
     if steps < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}")
+        raise ValueError(
+            f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}"
+        )
     episodes = list(episodes)
     if not episodes:
         raise ValueError("train_sft got an empty list of episodes")
@@ -140,7 +146,9 @@ def train_sft(
 
     cfg = policy.config
     windows = build_windows(episodes, cfg.chunk_size, policy.image_size)
-    targets = torch.from_numpy(policy.action_tokenizer.to_bins(windows.action_chunks).reshape(len(windows), -1))
+    targets = torch.from_numpy(
+        policy.action_tokenizer.to_bins(windows.action_chunks).reshape(len(windows), -1)
+    )
     augment = AugmentConfig() if augment is None else augment
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -174,7 +182,15 @@ def train_sft(
         accs.append(acc)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.2f}")
         if callback is not None:
-            callback(step, {"loss": losses[-1], "token_accuracy": acc, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm)})
+            callback(
+                step,
+                {
+                    "loss": losses[-1],
+                    "token_accuracy": acc,
+                    "lr": sched.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                },
+            )
     elapsed = time.perf_counter() - start
     policy.eval()
     tail = max(1, min(10, steps // 5))
@@ -193,12 +209,18 @@ def train_sft(
 
 
 @torch.no_grad()
-def greedy_action_error(policy: VLAPolicy, windows: SFTWindows, rng: np.random.Generator, n: int = 256) -> dict:
+def greedy_action_error(
+    policy: VLAPolicy, windows: SFTWindows, rng: np.random.Generator, n: int = 256
+) -> dict:
     """Mean |greedy action - demonstrated action| per dimension on up to n training windows."""
     idx = rng.choice(len(windows), size=min(n, len(windows)), replace=False)
     errs = []
     for chunk in np.array_split(idx, max(1, len(idx) // 64)):
-        s = policy.sample(windows.frames[chunk], [windows.instructions[i] for i in chunk], greedy=True)
-        errs.append(np.abs(s.actions - windows.action_chunks[chunk]).reshape(-1, s.actions.shape[-1]))
+        s = policy.sample(
+            windows.frames[chunk], [windows.instructions[i] for i in chunk], greedy=True
+        )
+        errs.append(
+            np.abs(s.actions - windows.action_chunks[chunk]).reshape(-1, s.actions.shape[-1])
+        )
     per_dim = np.concatenate(errs).mean(axis=0)
     return {"train_greedy_l1_per_dim": per_dim.tolist(), "train_greedy_l1": float(per_dim.mean())}

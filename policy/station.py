@@ -35,7 +35,9 @@ class VLAStationPolicy(Policy):
         try:
             temperature = float(raw)
         except (TypeError, ValueError):
-            raise ValueError(f"{TEMPERATURE_ENV} / station_temperature must be a number, got {raw!r}") from None
+            raise ValueError(
+                f"{TEMPERATURE_ENV} / station_temperature must be a number, got {raw!r}"
+            ) from None
         vla = VLAPolicy.from_pretrained(path, device=os.environ.get(DEVICE_ENV, "cpu"))
         return cls(vla, temperature)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robot_bridge.spec import ACTION_DIM, TASKS
+from robot_bridge.spec import TASKS
 
 N_BINS = 256
 # Ranges narrower than this (a dimension the data never moves, e.g. rotations of a scripted
@@ -42,11 +42,15 @@ class ActionTokenizer:
         self.q01 = np.asarray(self.q01, dtype=np.float64).reshape(-1)
         self.q99 = np.asarray(self.q99, dtype=np.float64).reshape(-1)
         if self.q01.shape != self.q99.shape:
-            raise ValueError(f"q01 and q99 must have the same shape, got {self.q01.shape} and {self.q99.shape}")
+            raise ValueError(
+                f"q01 and q99 must have the same shape, got {self.q01.shape} and {self.q99.shape}"
+            )
         if not (np.all(np.isfinite(self.q01)) and np.all(np.isfinite(self.q99))):
             raise ValueError(f"action stats must be finite, got q01={self.q01} q99={self.q99}")
         if np.any(self.q99 < self.q01):
-            raise ValueError(f"q99 must be >= q01 in every dimension, got q01={self.q01} q99={self.q99}")
+            raise ValueError(
+                f"q99 must be >= q01 in every dimension, got q01={self.q01} q99={self.q99}"
+            )
         if self.token_start < 0:
             raise ValueError(f"token_start must be >= 0, got {self.token_start}")
         centre = (self.q01 + self.q99) / 2
@@ -62,7 +66,9 @@ class ActionTokenizer:
         return (self._high - self._low) / self.n_bins
 
     @classmethod
-    def from_actions(cls, actions: np.ndarray, token_start: int, n_bins: int = N_BINS) -> ActionTokenizer:
+    def from_actions(
+        cls, actions: np.ndarray, token_start: int, n_bins: int = N_BINS
+    ) -> ActionTokenizer:
         """Fit q01/q99 on (N, action_dim) actions."""
         a = np.asarray(actions, dtype=np.float64)
         if a.ndim != 2 or a.shape[0] == 0:
@@ -83,7 +89,9 @@ class ActionTokenizer:
         """(..., action_dim) int bins -> (..., action_dim) float32 bin centres."""
         b = np.asarray(bins)
         if b.min(initial=0) < 0 or b.max(initial=0) >= self.n_bins:
-            raise ValueError(f"bins must lie in [0, {self.n_bins}), got range [{b.min()}, {b.max()}]")
+            raise ValueError(
+                f"bins must lie in [0, {self.n_bins}), got range [{b.min()}, {b.max()}]"
+            )
         return (self._low + (b + 0.5) * self.bin_width).astype(np.float32)
 
     def encode(self, actions: np.ndarray) -> np.ndarray:
@@ -102,11 +110,18 @@ class ActionTokenizer:
         return self.from_bins(bins)
 
     def to_dict(self) -> dict:
-        return {"q01": self.q01.tolist(), "q99": self.q99.tolist(), "n_bins": self.n_bins, "norm": "BOUNDS_Q99"}
+        return {
+            "q01": self.q01.tolist(),
+            "q99": self.q99.tolist(),
+            "n_bins": self.n_bins,
+            "norm": "BOUNDS_Q99",
+        }
 
     @classmethod
     def from_dict(cls, d: dict, token_start: int) -> ActionTokenizer:
-        return cls(np.asarray(d["q01"]), np.asarray(d["q99"]), token_start, int(d.get("n_bins", N_BINS)))
+        return cls(
+            np.asarray(d["q01"]), np.asarray(d["q99"]), token_start, int(d.get("n_bins", N_BINS))
+        )
 
 
 # Extra text so instructions beyond the four AutoEval tasks still tokenize into sensible pieces
@@ -172,7 +187,9 @@ def build_tiny_tokenizer(num_queries: int, bpe_vocab_size: int):
     )
 
 
-def build_tiny_processor(image_size: int, num_image_tokens: int, num_queries: int, bpe_vocab_size: int):
+def build_tiny_processor(
+    image_size: int, num_image_tokens: int, num_queries: int, bpe_vocab_size: int
+):
     """A real ``PaliGemmaProcessor`` (SigLIP image processor + BPE tokenizer) for the tiny VLA."""
     from transformers import PaliGemmaProcessor, SiglipImageProcessorFast
 

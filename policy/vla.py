@@ -134,7 +134,9 @@ def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _check_weights(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path) -> None:
+def _check_weights(
+    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path
+) -> None:
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     mismatched = [
@@ -143,9 +145,15 @@ def _check_weights(expected: dict[str, torch.Tensor], found: dict[str, torch.Ten
         if found[k].shape != expected[k].shape
     ]
     problems = []
-    for label, names in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)):
+    for label, names in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("shape-mismatched", mismatched),
+    ):
         if names:
-            shown = ", ".join(names[:8]) + (f" ... (+{len(names) - 8} more)" if len(names) > 8 else "")
+            shown = ", ".join(names[:8]) + (
+                f" ... (+{len(names) - 8} more)" if len(names) > 8 else ""
+            )
             problems.append(f"{len(names)} {label} tensor(s): {shown}")
     if problems:
         raise CheckpointError(f"weights in {path} do not fit the model: " + "; ".join(problems))
@@ -195,7 +203,9 @@ class VLAPolicy(nn.Module):
 
     # ----- construction -----------------------------------------------------------------
     @classmethod
-    def build(cls, config: VLAConfig | None = None, action_stats: dict | ActionTokenizer | None = None) -> VLAPolicy:
+    def build(
+        cls, config: VLAConfig | None = None, action_stats: dict | ActionTokenizer | None = None
+    ) -> VLAPolicy:
         """A freshly initialised tiny PaliGemma VLA (offline, well under a second)."""
         config = config or VLAConfig.from_preset("tiny")
         if config.preset != "tiny":
@@ -204,7 +214,10 @@ class VLAPolicy(nn.Module):
                 "VLAPolicy.from_local_path(config.model_path, ...)"
             )
         processor = build_tiny_processor(
-            config.image_size, config.num_image_tokens, config.num_action_tokens, config.bpe_vocab_size
+            config.image_size,
+            config.num_image_tokens,
+            config.num_action_tokens,
+            config.bpe_vocab_size,
         )
         return cls(config, _build_tiny_model(config, processor), processor, action_stats)
 
@@ -242,7 +255,9 @@ class VLAPolicy(nn.Module):
         n = self.config.num_action_tokens
         if self.config.query_tokens == "pad":
             if tok.pad_token_id is None:
-                raise CheckpointError("query_tokens='pad' needs a tokenizer with a pad token; it has none")
+                raise CheckpointError(
+                    "query_tokens='pad' needs a tokenizer with a pad token; it has none"
+                )
             return [tok.pad_token_id] * n
         names = query_token_names(n)
         ids = tok.convert_tokens_to_ids(names)
@@ -274,7 +289,9 @@ class VLAPolicy(nn.Module):
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in _unique_state_dict(self.model).items()}
+        tensors = {
+            k: v.detach().cpu().contiguous() for k, v in _unique_state_dict(self.model).items()
+        }
         save_file(tensors, str(d / WEIGHTS_NAME), metadata={"format": "pt"})
         self.processor.save_pretrained(d)
         meta = {
@@ -294,7 +311,9 @@ class VLAPolicy(nn.Module):
         return d
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu"
+    ) -> VLAPolicy:
         """Load a directory written by :meth:`save_pretrained` (offline)."""
         from safetensors.torch import load_file
         from transformers import AutoProcessor
@@ -351,7 +370,9 @@ class VLAPolicy(nn.Module):
             return px.to(self.device, self.dtype)
         x = torch.as_tensor(images).to(self.device).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
         if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x, size=self.image_size, mode="bilinear", antialias=True, align_corners=False
+            )
         x = (x / 255.0 - self._mean.to(x.device)) / self._std.to(x.device)
         return x.to(self.dtype)
 
@@ -368,7 +389,9 @@ class VLAPolicy(nn.Module):
     def text_inputs(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded (B, L) input ids (prompt + placeholders) and attention mask."""
         if isinstance(instructions, str) or not all(isinstance(s, str) for s in instructions):
-            raise TypeError(f"instructions must be a list of str, got {type(instructions).__name__}")
+            raise TypeError(
+                f"instructions must be a list of str, got {type(instructions).__name__}"
+            )
         seqs = [self.prompt_ids(s) + self.query_token_ids for s in instructions]
         length = max(len(s) for s in seqs)
         pad = self.processor.tokenizer.pad_token_id
@@ -380,14 +403,22 @@ class VLAPolicy(nn.Module):
         return ids.to(self.device), mask.to(self.device)
 
     # ----- the policy -------------------------------------------------------------------
-    def action_logits(self, images: np.ndarray | torch.Tensor, instructions: list[str]) -> torch.Tensor:
+    def action_logits(
+        self, images: np.ndarray | torch.Tensor, instructions: list[str]
+    ) -> torch.Tensor:
         """(B, K*7, 256) float32 logits over the action bins, one forward pass."""
         pixel_values = self.pixel_values(images)
         if len(instructions) != pixel_values.shape[0]:
-            raise ValueError(f"got {pixel_values.shape[0]} images but {len(instructions)} instructions")
+            raise ValueError(
+                f"got {pixel_values.shape[0]} images but {len(instructions)} instructions"
+            )
         input_ids, attention_mask = self.text_inputs(instructions)
         n = self.config.num_action_tokens
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+        kwargs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": pixel_values,
+        }
         if self._takes_position_ids:
             # Positions count real tokens only, so left padding cannot change a sequence's output.
             kwargs["position_ids"] = attention_mask.cumsum(-1).clamp(min=1)
@@ -462,7 +493,9 @@ class VLAPolicy(nn.Module):
         t = torch.as_tensor(tokens, device=self.device)
         n = self.config.num_action_tokens
         if t.ndim != 2 or t.shape[1] != n or t.dtype != torch.long:
-            raise ValueError(f"tokens must be a (B, {n}) long tensor, got {tuple(t.shape)} {t.dtype}")
+            raise ValueError(
+                f"tokens must be a (B, {n}) long tensor, got {tuple(t.shape)} {t.dtype}"
+            )
         bins = t - self.action_token_start
         if bins.min() < 0 or bins.max() >= self.config.n_bins:
             raise ValueError(
@@ -472,17 +505,27 @@ class VLAPolicy(nn.Module):
         return bins
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only)
+        return sum(
+            p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only
+        )
 
 
 def check_images(images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Accept only raw camera frames: uint8 (B, H, W, 3), numpy or torch."""
     if not isinstance(images, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"images must be a numpy array or torch tensor, got {type(images).__name__}")
+        raise TypeError(
+            f"images must be a numpy array or torch tensor, got {type(images).__name__}"
+        )
     shape, dtype = tuple(images.shape), images.dtype
     if dtype not in (np.uint8, torch.uint8) or len(shape) != 4 or shape[-1] != 3:
-        hint = " (channels-first input is refused: pass (B, H, W, 3))" if len(shape) == 4 and shape[1] == 3 else ""
-        raise ValueError(f"images must be uint8 (B, H, W, 3) camera frames, got shape {shape} dtype {dtype}{hint}")
+        hint = (
+            " (channels-first input is refused: pass (B, H, W, 3))"
+            if len(shape) == 4 and shape[1] == 3
+            else ""
+        )
+        raise ValueError(
+            f"images must be uint8 (B, H, W, 3) camera frames, got shape {shape} dtype {dtype}{hint}"
+        )
     if shape[0] == 0:
         raise ValueError("images batch is empty")
     return images
@@ -522,7 +565,9 @@ def _hf_config(meta: dict, config: VLAConfig):
                 f"model_config uses remote code ({d.get('model_type')}); its base_model_path {base!r} "
                 "must be a local directory holding that code"
             )
-        return AutoConfig.from_pretrained(base, trust_remote_code=config.trust_remote_code, local_files_only=True)
+        return AutoConfig.from_pretrained(
+            base, trust_remote_code=config.trust_remote_code, local_files_only=True
+        )
     model_type = d.get("model_type")
     if model_type not in CONFIG_MAPPING:
         raise CheckpointError(f"unknown transformers model_type {model_type!r} in model_config")
