@@ -43,8 +43,15 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def imagined_success(policy_dir: Path, world_model_dir: Path, judge_dir: Path, episodes, group: int,
-                     horizon_chunks: int, seed: int) -> dict[str, float]:
+def imagined_success(
+    policy_dir: Path,
+    world_model_dir: Path,
+    judge_dir: Path,
+    episodes,
+    group: int,
+    horizon_chunks: int,
+    seed: int,
+) -> dict[str, float]:
     """Per-task success rate in imagination: closed-loop rollouts from real initial frames, judged."""
     import torch
 
@@ -66,7 +73,9 @@ def imagined_success(policy_dir: Path, world_model_dir: Path, judge_dir: Path, e
     return out
 
 
-def imagination_throughput(world_model_dir: Path, frame: np.ndarray, batch: int = 8, steps: int = 40) -> float:
+def imagination_throughput(
+    world_model_dir: Path, frame: np.ndarray, batch: int = 8, steps: int = 40
+) -> float:
     import torch
 
     from world_model.model import ActionConditionedWorldModel
@@ -94,27 +103,66 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
         print(f"[{name}] {timings[name]:.0f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
         return value
 
-    with StationProcess("sim", episodes_dir=workdir / "station" / "episodes", lease_timeout_s=30) as station, \
-            StationClient(station.endpoint, timeout_s=60) as client:
-        sft = timed("demos + SFT", lambda: bootstrap_champion(client, workdir / "bootstrap", cfg, progress))
-        attempts = timed("SFT attempts on station", lambda: collect_episodes(
-            client, sft.path, workdir / "sft_attempts", cfg, progress=progress))
+    with (
+        StationProcess(
+            "sim", episodes_dir=workdir / "station" / "episodes", lease_timeout_s=30
+        ) as station,
+        StationClient(station.endpoint, timeout_s=60) as client,
+    ):
+        sft = timed(
+            "demos + SFT", lambda: bootstrap_champion(client, workdir / "bootstrap", cfg, progress)
+        )
+        attempts = timed(
+            "SFT attempts on station",
+            lambda: collect_episodes(
+                client, sft.path, workdir / "sft_attempts", cfg, progress=progress
+            ),
+        )
         report["sft_attempts"] = attempts.to_dict()
         data_dirs = [workdir / "bootstrap" / "demos", workdir / "sft_attempts"]
-        wm = timed("world model", lambda: refresh_world_model(data_dirs, None, workdir / "world_model", cfg, progress))
-        judge = timed("judge", lambda: refresh_judge(data_dirs, None, workdir / "judge", cfg, progress))
-        rl = timed("GRPO", lambda: train_challenger(sft.path, wm.path, judge.path, data_dirs, workdir / "rl_policy",
-                                                    cfg, progress))
+        wm = timed(
+            "world model",
+            lambda: refresh_world_model(data_dirs, None, workdir / "world_model", cfg, progress),
+        )
+        judge = timed(
+            "judge", lambda: refresh_judge(data_dirs, None, workdir / "judge", cfg, progress)
+        )
+        rl = timed(
+            "GRPO",
+            lambda: train_challenger(
+                sft.path, wm.path, judge.path, data_dirs, workdir / "rl_policy", cfg, progress
+            ),
+        )
         evals = {}
         for name, art in (("SFT", sft), ("RL", rl)):
-            evals[name] = timed(f"real eval {name}", lambda art=art, name=name: collect_episodes(
-                client, art.path, workdir / f"eval_{name}", cfg, episodes_per_task=eval_episodes, seed=EVAL_SEED,
-                progress=progress))
+            evals[name] = timed(
+                f"real eval {name}",
+                lambda art=art, name=name: collect_episodes(
+                    client,
+                    art.path,
+                    workdir / f"eval_{name}",
+                    cfg,
+                    episodes_per_task=eval_episodes,
+                    seed=EVAL_SEED,
+                    progress=progress,
+                ),
+            )
     eval_eps = {name: load_episodes([workdir / f"eval_{name}"]) for name in evals}
-    imag = {name: timed(f"imagined eval {name}", lambda name=name, art=art: imagined_success(
-        art.path, wm.path, judge.path, eval_eps[name][:: max(1, len(eval_eps[name]) // 16)], group=4,
-        horizon_chunks=cfg.grpo_overrides.get("horizon_chunks", 8), seed=cfg.seed))
-        for name, art in (("SFT", sft), ("RL", rl))}
+    imag = {
+        name: timed(
+            f"imagined eval {name}",
+            lambda name=name, art=art: imagined_success(
+                art.path,
+                wm.path,
+                judge.path,
+                eval_eps[name][:: max(1, len(eval_eps[name]) // 16)],
+                group=4,
+                horizon_chunks=cfg.grpo_overrides.get("horizon_chunks", 8),
+                seed=cfg.seed,
+            ),
+        )
+        for name, art in (("SFT", sft), ("RL", rl))
+    }
     real = {name: {t: r.success_rate for t, r in ev.per_task.items()} for name, ev in evals.items()}
     xs = [imag[n][t] for n in imag for t in imag[n]]
     ys = [real[n][t] for n in imag for t in imag[n]]
@@ -125,7 +173,9 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
         grpo=rl.metrics,
         real={n: ev.to_dict() for n, ev in evals.items()},
         imagined=imag,
-        pearson_r=float(np.corrcoef(xs, ys)[0, 1]) if np.std(xs) > 0 and np.std(ys) > 0 else float("nan"),
+        pearson_r=float(np.corrcoef(xs, ys)[0, 1])
+        if np.std(xs) > 0 and np.std(ys) > 0
+        else float("nan"),
         imagined_fps_b8=imagination_throughput(wm.path, eval_eps["SFT"][0].frames[0]),
         timings_s=timings,
         peak_rss_gb=peak_rss_gb(),
@@ -136,12 +186,16 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
 
 
 def format_report(r: dict) -> str:
-    lines = ["| task | SFT real | RL real | RL - SFT | SFT imagined | RL imagined |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | SFT real | RL real | RL - SFT | SFT imagined | RL imagined |",
+        "|---|---|---|---|---|---|",
+    ]
     for task, s in r["real"]["SFT"]["per_task"].items():
         q = r["real"]["RL"]["per_task"][task]
         lines.append(
             f"| {task} | {_ci(s)} | {_ci(q)} | {100 * (q['success_rate'] - s['success_rate']):+.0f} | "
-            f"{100 * r['imagined']['SFT'].get(task, float('nan')):.0f}% | {100 * r['imagined']['RL'].get(task, float('nan')):.0f}% |")
+            f"{100 * r['imagined']['SFT'].get(task, float('nan')):.0f}% | {100 * r['imagined']['RL'].get(task, float('nan')):.0f}% |"
+        )
     lines += [
         "",
         f"judge held-out F1: {r['judge'].get('heldout_f1', float('nan')):.3f}  "
@@ -163,8 +217,16 @@ def _ci(t: dict) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", type=Path, default=Path(".gymnast/bench_learning"))
     p.add_argument("--preset", default="bench", help="RoundConfig preset (tiny for a smoke run)")
-    p.add_argument("--eval-episodes", type=int, default=50, help="real evaluation episodes per task and policy")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=JSON", help="override a RoundConfig field")
+    p.add_argument(
+        "--eval-episodes", type=int, default=50, help="real evaluation episodes per task and policy"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=JSON",
+        help="override a RoundConfig field",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:

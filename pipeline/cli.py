@@ -19,7 +19,9 @@ def _tasks(value: str) -> list[str]:
     names = list(TASKS) if value == "all" else [t.strip() for t in value.split(",") if t.strip()]
     unknown = [t for t in names if t not in TASKS]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown}; valid: all, {', '.join(TASKS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown task(s) {unknown}; valid: all, {', '.join(TASKS)}"
+        )
     return names
 
 
@@ -43,8 +45,10 @@ def cmd_episodes(args: argparse.Namespace) -> int:
         for p in paths:
             ep = store.read_episode(p)
             label = {True: "success", False: "failure", None: "unlabelled"}[ep.success]
-            print(f"{p.name}  {ep.task:<20} seed={ep.seed}  steps={ep.num_steps:<4} {label:<10} "
-                  f"{ep.termination}{'' if ep.complete else '  (PARTIAL)'}")
+            print(
+                f"{p.name}  {ep.task:<20} seed={ep.seed}  steps={ep.num_steps:<4} {label:<10} "
+                f"{ep.termination}{'' if ep.complete else '  (PARTIAL)'}"
+            )
         print(store.format_summary(store.summarize(paths)))
         for p in store.list_corrupt(args.dir):
             print(f"corrupt (kept, not used): {p}")
@@ -84,11 +88,22 @@ def _policy_dir(spec: str, workdir: Path) -> Path:
         return write_policy_config(workdir / "scripted_expert", "scripted_expert", noise=0.0)
     if spec == "random":
         return write_policy_config(workdir / "random", "random", seed=0)
-    raise SystemExit(f"--policy must be a checkpoint directory, 'scripted_expert' or 'random'; got {spec!r}")
+    raise SystemExit(
+        f"--policy must be a checkpoint directory, 'scripted_expert' or 'random'; got {spec!r}"
+    )
 
 
-def collect(endpoint: str | None, policy: str, tasks: list[str], episodes_per_task: int, out: Path,
-            seed: int, keys: Path | None, backend: str = "sim", progress: bool = True):
+def collect(
+    endpoint: str | None,
+    policy: str,
+    tasks: list[str],
+    episodes_per_task: int,
+    out: Path,
+    seed: int,
+    keys: Path | None,
+    backend: str = "sim",
+    progress: bool = True,
+):
     """Run a policy on a station (an embedded simulated one if no endpoint) and copy the episodes to ``out``."""
     from robot_bridge.client import StationClient
     from robot_bridge.dispatch import run_on_station
@@ -104,8 +119,15 @@ def collect(endpoint: str | None, policy: str, tasks: list[str], episodes_per_ta
         with StationClient(endpoint, keys_dir=keys, timeout_s=30.0) as client:
             hello = client.hello()
             print(f"station {hello['station_id']} ({hello['backend']}, auth {hello['auth']})")
-            return run_on_station(client, _policy_dir(policy, home / "policies"), tasks, episodes_per_task, out,
-                                  seed=seed, progress=progress)
+            return run_on_station(
+                client,
+                _policy_dir(policy, home / "policies"),
+                tasks,
+                episodes_per_task,
+                out,
+                seed=seed,
+                progress=progress,
+            )
     finally:
         if station is not None:
             station.stop()
@@ -114,25 +136,92 @@ def collect(endpoint: str | None, policy: str, tasks: list[str], episodes_per_ta
 def cmd_collect(args: argparse.Namespace) -> int:
     from robot_bridge.dispatch import format_result
 
-    result = collect(args.station, args.policy, args.tasks, args.episodes_per_task, args.out, args.seed, args.keys,
-                     backend=args.backend)
-    print(f"{len(result.episodes)} episodes in {args.out} ({result.skipped} already there, not re-collected)")
+    result = collect(
+        args.station,
+        args.policy,
+        args.tasks,
+        args.episodes_per_task,
+        args.out,
+        args.seed,
+        args.keys,
+        backend=args.backend,
+    )
+    print(
+        f"{len(result.episodes)} episodes in {args.out} ({result.skipped} already there, not re-collected)"
+    )
     print(format_result(result))
     return 0
+
+
+def cmd_dispatch(args: argparse.Namespace) -> int:
+    """Send a checkpoint (a folder or an MLflow model URI) to a station and run an evaluation job there."""
+    from robot_bridge.client import StationClient, StationError
+    from robot_bridge.dispatch import DispatchError, format_result, run_on_station
+
+    checkpoint = resolve_checkpoint(args.model)
+    out = args.out or gymnast_home() / "episodes" / "dispatched"
+    with StationClient(args.station, keys_dir=args.keys, timeout_s=30.0) as client:
+        try:
+            result = run_on_station(
+                client,
+                checkpoint,
+                args.tasks,
+                args.episodes_per_task,
+                out,
+                seed=args.seed,
+                progress=True,
+            )
+        except (DispatchError, StationError) as e:
+            print(f"dispatch failed: {e}", file=sys.stderr)
+            return 1
+    print(
+        f"checkpoint {result.checkpoint_sha256[:12]}: {len(result.episodes)} episodes in {out} "
+        f"({result.skipped} already there, not run again)"
+    )
+    print(format_result(result))
+    return 0
+
+
+def resolve_checkpoint(spec: str) -> Path:
+    """A checkpoint folder as is; ``models:/policy@champion`` or ``runs:/...`` fetched from MLflow."""
+    if Path(spec).is_dir():
+        return Path(spec)
+    if spec.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        import mlflow
+
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            raise SystemExit(
+                f"{spec} is an MLflow URI: set MLFLOW_TRACKING_URI to the tracking server"
+            )
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
+    raise SystemExit(
+        f"checkpoint must be a folder or an MLflow URI (models:/policy@champion), got {spec!r}"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The embedded default: a simulated station, scripted-expert demonstrations over ZMQ, a LeRobot dataset."""
-    from robot_bridge.dispatch import format_result
-    from robot_bridge.lerobot_export import export_lerobot
+    """The main job: N improvement rounds through Dagster on a simulated station, tracked in MLflow."""
+    from pipeline import demo
 
-    home = gymnast_home()
-    episodes_dir = home / "episodes" / "demo"
-    result = collect(None, "scripted_expert", args.tasks, args.episodes_per_task, episodes_dir, args.seed, None)
-    print(format_result(result))
-    out = export_lerobot(result.episodes, home / "datasets" / "demo", repo_id="gymnast/demo", use_videos=True)
-    print(f"LeRobot dataset: {out}")
-    return 0
+    os.environ.setdefault("GYMNAST_PRESET", args.preset)
+    return demo.main(args.rounds, gymnast_home(), station=args.station, keys_dir=args.keys)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """`dagster dev` with a simulated station and the MLflow server running, for the UI and the schedule."""
+    import subprocess
+
+    from pipeline import demo
+
+    with demo.local_stack(gymnast_home(), station=args.station, keys_dir=args.keys) as env:
+        print(
+            f"DAGSTER_HOME={env['DAGSTER_HOME']}  MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']}"
+        )
+        cmd = [sys.executable, "-m", "dagster", "dev", "-h", args.host, "-p", str(args.port)]
+        try:
+            return subprocess.call(cmd)
+        except KeyboardInterrupt:
+            return 0
 
 
 # --- benchmarks -------------------------------------------------------------------------------
@@ -148,6 +237,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from pipeline import bench_learning
 
         return bench_learning.run_from_args(args)
+    if args.bench_command == "loop":
+        from pipeline import bench_loop
+
+        return bench_loop.main(args.rounds, args.json, keep=args.keep)
     raise AssertionError(args.bench_command)
 
 
@@ -160,13 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gymnast",
         description="World-Gymnast improvement loop: a ZMQ robot station, episodes, world model, "
-                    "VLA policy RL in imagination, and nightly rounds in Dagster.",
+        "VLA policy RL in imagination, and nightly rounds in Dagster.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    st = sub.add_parser("station", help="run a robot station (ZMQ server next to the arm), or make its keys",
-                        description="Run a robot station: `gymnast station --backend sim --bind tcp://127.0.0.1:5555`. "
-                                    "`gymnast station keys DIR` makes CURVE keys.")
+    st = sub.add_parser(
+        "station",
+        help="run a robot station (ZMQ server next to the arm), or make its keys",
+        description="Run a robot station: `gymnast station --backend sim --bind tcp://127.0.0.1:5555`. "
+        "`gymnast station keys DIR` makes CURVE keys.",
+    )
     serve.build_parser(st)
     st.set_defaults(func=cmd_station)
 
@@ -174,35 +270,105 @@ def build_parser() -> argparse.ArgumentParser:
     ep_sub = ep.add_subparsers(dest="episodes_command", required=True)
     e = ep_sub.add_parser("list", help="one line per episode and a per-task summary")
     e.add_argument("dir", type=Path)
-    e.add_argument("--include-partial", action="store_true", help="also list partial / crashed files")
-    e = ep_sub.add_parser("validate", help="check every file (shapes, finiteness, labels, checksums)")
+    e.add_argument(
+        "--include-partial", action="store_true", help="also list partial / crashed files"
+    )
+    e = ep_sub.add_parser(
+        "validate", help="check every file (shapes, finiteness, labels, checksums)"
+    )
     e.add_argument("dir", type=Path)
-    e = ep_sub.add_parser("recover", help="flag partial files left by a killed station (never deletes)")
+    e = ep_sub.add_parser(
+        "recover", help="flag partial files left by a killed station (never deletes)"
+    )
     e.add_argument("dir", type=Path)
     e.add_argument("--station-id", default="cli")
     e = ep_sub.add_parser("export", help="export complete episodes as a LeRobotDataset (v3)")
     e.add_argument("dir", type=Path)
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--repo-id", default="gymnast/episodes")
-    e.add_argument("--images", action="store_true", help="store lossless PNG frames instead of videos")
+    e.add_argument(
+        "--images", action="store_true", help="store lossless PNG frames instead of videos"
+    )
     ep.set_defaults(func=cmd_episodes)
 
-    co = sub.add_parser("collect", help="run a policy on a station for N episodes per task and copy them here")
-    co.add_argument("--station", default=None, help="station endpoint; default: start an embedded simulated one")
-    co.add_argument("--backend", default="sim", choices=["sim", "sim_gap"], help="embedded station backend")
-    co.add_argument("--keys", type=Path, default=None, help="CURVE keys directory (server.key + client.key_secret)")
-    co.add_argument("--policy", default="scripted_expert", help="checkpoint dir, 'scripted_expert' or 'random'")
-    co.add_argument("--tasks", type=_tasks, default=list(TASKS), help="comma-separated task names or 'all'")
+    co = sub.add_parser(
+        "collect", help="run a policy on a station for N episodes per task and copy them here"
+    )
+    co.add_argument(
+        "--station", default=None, help="station endpoint; default: start an embedded simulated one"
+    )
+    co.add_argument(
+        "--backend", default="sim", choices=["sim", "sim_gap"], help="embedded station backend"
+    )
+    co.add_argument(
+        "--keys",
+        type=Path,
+        default=None,
+        help="CURVE keys directory (server.key + client.key_secret)",
+    )
+    co.add_argument(
+        "--policy", default="scripted_expert", help="checkpoint dir, 'scripted_expert' or 'random'"
+    )
+    co.add_argument(
+        "--tasks", type=_tasks, default=list(TASKS), help="comma-separated task names or 'all'"
+    )
     co.add_argument("-n", "--episodes-per-task", type=int, default=5)
     co.add_argument("--seed", type=int, default=0)
     co.add_argument("--out", type=Path, default=gymnast_home() / "episodes" / "collected")
     co.set_defaults(func=cmd_collect)
 
-    de = sub.add_parser("demo", help="the main job on the embedded default (simulated station, local stores)")
-    de.add_argument("--tasks", type=_tasks, default=list(TASKS))
-    de.add_argument("-n", "--episodes-per-task", type=int, default=3)
-    de.add_argument("--seed", type=int, default=0)
+    di = sub.add_parser(
+        "dispatch",
+        help="send a checkpoint to a station and run an evaluation job there",
+        description="Upload a checkpoint (chunked, sha256-verified; CURVE-authenticated with --keys), "
+        "run N episodes per task with automatic success labels, copy every episode "
+        "here as it finishes, print per-task success with 95%% Wilson intervals. "
+        "Re-running resumes: episodes already here are not run again.",
+    )
+    di.add_argument("model", help="checkpoint folder or MLflow URI (models:/policy@champion)")
+    di.add_argument("--station", required=True, help="station endpoint, tcp://host:port")
+    di.add_argument(
+        "--keys",
+        type=Path,
+        default=None,
+        help="CURVE keys directory (server.key + client.key_secret)",
+    )
+    di.add_argument(
+        "--tasks", type=_tasks, default=list(TASKS), help="comma-separated task names or 'all'"
+    )
+    di.add_argument("-n", "--episodes-per-task", type=int, default=10)
+    di.add_argument("--seed", type=int, default=0)
+    di.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where episodes go (default $GYMNAST_HOME/episodes/dispatched)",
+    )
+    di.set_defaults(func=cmd_dispatch)
+
+    de = sub.add_parser(
+        "demo",
+        help="the main job: improvement rounds through Dagster on a simulated station",
+        description="Start a simulated station (unless --station) and an MLflow server, run the "
+        "last N rounds of the round schedule through the Dagster job the nightly "
+        "schedule uses, and print a table per round. Re-running resumes.",
+    )
+    de.add_argument("--rounds", type=int, default=2)
+    de.add_argument(
+        "--preset", default="tiny", help="RoundConfig preset (GYMNAST_PRESET wins if set)"
+    )
+    de.add_argument("--station", default=None, help="use this station instead of a simulated one")
+    de.add_argument("--keys", type=Path, default=None, help="CURVE keys directory for --station")
     de.set_defaults(func=cmd_demo)
+
+    dv = sub.add_parser(
+        "dev", help="dagster dev with a simulated station and the MLflow server running"
+    )
+    dv.add_argument("--station", default=None)
+    dv.add_argument("--keys", type=Path, default=None)
+    dv.add_argument("--host", default="127.0.0.1")
+    dv.add_argument("--port", type=int, default=3000)
+    dv.set_defaults(func=cmd_dev)
 
     be = sub.add_parser("bench", help="benchmarks that print measured figures")
     be_sub = be.add_subparsers(dest="bench_command", required=True)
@@ -210,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-n", type=int, default=2000, help="timed round trips per configuration")
     b.add_argument("--sim-steps", type=int, default=200)
     b.add_argument("--json", type=Path, default=None)
-    b = be_sub.add_parser("learning", help="SFT vs RL-in-imagination on the simulated station (about an hour on CPU)")
+    b = be_sub.add_parser(
+        "learning", help="SFT vs RL-in-imagination on the simulated station (about an hour on CPU)"
+    )
     from pipeline import bench_learning
 
     bench_learning.add_arguments(b)

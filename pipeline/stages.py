@@ -54,10 +54,20 @@ class RoundConfig:
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
-            raise ValueError(f"tasks must be a non-empty subset of {list(TASKS)}, got {list(self.tasks)}")
-        for name in ("demo_episodes_per_task", "collect_episodes_per_task", "eval_episodes_per_task",
-                     "sft_steps", "world_model_steps", "world_model_finetune_steps", "judge_steps",
-                     "judge_finetune_steps", "grpo_steps"):
+            raise ValueError(
+                f"tasks must be a non-empty subset of {list(TASKS)}, got {list(self.tasks)}"
+            )
+        for name in (
+            "demo_episodes_per_task",
+            "collect_episodes_per_task",
+            "eval_episodes_per_task",
+            "sft_steps",
+            "world_model_steps",
+            "world_model_finetune_steps",
+            "judge_steps",
+            "judge_finetune_steps",
+            "grpo_steps",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.holdout_fraction < 1:
@@ -70,13 +80,28 @@ class RoundConfig:
         if name == "tiny":
             base = cls()
         elif name == "bench":
-            base = cls(demo_episodes_per_task=25, collect_episodes_per_task=20, eval_episodes_per_task=50,
-                       sft_steps=800, world_model_steps=1500, judge_steps=600, grpo_steps=40)
+            base = cls(
+                demo_episodes_per_task=25,
+                collect_episodes_per_task=20,
+                eval_episodes_per_task=50,
+                sft_steps=800,
+                world_model_steps=1500,
+                judge_steps=600,
+                grpo_steps=40,
+            )
         elif name == "lab":
-            base = cls(model_preset="large", demo_episodes_per_task=50, collect_episodes_per_task=25,
-                       eval_episodes_per_task=50, sft_steps=5000, world_model_steps=20000,
-                       world_model_finetune_steps=5000, judge_steps=3000, judge_finetune_steps=1000,
-                       grpo_steps=200)
+            base = cls(
+                model_preset="large",
+                demo_episodes_per_task=50,
+                collect_episodes_per_task=25,
+                eval_episodes_per_task=50,
+                sft_steps=5000,
+                world_model_steps=20000,
+                world_model_finetune_steps=5000,
+                judge_steps=3000,
+                judge_finetune_steps=1000,
+                grpo_steps=200,
+            )
         else:
             raise ValueError(f"unknown round preset {name!r}; valid presets: {', '.join(PRESETS)}")
         return dataclasses.replace(base, **overrides)
@@ -120,9 +145,16 @@ class Evaluation:
             "checkpoint_sha256": self.checkpoint_sha256,
             "episodes": len(self.episodes),
             "success_rate": self.success_rate,
-            "per_task": {t: {"episodes": r.episodes, "successes": r.successes, "labelled": r.labelled,
-                             "success_rate": r.success_rate, "ci95": list(r.ci95)}
-                         for t, r in self.per_task.items()},
+            "per_task": {
+                t: {
+                    "episodes": r.episodes,
+                    "successes": r.successes,
+                    "labelled": r.labelled,
+                    "success_rate": r.success_rate,
+                    "ci95": list(r.ci95),
+                }
+                for t, r in self.per_task.items()
+            },
         }
 
 
@@ -151,8 +183,11 @@ def load_episodes(dirs: Sequence[str | Path]) -> list[Episode]:
     return [read_episode(p) for p in paths]
 
 
-def split_holdout(episodes: Sequence[Episode], fraction: float, salt: str = "") -> tuple[list[Episode], list[Episode]]:
+def split_holdout(
+    episodes: Sequence[Episode], fraction: float, salt: str = ""
+) -> tuple[list[Episode], list[Episode]]:
     """Deterministic split by episode id (a hash), so a round re-run holds out the same episodes."""
+
     def held(ep: Episode) -> bool:
         h = int(hashlib.sha256((salt + ep.episode_id).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         return h < fraction
@@ -176,42 +211,94 @@ def _evaluation(result: DispatchResult) -> Evaluation:
 # --- stages -----------------------------------------------------------------------------------
 
 
-def bootstrap_champion(station: StationClient, workdir: Path, cfg: RoundConfig, progress: bool = True) -> ModelArtifact:
+def bootstrap_champion(
+    station: StationClient, workdir: Path, cfg: RoundConfig, progress: bool = True
+) -> ModelArtifact:
     """No champion yet: scripted-expert demonstrations on the station, then SFT."""
     from policy.config import VLAConfig
     from policy.sft import train_sft
 
     workdir = Path(workdir)
-    expert = write_policy_config(workdir / "scripted_expert", "scripted_expert", noise=cfg.demo_noise,
-                                 mistake_prob=cfg.demo_mistake_prob, seed=cfg.seed)
-    run_on_station(station, expert, cfg.tasks, cfg.demo_episodes_per_task, workdir / "demos",
-                   seed=cfg.seed + 10_000, progress=progress)
+    expert = write_policy_config(
+        workdir / "scripted_expert",
+        "scripted_expert",
+        noise=cfg.demo_noise,
+        mistake_prob=cfg.demo_mistake_prob,
+        seed=cfg.seed,
+    )
+    run_on_station(
+        station,
+        expert,
+        cfg.tasks,
+        cfg.demo_episodes_per_task,
+        workdir / "demos",
+        seed=cfg.seed + 10_000,
+        progress=progress,
+    )
     demos = load_episodes([workdir / "demos"])
     successful = [e for e in demos if e.success]
     if not successful:
-        raise RuntimeError(f"none of the {len(demos)} scripted demonstrations succeeded; nothing to imitate")
-    policy, metrics = train_sft(VLAConfig.from_preset(cfg.model_preset), successful, steps=cfg.sft_steps,
-                                seed=cfg.seed, progress=progress)
+        raise RuntimeError(
+            f"none of the {len(demos)} scripted demonstrations succeeded; nothing to imitate"
+        )
+    policy, metrics = train_sft(
+        VLAConfig.from_preset(cfg.model_preset),
+        successful,
+        steps=cfg.sft_steps,
+        seed=cfg.seed,
+        progress=progress,
+    )
     out = policy.save_pretrained(workdir / "policy")
-    return ModelArtifact(Path(out), checkpoint_sha256(Path(out)), _scalars(metrics) | {"demos": len(demos),
-                                                                                      "demos_successful": len(successful)})
+    return ModelArtifact(
+        Path(out),
+        checkpoint_sha256(Path(out)),
+        _scalars(metrics) | {"demos": len(demos), "demos_successful": len(successful)},
+    )
 
 
-def collect_episodes(station: StationClient, policy_dir: Path, dest: Path, cfg: RoundConfig, *,
-                     episodes_per_task: int | None = None, seed: int | None = None,
-                     progress: bool = True) -> Evaluation:
+def collect_episodes(
+    station: StationClient,
+    policy_dir: Path,
+    dest: Path,
+    cfg: RoundConfig,
+    *,
+    episodes_per_task: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+) -> Evaluation:
     """Run a policy checkpoint on the station (resumable: finished episodes are not run again)."""
     n = cfg.collect_episodes_per_task if episodes_per_task is None else episodes_per_task
-    result = run_on_station(station, policy_dir, cfg.tasks, n, dest, seed=cfg.seed if seed is None else seed,
-                            progress=progress)
+    result = run_on_station(
+        station,
+        policy_dir,
+        cfg.tasks,
+        n,
+        dest,
+        seed=cfg.seed if seed is None else seed,
+        progress=progress,
+    )
     return _evaluation(result)
 
 
-def evaluate_on_station(station: StationClient, policy_dir: Path, dest: Path, cfg: RoundConfig, *,
-                        seed: int | None = None, progress: bool = True) -> Evaluation:
+def evaluate_on_station(
+    station: StationClient,
+    policy_dir: Path,
+    dest: Path,
+    cfg: RoundConfig,
+    *,
+    seed: int | None = None,
+    progress: bool = True,
+) -> Evaluation:
     """AutoEval-style real evaluation on the same seeds the champion ran (paired comparison)."""
-    return collect_episodes(station, policy_dir, dest, cfg, episodes_per_task=cfg.eval_episodes_per_task,
-                            seed=seed, progress=progress)
+    return collect_episodes(
+        station,
+        policy_dir,
+        dest,
+        cfg,
+        episodes_per_task=cfg.eval_episodes_per_task,
+        seed=seed,
+        progress=progress,
+    )
 
 
 def build_dataset(episode_dirs: Sequence[Path], out_dir: Path) -> DatasetInfo:
@@ -231,11 +318,18 @@ def build_dataset(episode_dirs: Sequence[Path], out_dir: Path) -> DatasetInfo:
         t["episodes"] += 1
         t["successes"] += int(ep.success is True)
         t["failures"] += int(ep.success is False)
-    return DatasetInfo(Path(out), len(paths), n_frames, per_task, Path(out) / "meta" / "action_stats.json", paths)
+    return DatasetInfo(
+        Path(out), len(paths), n_frames, per_task, Path(out) / "meta" / "action_stats.json", paths
+    )
 
 
-def refresh_world_model(episode_dirs: Sequence[Path], previous: Path | None, out_dir: Path, cfg: RoundConfig,
-                        progress: bool = True) -> ModelArtifact:
+def refresh_world_model(
+    episode_dirs: Sequence[Path],
+    previous: Path | None,
+    out_dir: Path,
+    cfg: RoundConfig,
+    progress: bool = True,
+) -> ModelArtifact:
     """Train (or warm-start from last round and finetune) the world model; held-out error and a preview."""
     from world_model.config import WorldModelConfig
     from world_model.evaluate import evaluate_world_model, rollout_error, write_side_by_side_video
@@ -244,21 +338,40 @@ def refresh_world_model(episode_dirs: Sequence[Path], previous: Path | None, out
     episodes = load_episodes(episode_dirs)
     train, held = split_holdout(episodes, cfg.holdout_fraction)
     if previous is not None:
-        model, metrics = train_world_model(WorldModelConfig.preset(cfg.model_preset), train,
-                                           steps=cfg.world_model_finetune_steps, seed=cfg.seed, progress=progress,
-                                           init_from=previous)
+        model, metrics = train_world_model(
+            WorldModelConfig.preset(cfg.model_preset),
+            train,
+            steps=cfg.world_model_finetune_steps,
+            seed=cfg.seed,
+            progress=progress,
+            init_from=previous,
+        )
     else:
-        model, metrics = train_world_model(WorldModelConfig.preset(cfg.model_preset), train,
-                                           steps=cfg.world_model_steps, seed=cfg.seed, progress=progress)
+        model, metrics = train_world_model(
+            WorldModelConfig.preset(cfg.model_preset),
+            train,
+            steps=cfg.world_model_steps,
+            seed=cfg.seed,
+            progress=progress,
+        )
     out = Path(model.save_pretrained(out_dir))
     evaluation = evaluate_world_model(model, held)
     sample = rollout_error(model, held[:1], horizon=40, max_episodes=1, seed=cfg.seed)
-    preview = write_side_by_side_video(sample["real"][0], sample["imagined"][0], out / "preview.mp4")
-    return ModelArtifact(out, checkpoint_sha256(out), _scalars(metrics) | _scalars(evaluation), [Path(preview)])
+    preview = write_side_by_side_video(
+        sample["real"][0], sample["imagined"][0], out / "preview.mp4"
+    )
+    return ModelArtifact(
+        out, checkpoint_sha256(out), _scalars(metrics) | _scalars(evaluation), [Path(preview)]
+    )
 
 
-def refresh_judge(episode_dirs: Sequence[Path], previous: Path | None, out_dir: Path, cfg: RoundConfig,
-                  progress: bool = True) -> ModelArtifact:
+def refresh_judge(
+    episode_dirs: Sequence[Path],
+    previous: Path | None,
+    out_dir: Path,
+    cfg: RoundConfig,
+    progress: bool = True,
+) -> ModelArtifact:
     """Finetune the success judge on the success-labelled real episodes; F1 on held-out ones."""
     from reward.config import VLMJudgeConfig
     from reward.train import evaluate_judge, finetune_judge
@@ -268,12 +381,22 @@ def refresh_judge(episode_dirs: Sequence[Path], previous: Path | None, out_dir: 
     rest, held = split_holdout(episodes, cfg.holdout_fraction)
     # the threshold is calibrated on its own split, so held-out F1 is not flattered by it
     train, val = split_holdout(rest, cfg.holdout_fraction, salt="judge-threshold")
-    start = VLMJudge.from_pretrained(previous) if previous is not None else VLMJudgeConfig.from_preset(cfg.model_preset)
+    start = (
+        VLMJudge.from_pretrained(previous)
+        if previous is not None
+        else VLMJudgeConfig.from_preset(cfg.model_preset)
+    )
     steps = cfg.judge_finetune_steps if previous is not None else cfg.judge_steps
-    judge, metrics = finetune_judge(start, train, steps=steps, seed=cfg.seed, progress=progress, val_episodes=val)
+    judge, metrics = finetune_judge(
+        start, train, steps=steps, seed=cfg.seed, progress=progress, val_episodes=val
+    )
     out = Path(judge.save_pretrained(out_dir))
     held_metrics = evaluate_judge(judge, held)
-    return ModelArtifact(out, checkpoint_sha256(out), _scalars(metrics) | {f"heldout_{k}": v for k, v in _scalars(held_metrics).items()})
+    return ModelArtifact(
+        out,
+        checkpoint_sha256(out),
+        _scalars(metrics) | {f"heldout_{k}": v for k, v in _scalars(held_metrics).items()},
+    )
 
 
 def initial_frames(episodes: Sequence[Episode]) -> list:
@@ -283,9 +406,16 @@ def initial_frames(episodes: Sequence[Episode]) -> list:
     return [Start(np.asarray(e.frames[0]), e.instruction, e.task) for e in episodes]
 
 
-def train_challenger(champion: Path, world_model: Path, judge: Path, episode_dirs: Sequence[Path], out_dir: Path,
-                     cfg: RoundConfig, progress: bool = True,
-                     on_step: Callable | None = None) -> ModelArtifact:
+def train_challenger(
+    champion: Path,
+    world_model: Path,
+    judge: Path,
+    episode_dirs: Sequence[Path],
+    out_dir: Path,
+    cfg: RoundConfig,
+    progress: bool = True,
+    on_step: Callable | None = None,
+) -> ModelArtifact:
     """GRPO-finetune the champion in the world model, rewarded by the judge, from real initial frames."""
     from policy.grpo import GRPOConfig, train_grpo
     from policy.vla import VLAPolicy
@@ -297,7 +427,9 @@ def train_challenger(champion: Path, world_model: Path, judge: Path, episode_dir
     judge_model = load_judge(judge)
     starts = initial_frames(load_episodes(episode_dirs))
     grpo_cfg = GRPOConfig.preset("tiny", steps=cfg.grpo_steps, seed=cfg.seed, **cfg.grpo_overrides)
-    history = train_grpo(policy, wm, judge_model, starts, grpo_cfg, progress=progress, on_step=on_step)
+    history = train_grpo(
+        policy, wm, judge_model, starts, grpo_cfg, progress=progress, on_step=on_step
+    )
     out = Path(policy.save_pretrained(out_dir))
     metrics = {
         "grpo_steps": len(history),
@@ -306,11 +438,15 @@ def train_challenger(champion: Path, world_model: Path, judge: Path, episode_dir
         "kept_groups_total": sum(h.kept_groups for h in history),
         "seconds_per_step": float(np.mean([h.seconds for h in history])),
     }
-    (out / "grpo_history.json").write_text(json.dumps([dataclasses.asdict(h) for h in history], indent=1))
+    (out / "grpo_history.json").write_text(
+        json.dumps([dataclasses.asdict(h) for h in history], indent=1)
+    )
     return ModelArtifact(out, checkpoint_sha256(out), metrics)
 
 
-def decide_promotion(champion: Evaluation, challenger: Evaluation, alpha: float = 0.05) -> PromotionDecision:
+def decide_promotion(
+    champion: Evaluation, challenger: Evaluation, alpha: float = 0.05
+) -> PromotionDecision:
     """Promote only if the challenger is better with confidence: one-sided exact McNemar test.
 
     Both policies run the same (task, seed) initial states, so outcomes are paired; the test uses
@@ -319,7 +455,9 @@ def decide_promotion(champion: Evaluation, challenger: Evaluation, alpha: float 
     """
     pairs = sorted(set(champion.outcomes) & set(challenger.outcomes))
     if not pairs:
-        raise ValueError("no paired (task, seed) outcomes between champion and challenger; cannot decide")
+        raise ValueError(
+            "no paired (task, seed) outcomes between champion and challenger; cannot decide"
+        )
     b = sum(champion.outcomes[k] and not challenger.outcomes[k] for k in pairs)
     c = sum(challenger.outcomes[k] and not champion.outcomes[k] for k in pairs)
     p_value = _binomial_tail(c, b + c)
@@ -329,12 +467,27 @@ def decide_promotion(champion: Evaluation, challenger: Evaluation, alpha: float 
     per_task = {}
     for task in sorted({k[0] for k in pairs}):
         ks = [k for k in pairs if k[0] == task]
-        per_task[task] = {"n": len(ks), "champion": sum(champion.outcomes[k] for k in ks) / len(ks),
-                          "challenger": sum(challenger.outcomes[k] for k in ks) / len(ks)}
-    reason = (f"challenger better on {c} paired episodes, worse on {b}; one-sided exact McNemar p={p_value:.4f} "
-              f"{'<' if promote else '>='} alpha={alpha}" if b + c else "no discordant pairs: no evidence either way")
-    return PromotionDecision(promote, "one-sided exact McNemar (paired by task and seed)", p_value, champ_rate,
-                             chall_rate, {"champion_only": b, "challenger_only": c}, per_task, reason)
+        per_task[task] = {
+            "n": len(ks),
+            "champion": sum(champion.outcomes[k] for k in ks) / len(ks),
+            "challenger": sum(challenger.outcomes[k] for k in ks) / len(ks),
+        }
+    reason = (
+        f"challenger better on {c} paired episodes, worse on {b}; one-sided exact McNemar p={p_value:.4f} "
+        f"{'<' if promote else '>='} alpha={alpha}"
+        if b + c
+        else "no discordant pairs: no evidence either way"
+    )
+    return PromotionDecision(
+        promote,
+        "one-sided exact McNemar (paired by task and seed)",
+        p_value,
+        champ_rate,
+        chall_rate,
+        {"champion_only": b, "challenger_only": c},
+        per_task,
+        reason,
+    )
 
 
 def _binomial_tail(k: int, n: int) -> float:

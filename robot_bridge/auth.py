@@ -42,14 +42,18 @@ def create_keys(keys_dir: str | Path, client_name: str = "client") -> dict[str, 
 
 def _load(path: Path, want_secret: bool) -> tuple[bytes, bytes | None]:
     if not path.is_file():
-        raise AuthConfigError(f"key file {path} does not exist (make keys with `gymnast station keys DIR`)")
+        raise AuthConfigError(
+            f"key file {path} does not exist (make keys with `gymnast station keys DIR`)"
+        )
     public, secret = zmq.auth.load_certificate(path)
     if want_secret and secret is None:
         raise AuthConfigError(f"{path} holds no secret key; pass the *.key_secret file")
     return public, secret
 
 
-def configure_server(ctx: zmq.Context, sock: zmq.Socket, keys_dir: str | Path) -> ThreadAuthenticator:
+def configure_server(
+    ctx: zmq.Context, sock: zmq.Socket, keys_dir: str | Path
+) -> ThreadAuthenticator:
     d = Path(keys_dir)
     public, secret = _load(d / "server.key_secret", want_secret=True)
     allowed = d / "authorized_clients"
@@ -64,7 +68,9 @@ def configure_server(ctx: zmq.Context, sock: zmq.Socket, keys_dir: str | Path) -
     return auth
 
 
-def configure_client(sock: zmq.Socket, server_public_key: str | Path, client_secret_key: str | Path) -> None:
+def configure_client(
+    sock: zmq.Socket, server_public_key: str | Path, client_secret_key: str | Path
+) -> None:
     server_public, _ = _load(Path(server_public_key), want_secret=False)
     public, secret = _load(Path(client_secret_key), want_secret=True)
     sock.curve_publickey = public

@@ -41,8 +41,12 @@ def bench_station(height: int, width: int, n: int, record: bool, workdir: Path) 
     from robot_bridge.launch import StationProcess
 
     action = np.zeros(7, dtype=np.float32)
-    with StationProcess("instant", episodes_dir=workdir / f"ep-{height}-{record}",
-                        backend_args={"height": height, "width": width}, lease_timeout_s=10) as station:
+    with StationProcess(
+        "instant",
+        episodes_dir=workdir / f"ep-{height}-{record}",
+        backend_args={"height": height, "width": width},
+        lease_timeout_s=10,
+    ) as station:
         client = StationClient(station.endpoint, timeout_s=5.0)
         client.acquire_lease()
         client.reset("open_drawer", seed=0, record=record)
@@ -81,8 +85,17 @@ def bench_bare(height: int, width: int, n: int, workdir: Path) -> dict:
     import zmq
 
     endpoint_file = workdir / f"bare-{height}.txt"
-    proc = subprocess.Popen([sys.executable, "-m", "robot_bridge.bench", "--bare-server", str(endpoint_file),
-                             str(height), str(width)])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "robot_bridge.bench",
+            "--bare-server",
+            str(endpoint_file),
+            str(height),
+            str(width),
+        ]
+    )
     try:
         while not endpoint_file.exists() or not endpoint_file.read_text():
             time.sleep(0.02)
@@ -116,18 +129,36 @@ def _sim_worker(n: int, backend: str) -> None:
     sim.reset("eggplant_in_sink", seed=0)
     times = []
     for i in range(n):
-        action = np.concatenate([rng.uniform(-0.02, 0.02, 6), [float(i % 20 < 10)]]).astype(np.float32)
+        action = np.concatenate([rng.uniform(-0.02, 0.02, 6), [float(i % 20 < 10)]]).astype(
+            np.float32
+        )
         t0 = time.perf_counter()
         sim.step(action)
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"steps_per_s": 1.0 / statistics.median(times), "median_step_ms": 1e3 * statistics.median(times)}))
+    print(
+        json.dumps(
+            {
+                "steps_per_s": 1.0 / statistics.median(times),
+                "median_step_ms": 1e3 * statistics.median(times),
+            }
+        )
+    )
 
 
 def bench_sim(n: int, backend: str = "sim") -> dict:
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "LP_NUM_THREADS": "1",
-           "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "robot_bridge.bench", "--sim-worker", str(n), backend],
-                         capture_output=True, text=True, env=env, check=True)
+    env = {
+        **os.environ,
+        "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+        "LP_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "robot_bridge.bench", "--sim-worker", str(n), backend],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -164,15 +195,24 @@ def machine_description() -> str:
 
 
 def format_table(results: dict) -> str:
-    lines = [f"machine: {results['machine']}", "",
-             "| payload | path | p50 ms | p90 ms | p99 ms | calls/s | p99 / floor |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"machine: {results['machine']}",
+        "",
+        "| payload | path | p50 ms | p90 ms | p99 ms | calls/s | p99 / floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, paths in results["bridge"].items():
         floor = paths["bare_reqrep"]["p99_ms"]
         for name, r in paths.items():
-            lines.append(f"| {label} | {name} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
-                         f"{r['calls_per_s']:.0f} | {r['p99_ms'] / floor:.2f}x |")
-    lines += ["", "| simulator | steps/s (1 core, rendering 256x256) | median step ms |", "|---|---|---|"]
+            lines.append(
+                f"| {label} | {name} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
+                f"{r['calls_per_s']:.0f} | {r['p99_ms'] / floor:.2f}x |"
+            )
+    lines += [
+        "",
+        "| simulator | steps/s (1 core, rendering 256x256) | median step ms |",
+        "|---|---|---|",
+    ]
     for backend, r in results["sim"].items():
         lines.append(f"| {backend} | {r['steps_per_s']:.1f} | {r['median_step_ms']:.2f} |")
     return "\n".join(lines)

@@ -42,7 +42,9 @@ class FileEntry:
 
 
 def manifest_sha256(files: list[FileEntry]) -> str:
-    canonical = json.dumps(sorted(f.to_dict() for f in files), sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(
+        sorted(f.to_dict() for f in files), sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -54,7 +56,9 @@ def build_manifest(checkpoint_dir: str | Path) -> tuple[str, list[FileEntry]]:
     files = []
     for p in sorted(root.rglob("*")):
         if p.is_file():
-            files.append(FileEntry(p.relative_to(root).as_posix(), p.stat().st_size, sha256_file(p)))
+            files.append(
+                FileEntry(p.relative_to(root).as_posix(), p.stat().st_size, sha256_file(p))
+            )
     return manifest_sha256(files), files
 
 
@@ -71,7 +75,11 @@ def checked_entries(raw: object) -> list[FileEntry]:
             raise CheckpointError(f"unsafe or invalid file path in manifest: {path!r}")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise CheckpointError(f"bad size for {path!r}: {size!r}")
-        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        if not (
+            isinstance(digest, str)
+            and len(digest) == 64
+            and all(c in "0123456789abcdef" for c in digest)
+        ):
             raise CheckpointError(f"bad sha256 for {path!r}: {digest!r}")
         total += size
         entries.append(FileEntry(path, size, digest))
@@ -84,7 +92,13 @@ def checked_entries(raw: object) -> list[FileEntry]:
 
 def _safe_relative(path: str) -> bool:
     p = PurePosixPath(path)
-    return bool(path) and not p.is_absolute() and ".." not in p.parts and "\\" not in path and "\x00" not in path
+    return (
+        bool(path)
+        and not p.is_absolute()
+        and ".." not in p.parts
+        and "\\" not in path
+        and "\x00" not in path
+    )
 
 
 class CheckpointStore:

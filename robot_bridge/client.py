@@ -45,7 +45,11 @@ class StationAuthError(StationError):
 
 _HANDSHAKE_FAILURES = {
     getattr(zmq, name)
-    for name in ("EVENT_HANDSHAKE_FAILED_AUTH", "EVENT_HANDSHAKE_FAILED_PROTOCOL", "EVENT_HANDSHAKE_FAILED_NO_DETAIL")
+    for name in (
+        "EVENT_HANDSHAKE_FAILED_AUTH",
+        "EVENT_HANDSHAKE_FAILED_PROTOCOL",
+        "EVENT_HANDSHAKE_FAILED_NO_DETAIL",
+    )
     if hasattr(zmq, name)
 }
 
@@ -84,7 +88,9 @@ class StationClient:
             server_key = server_key or Path(keys_dir) / "server.key"
             client_key = client_key or Path(keys_dir) / "client.key_secret"
         if (server_key is None) != (client_key is None):
-            raise ValueError("CURVE needs both server_key (server.key) and client_key (*.key_secret)")
+            raise ValueError(
+                "CURVE needs both server_key (server.key) and client_key (*.key_secret)"
+            )
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self.retries = retries
@@ -104,9 +110,16 @@ class StationClient:
 
     # --- transport ---------------------------------------------------------------------------
 
-    def call(self, op: str, args: dict | None = None, arrays: dict | None = None, *,
-             timeout_s: float | None = None, retries: int | None = None,
-             request_id: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    def call(
+        self,
+        op: str,
+        args: dict | None = None,
+        arrays: dict | None = None,
+        *,
+        timeout_s: float | None = None,
+        retries: int | None = None,
+        request_id: str | None = None,
+    ) -> tuple[dict, dict[str, np.ndarray]]:
         """Send one request (re-sent with the same id on timeout); raise StationError on an error reply."""
         self._counter += 1
         rid = request_id or f"{self._prefix}-{self._counter}"
@@ -137,7 +150,9 @@ class StationClient:
             try:
                 header, arrays = protocol.decode(frames)
             except protocol.ProtocolError as e:
-                raise StationError("bad_reply", f"station sent an undecodable reply: {e.message}") from None
+                raise StationError(
+                    "bad_reply", f"station sent an undecodable reply: {e.message}"
+                ) from None
             if header.get("id") == rid:
                 return header, arrays
             # a late reply to an earlier attempt or request: drop it
@@ -181,8 +196,14 @@ class StationClient:
         self.lease = None
         return result.get("closed_episode")
 
-    def reset(self, task: str, seed: int | None = None, *, record: bool = True,
-              instruction: str | None = None) -> tuple[Observation, dict]:
+    def reset(
+        self,
+        task: str,
+        seed: int | None = None,
+        *,
+        record: bool = True,
+        instruction: str | None = None,
+    ) -> tuple[Observation, dict]:
         args: dict[str, Any] = {"task": task, "seed": seed, "record": record}
         if instruction is not None:
             args["instruction"] = instruction
@@ -221,7 +242,9 @@ class StationClient:
     def upload_checkpoint(self, checkpoint_dir: str | Path, progress: bool = False) -> str:
         """Send a checkpoint directory in chunks; the station verifies every sha256. Returns its id."""
         sha, entries = build_manifest(checkpoint_dir)
-        result, _ = self.call("upload_begin", {"sha256": sha, "files": [e.to_dict() for e in entries]})
+        result, _ = self.call(
+            "upload_begin", {"sha256": sha, "files": [e.to_dict() for e in entries]}
+        )
         if result["present"]:
             return sha
         chunk = min(CHUNK_BYTES, result.get("chunk_bytes", CHUNK_BYTES))
@@ -230,21 +253,38 @@ class StationClient:
             with open(Path(checkpoint_dir) / entry.path, "rb") as f:
                 offset = 0
                 while data := f.read(chunk):
-                    self.call("upload_chunk", {"sha256": sha, "path": entry.path, "offset": offset},
-                              arrays={"data": np.frombuffer(data, dtype=np.uint8)})
+                    self.call(
+                        "upload_chunk",
+                        {"sha256": sha, "path": entry.path, "offset": offset},
+                        arrays={"data": np.frombuffer(data, dtype=np.uint8)},
+                    )
                     offset += len(data)
                     bar.update(len(data))
         bar.close()
         self.call("upload_commit", {"sha256": sha}, timeout_s=max(self.timeout_s, 60.0))
         return sha
 
-    def submit_job(self, checkpoint_sha256: str, tasks: Iterable[str], episodes_per_task: int, *,
-                   seed: int = 0, skip: dict[str, list[int]] | None = None,
-                   instructions: dict[str, str] | None = None) -> str:
-        result, _ = self.call("job_submit", {
-            "checkpoint": checkpoint_sha256, "tasks": list(tasks), "episodes_per_task": episodes_per_task,
-            "seed": seed, "skip": skip or {}, "instructions": instructions or {},
-        })
+    def submit_job(
+        self,
+        checkpoint_sha256: str,
+        tasks: Iterable[str],
+        episodes_per_task: int,
+        *,
+        seed: int = 0,
+        skip: dict[str, list[int]] | None = None,
+        instructions: dict[str, str] | None = None,
+    ) -> str:
+        result, _ = self.call(
+            "job_submit",
+            {
+                "checkpoint": checkpoint_sha256,
+                "tasks": list(tasks),
+                "episodes_per_task": episodes_per_task,
+                "seed": seed,
+                "skip": skip or {},
+                "instructions": instructions or {},
+            },
+        )
         return result["job_id"]
 
     def job_status(self, job_id: str) -> dict:
@@ -253,8 +293,9 @@ class StationClient:
     def cancel_job(self, job_id: str) -> dict:
         return self.call("job_cancel", {"job_id": job_id})[0]
 
-    def wait_job(self, job_id: str, *, poll_s: float = 0.5, progress: bool = False,
-                 on_episode: Any = None) -> dict:
+    def wait_job(
+        self, job_id: str, *, poll_s: float = 0.5, progress: bool = False, on_episode: Any = None
+    ) -> dict:
         """Poll until the job ends; ``on_episode(name)`` is called as each episode file appears."""
         seen: set[str] = set()
         bar = None
@@ -281,7 +322,9 @@ class StationClient:
         digest, offset, size = None, 0, None
         with open(tmp, "wb") as f:
             while size is None or offset < size:
-                result, arrays = self.call("episode_fetch", {"name": name, "offset": offset, "length": chunk})
+                result, arrays = self.call(
+                    "episode_fetch", {"name": name, "offset": offset, "length": chunk}
+                )
                 size = result["size"]
                 digest = result.get("sha256", digest)
                 f.write(arrays["data"])
@@ -298,7 +341,9 @@ class StationClient:
 
 
 def _observation(meta: dict, arrays: dict[str, np.ndarray]) -> Observation:
-    return Observation(image=arrays["image"], state=arrays["state"], timestamp=meta["timestamp"], seq=meta["seq"])
+    return Observation(
+        image=arrays["image"], state=arrays["state"], timestamp=meta["timestamp"], seq=meta["seq"]
+    )
 
 
 class _NoBar:

@@ -89,8 +89,12 @@ def run_on_station(
     fetched: list[Path] = []
     try:
         job_id = client.submit_job(sha, tasks, episodes_per_task, seed=seed, skip=done)
-        status = client.wait_job(job_id, poll_s=poll_s, progress=progress,
-                                 on_episode=lambda name: fetched.append(client.fetch_episode(name, dest)))
+        status = client.wait_job(
+            job_id,
+            poll_s=poll_s,
+            progress=progress,
+            on_episode=lambda name: fetched.append(client.fetch_episode(name, dest)),
+        )
     except StationError as e:
         raise DispatchError(
             f"station {client.endpoint} failed during the job: {e}; {len(fetched)} episode(s) of this "
@@ -103,11 +107,14 @@ def run_on_station(
             f"{len(fetched)} episode(s) of this run were copied to {dest} and will not be collected again",
             fetched,
         )
-    return summarize_dispatch(dest, sha, tasks, episodes_per_task, seed, skipped=sum(map(len, done.values())))
+    return summarize_dispatch(
+        dest, sha, tasks, episodes_per_task, seed, skipped=sum(map(len, done.values()))
+    )
 
 
-def summarize_dispatch(dest: Path, sha: str, tasks: list[str], episodes_per_task: int, seed: int,
-                       skipped: int = 0) -> DispatchResult:
+def summarize_dispatch(
+    dest: Path, sha: str, tasks: list[str], episodes_per_task: int, seed: int, skipped: int = 0
+) -> DispatchResult:
     wanted = {(t, seed + i) for t in tasks for i in range(episodes_per_task)}
     result = DispatchResult(sha, [], skipped=skipped)
     for t in tasks:

@@ -94,15 +94,23 @@ class Job:
             "episodes": [Path(p).name for p in self.episode_files],
             "results": self.results,
             "per_task": per_task,
-            "elapsed_s": (self.finished_at or time.monotonic()) - self.started_at if self.started_at else 0.0,
+            "elapsed_s": (self.finished_at or time.monotonic()) - self.started_at
+            if self.started_at
+            else 0.0,
         }
 
 
 class JobRunner:
     """Runs at most one job at a time in a worker thread."""
 
-    def __init__(self, backend: RobotBackend, arm: threading.RLock, estop: threading.Event,
-                 checkpoints: CheckpointStore, config: StationConfig) -> None:
+    def __init__(
+        self,
+        backend: RobotBackend,
+        arm: threading.RLock,
+        estop: threading.Event,
+        checkpoints: CheckpointStore,
+        config: StationConfig,
+    ) -> None:
         self.backend = backend
         self.arm = arm
         self.estop = estop
@@ -125,7 +133,9 @@ class JobRunner:
         job = Job(job_id=uuid.uuid4().hex[:12], spec=spec, total=len(spec.plan()))
         self._jobs[job.job_id] = job
         self._active = job
-        self._thread = threading.Thread(target=self._run, args=(job,), name=f"job-{job.job_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(job,), name=f"job-{job.job_id}", daemon=True
+        )
         self._thread.start()
         return job
 
@@ -174,8 +184,12 @@ class JobRunner:
             self.config.episodes_dir,
             EpisodeMeta(
                 episode_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{job.job_id}-{task}-{seed}",
-                task=task, instruction=instruction, seed=seed, station_id=self.config.station_id,
-                policy_sha256=job.spec.checkpoint_sha256, backend=self.backend.info.name,
+                task=task,
+                instruction=instruction,
+                seed=seed,
+                station_id=self.config.station_id,
+                policy_sha256=job.spec.checkpoint_sha256,
+                backend=self.backend.info.name,
             ),
             image_shape=obs.image.shape,
         )
@@ -196,15 +210,24 @@ class JobRunner:
         if error is not None:
             raise error
 
-    def _drive(self, job: Job, policy: Policy, writer: EpisodeWriter, task: str, instruction: str,
-               cursor: list[Observation]) -> str:
+    def _drive(
+        self,
+        job: Job,
+        policy: Policy,
+        writer: EpisodeWriter,
+        task: str,
+        instruction: str,
+        cursor: list[Observation],
+    ) -> str:
         """Closed loop until success or the step limit; ``cursor[0]`` is always the latest frame."""
         max_steps, steps = TASKS[task].max_steps, 0
         while True:
             self._check(job)
             chunk = np.asarray(policy.act(cursor[0], instruction))
             if chunk.ndim != 2 or chunk.shape[1] != 7 or len(chunk) == 0:
-                raise ValueError(f"policy returned an action chunk of shape {chunk.shape}; expected (K, 7)")
+                raise ValueError(
+                    f"policy returned an action chunk of shape {chunk.shape}; expected (K, 7)"
+                )
             for requested in chunk:
                 self._check(job)
                 requested = validate_action(requested)  # NaN/inf from a policy stops the episode
@@ -220,8 +243,15 @@ class JobRunner:
                 if steps >= max_steps:
                     return "max_steps"
 
-    def _finish(self, job: Job, writer: EpisodeWriter, task: str, seed: int, termination: str,
-                obs: Observation) -> None:
+    def _finish(
+        self,
+        job: Job,
+        writer: EpisodeWriter,
+        task: str,
+        seed: int,
+        termination: str,
+        obs: Observation,
+    ) -> None:
         if termination in ("estop", "error", "cancelled"):
             with self.arm:
                 self.backend.hold_safe()
@@ -230,5 +260,12 @@ class JobRunner:
         source = "sim_ground_truth" if truth is not None else "none"
         path = writer.finish(success=truth, success_source=source, termination=termination)
         job.episode_files.append(str(path))
-        job.results.append({"task": task, "seed": seed, "success": truth, "termination": termination,
-                            "episode": Path(path).name})
+        job.results.append(
+            {
+                "task": task,
+                "seed": seed,
+                "success": truth,
+                "termination": termination,
+                "episode": Path(path).name,
+            }
+        )

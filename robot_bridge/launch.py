@@ -14,21 +14,48 @@ from pathlib import Path
 class StationProcess:
     """A station running as ``python -m robot_bridge`` in its own process."""
 
-    def __init__(self, backend: str = "sim", *, episodes_dir: str | Path, bind: str = "tcp://127.0.0.1:*",
-                 lease_timeout_s: float = 2.0, keys_dir: str | Path | None = None,
-                 station_id: str = "station-0", backend_args: dict | None = None,
-                 extra_env: dict | None = None, startup_timeout_s: float = 60.0,
-                 preexec_fn=None) -> None:
-        cmd = [sys.executable, "-m", "robot_bridge", "--backend", backend, "--bind", bind,
-               "--episodes-dir", str(episodes_dir), "--lease-timeout", str(lease_timeout_s),
-               "--station-id", station_id]
+    def __init__(
+        self,
+        backend: str = "sim",
+        *,
+        episodes_dir: str | Path,
+        bind: str = "tcp://127.0.0.1:*",
+        lease_timeout_s: float = 2.0,
+        keys_dir: str | Path | None = None,
+        station_id: str = "station-0",
+        backend_args: dict | None = None,
+        extra_env: dict | None = None,
+        startup_timeout_s: float = 60.0,
+        preexec_fn=None,
+    ) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "robot_bridge",
+            "--backend",
+            backend,
+            "--bind",
+            bind,
+            "--episodes-dir",
+            str(episodes_dir),
+            "--lease-timeout",
+            str(lease_timeout_s),
+            "--station-id",
+            station_id,
+        ]
         if keys_dir is not None:
             cmd += ["--keys", str(keys_dir)]
         for k, v in (backend_args or {}).items():
             cmd += ["--backend-arg", f"{k}={v}"]
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), **(extra_env or {})}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                     preexec_fn=preexec_fn)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=preexec_fn,
+        )
         self.log: deque[str] = deque(maxlen=400)
         threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True).start()
         self.endpoint = self._wait_ready(startup_timeout_s)

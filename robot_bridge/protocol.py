@@ -69,11 +69,17 @@ def decode(frames: Sequence[Any]) -> tuple[dict, dict[str, np.ndarray]]:
             "too_large", f"header is {head.nbytes} bytes; the limit is {MAX_HEADER_BYTES}"
         )
     try:
-        header = msgpack.unpackb(head, raw=False, strict_map_key=True, max_array_len=4096, max_map_len=1024)
+        header = msgpack.unpackb(
+            head, raw=False, strict_map_key=True, max_array_len=4096, max_map_len=1024
+        )
     except Exception as e:  # msgpack raises several unrelated exception types
-        raise ProtocolError("bad_message", f"header is not valid msgpack: {type(e).__name__}: {e}") from None
+        raise ProtocolError(
+            "bad_message", f"header is not valid msgpack: {type(e).__name__}: {e}"
+        ) from None
     if not isinstance(header, dict):
-        raise ProtocolError("bad_message", f"header must be a msgpack map, got {type(header).__name__}")
+        raise ProtocolError(
+            "bad_message", f"header must be a msgpack map, got {type(header).__name__}"
+        )
     specs = header.pop("arrays", [])
     if not isinstance(specs, list) or len(specs) > MAX_ARRAYS:
         raise ProtocolError("bad_message", f"'arrays' must be a list of at most {MAX_ARRAYS} specs")
@@ -95,12 +101,17 @@ def _decode_array(spec: Any, buf: memoryview) -> tuple[str, np.ndarray]:
     name, dtype, shape = spec
     if dtype not in ALLOWED_DTYPES:
         raise ProtocolError("bad_message", f"array {name!r}: dtype {dtype!r} not allowed")
-    if not (isinstance(shape, list) and len(shape) <= 5 and all(isinstance(s, int) and s >= 0 for s in shape)):
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= 5
+        and all(isinstance(s, int) and s >= 0 for s in shape)
+    ):
         raise ProtocolError("bad_message", f"array {name!r}: bad shape {shape!r}")
     expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
     if expected > MAX_ARRAY_BYTES or buf.nbytes > MAX_ARRAY_BYTES:
         raise ProtocolError(
-            "too_large", f"array {name!r} is {max(expected, buf.nbytes)} bytes; the limit is {MAX_ARRAY_BYTES}"
+            "too_large",
+            f"array {name!r} is {max(expected, buf.nbytes)} bytes; the limit is {MAX_ARRAY_BYTES}",
         )
     if buf.nbytes != expected:
         raise ProtocolError(
@@ -110,18 +121,32 @@ def _decode_array(spec: Any, buf: memoryview) -> tuple[str, np.ndarray]:
     return name, np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
-def ok_reply(request_id: Any, result: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> list:
-    return encode({"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": dict(result)}, arrays)
+def ok_reply(
+    request_id: Any, result: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
+) -> list:
+    return encode(
+        {"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": dict(result)}, arrays
+    )
 
 
 def error_reply(request_id: Any, code: str, message: str) -> list:
     return encode(
-        {"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": {"code": code, "message": message}}
+        {
+            "v": PROTOCOL_VERSION,
+            "id": request_id,
+            "ok": False,
+            "error": {"code": code, "message": message},
+        }
     )
 
 
-def request(request_id: str, op: str, args: Mapping[str, Any], lease: str | None = None,
-            arrays: Mapping[str, np.ndarray] | None = None) -> list:
+def request(
+    request_id: str,
+    op: str,
+    args: Mapping[str, Any],
+    lease: str | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
+) -> list:
     header: dict[str, Any] = {"v": PROTOCOL_VERSION, "id": request_id, "op": op, "args": dict(args)}
     if lease is not None:
         header["lease"] = lease
@@ -131,8 +156,15 @@ def request(request_id: str, op: str, args: Mapping[str, Any], lease: str | None
 # --- field validation for request arguments -------------------------------------------------
 
 
-def field(args: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *, default: Any = ...,
-          check: Any = None, what: str = "") -> Any:
+def field(
+    args: Mapping[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    *,
+    default: Any = ...,
+    check: Any = None,
+    what: str = "",
+) -> Any:
     """Fetch ``args[name]`` checking its type (and an optional predicate); raises bad_request."""
     if name not in args or args[name] is None:
         if default is ...:

@@ -17,22 +17,50 @@ from robot_bridge.backends.base import BACKENDS
 
 
 def add_station_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="sim", choices=sorted(BACKENDS),
-                   help="robot backend: sim (MuJoCo WidowX), sim_gap (sim with a visual/physical gap), "
-                        "interbotix (the real arm), instant (answers at once; for benchmarks)")
-    p.add_argument("--bind", default="tcp://127.0.0.1:5555",
-                   help="ZMQ endpoint to bind; port * picks a free one (default %(default)s)")
-    p.add_argument("--episodes-dir", type=Path, default=Path("station_data/episodes"),
-                   help="where episode HDF5 files are written (default %(default)s)")
-    p.add_argument("--checkpoints-dir", type=Path, default=None,
-                   help="where uploaded policy checkpoints are kept (default: next to the episodes)")
+    p.add_argument(
+        "--backend",
+        default="sim",
+        choices=sorted(BACKENDS),
+        help="robot backend: sim (MuJoCo WidowX), sim_gap (sim with a visual/physical gap), "
+        "interbotix (the real arm), instant (answers at once; for benchmarks)",
+    )
+    p.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:5555",
+        help="ZMQ endpoint to bind; port * picks a free one (default %(default)s)",
+    )
+    p.add_argument(
+        "--episodes-dir",
+        type=Path,
+        default=Path("station_data/episodes"),
+        help="where episode HDF5 files are written (default %(default)s)",
+    )
+    p.add_argument(
+        "--checkpoints-dir",
+        type=Path,
+        default=None,
+        help="where uploaded policy checkpoints are kept (default: next to the episodes)",
+    )
     p.add_argument("--station-id", default="station-0", help="recorded in every episode")
-    p.add_argument("--lease-timeout", type=float, default=2.0,
-                   help="seconds a lease holder may stay silent before the arm is held safe (default %(default)s)")
-    p.add_argument("--keys", type=Path, default=None,
-                   help="CURVE keys directory (from `gymnast station keys`); without it the station is unauthenticated")
-    p.add_argument("--backend-arg", action="append", default=[], metavar="KEY=JSON",
-                   help="extra backend constructor argument, e.g. --backend-arg height=480")
+    p.add_argument(
+        "--lease-timeout",
+        type=float,
+        default=2.0,
+        help="seconds a lease holder may stay silent before the arm is held safe (default %(default)s)",
+    )
+    p.add_argument(
+        "--keys",
+        type=Path,
+        default=None,
+        help="CURVE keys directory (from `gymnast station keys`); without it the station is unauthenticated",
+    )
+    p.add_argument(
+        "--backend-arg",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="extra backend constructor argument, e.g. --backend-arg height=480",
+    )
     p.add_argument("--log-level", default="INFO")
 
 
@@ -53,11 +81,18 @@ def run_station(args: argparse.Namespace) -> int:
     from robot_bridge.backends.base import make_backend
     from robot_bridge.station import Station, StationConfig
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     config = StationConfig(
-        bind=args.bind, episodes_dir=args.episodes_dir, checkpoints_dir=args.checkpoints_dir,
-        station_id=args.station_id, lease_timeout_s=args.lease_timeout, keys_dir=args.keys,
+        bind=args.bind,
+        episodes_dir=args.episodes_dir,
+        checkpoints_dir=args.checkpoints_dir,
+        station_id=args.station_id,
+        lease_timeout_s=args.lease_timeout,
+        keys_dir=args.keys,
     )
     backend = make_backend(args.backend, **parse_backend_args(args.backend_arg))
     station = Station(backend, config)

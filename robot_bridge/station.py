@@ -31,7 +31,8 @@ from robot_bridge.backends.base import BackendError, Observation, RobotBackend
 from robot_bridge.checkpoints import CheckpointError, CheckpointStore, FileEntry, checked_entries
 from robot_bridge.episodes import EpisodeMeta, EpisodeWriteError, EpisodeWriter, recover_partials
 from robot_bridge.jobs import Job, JobRunner, JobSpec
-from robot_bridge.protocol import ProtocolError, field as arg
+from robot_bridge.protocol import ProtocolError
+from robot_bridge.protocol import field as arg
 from robot_bridge.spec import (
     ACTION_HIGH,
     ACTION_LOW,
@@ -50,8 +51,20 @@ log = logging.getLogger("gymnast.station")
 # Replies to operations that change the world are kept so a retried request id is answered
 # from here and never executed twice.
 MUTATING_OPS = frozenset(
-    {"acquire_lease", "release_lease", "reset", "step", "end_episode", "estop", "estop_clear",
-     "upload_begin", "upload_chunk", "upload_commit", "job_submit", "job_cancel"}
+    {
+        "acquire_lease",
+        "release_lease",
+        "reset",
+        "step",
+        "end_episode",
+        "estop",
+        "estop_clear",
+        "upload_begin",
+        "upload_chunk",
+        "upload_commit",
+        "job_submit",
+        "job_cancel",
+    }
 )
 
 
@@ -72,7 +85,9 @@ class StationConfig:
             self.checkpoints_dir = self.episodes_dir.parent / "station_checkpoints"
         self.checkpoints_dir = Path(self.checkpoints_dir)
         if not 0.05 <= self.lease_timeout_s <= 600:
-            raise ValueError(f"lease_timeout_s must be within [0.05, 600] s, got {self.lease_timeout_s}")
+            raise ValueError(
+                f"lease_timeout_s must be within [0.05, 600] s, got {self.lease_timeout_s}"
+            )
         if self.idempotency_cache < 1:
             raise ValueError(f"idempotency_cache must be >= 1, got {self.idempotency_cache}")
         if self.keys_dir is not None:
@@ -166,8 +181,13 @@ class Station:
             auth = configure_server(ctx, sock, self.config.keys_dir)
         sock.bind(self.config.bind)
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        log.info("station %s serving %s on %s (auth: %s)", self.config.station_id,
-                 self.backend.info.name, endpoint, "curve" if auth else "none")
+        log.info(
+            "station %s serving %s on %s (auth: %s)",
+            self.config.station_id,
+            self.backend.info.name,
+            endpoint,
+            "curve" if auth else "none",
+        )
         if ready is not None:
             ready(endpoint)
         poller = zmq.Poller()
@@ -232,10 +252,15 @@ class Station:
             )
         rid = header.get("id")
         if not isinstance(rid, str) or not 0 < len(rid) <= protocol.MAX_REQUEST_ID_CHARS:
-            raise ProtocolError("bad_request", f"request id must be a non-empty string of at most {protocol.MAX_REQUEST_ID_CHARS} chars")
+            raise ProtocolError(
+                "bad_request",
+                f"request id must be a non-empty string of at most {protocol.MAX_REQUEST_ID_CHARS} chars",
+            )
         op = header.get("op")
         if op not in self._handlers:
-            raise ProtocolError("unknown_op", f"unknown op {op!r}; valid ops: {', '.join(sorted(self._handlers))}")
+            raise ProtocolError(
+                "unknown_op", f"unknown op {op!r}; valid ops: {', '.join(sorted(self._handlers))}"
+            )
         if not isinstance(header.get("args", {}), dict):
             raise ProtocolError("bad_request", "'args' must be a map")
         return op
@@ -244,7 +269,9 @@ class Station:
 
     def _check_lease(self) -> None:
         if self._lease is not None and self._lease.remaining() < 0:
-            log.warning("lease of %s expired: holding the arm and closing its episode", self._lease.holder)
+            log.warning(
+                "lease of %s expired: holding the arm and closing its episode", self._lease.holder
+            )
             with self._arm:
                 self._safe_hold()
                 self._close_episode("lease_expired")
@@ -255,18 +282,30 @@ class Station:
         lease = self._lease
         if lease is None or token != lease.token:
             holder = f" (held by {lease.holder!r})" if lease else ""
-            raise ProtocolError("lease_required", f"this operation needs the lease{holder}; call acquire_lease first")
+            raise ProtocolError(
+                "lease_required",
+                f"this operation needs the lease{holder}; call acquire_lease first",
+            )
         lease.deadline = time.monotonic() + self.config.lease_timeout_s
         return lease
 
     def _require_motion_allowed(self) -> None:
         if self._estop.is_set():
-            raise ProtocolError("estop_active", f"e-stop is active ({self._estop_reason}); call estop_clear first")
+            raise ProtocolError(
+                "estop_active", f"e-stop is active ({self._estop_reason}); call estop_clear first"
+            )
         if self.jobs.running() is not None:
             raise ProtocolError("busy", f"job {self.jobs.running().job_id} is driving the arm")
 
     def _acquire_lease(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
-        holder = arg(args, "client", str, default="anonymous", check=lambda s: len(s) <= 128, what="<= 128 chars")
+        holder = arg(
+            args,
+            "client",
+            str,
+            default="anonymous",
+            check=lambda s: len(s) <= 128,
+            what="<= 128 chars",
+        )
         if self._lease is not None and header.get("lease") != self._lease.token:
             raise ProtocolError(
                 "leased_by_other",
@@ -295,19 +334,39 @@ class Station:
         self._require_lease(header)
         self._require_motion_allowed()
         task = self._task(args)
-        seed = arg(args, "seed", int, default=None, check=lambda s: 0 <= s < 2**63, what="a non-negative int64")
+        seed = arg(
+            args,
+            "seed",
+            int,
+            default=None,
+            check=lambda s: 0 <= s < 2**63,
+            what="a non-negative int64",
+        )
         record = arg(args, "record", bool, default=self.config.record_step_control)
-        instruction = arg(args, "instruction", str, default=TASKS[task].instruction,
-                          check=lambda s: 0 < len(s) <= 512, what="1..512 chars")
+        instruction = arg(
+            args,
+            "instruction",
+            str,
+            default=TASKS[task].instruction,
+            check=lambda s: 0 < len(s) <= 512,
+            what="1..512 chars",
+        )
         with self._arm:
             self._close_episode("client_ended")
             obs = self._backend_call(lambda: self.backend.reset(task, seed))
             writer = None
             if record:
-                writer = self._open_writer(task, instruction, seed, policy_sha256="remote_control", obs=obs)
-            self._episode = StepEpisode(task, instruction, seed, writer, TASKS[task].max_steps, last_obs=obs)
-        return {"obs": self._obs_meta(obs), "episode_id": writer.meta.episode_id if writer else None,
-                "max_steps": TASKS[task].max_steps}, self._obs_arrays(obs)
+                writer = self._open_writer(
+                    task, instruction, seed, policy_sha256="remote_control", obs=obs
+                )
+            self._episode = StepEpisode(
+                task, instruction, seed, writer, TASKS[task].max_steps, last_obs=obs
+            )
+        return {
+            "obs": self._obs_meta(obs),
+            "episode_id": writer.meta.episode_id if writer else None,
+            "max_steps": TASKS[task].max_steps,
+        }, self._obs_arrays(obs)
 
     def _step(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
         self._require_lease(header)
@@ -329,7 +388,9 @@ class Station:
             success = self.backend.success()
             self._record(ep, action, requested, obs)
             ep.last_obs = obs
-            termination = "success" if success else ("max_steps" if ep.steps >= ep.max_steps else None)
+            termination = (
+                "success" if success else ("max_steps" if ep.steps >= ep.max_steps else None)
+            )
             episode_path = None
             if termination is not None:
                 episode_path = self._close_episode(termination)
@@ -337,8 +398,10 @@ class Station:
             "obs": self._obs_meta(obs),
             "step": ep.steps,
             "executed_action": action.tolist(),
-            "clipped": {"action_dims": [i for i, c in enumerate(dims_clipped) if c],
-                        "workspace": outcome.workspace_clipped},
+            "clipped": {
+                "action_dims": [i for i, c in enumerate(dims_clipped) if c],
+                "workspace": outcome.workspace_clipped,
+            },
             "success": success,
             "done": termination is not None,
             "termination": termination,
@@ -346,7 +409,9 @@ class Station:
         }
         return result, self._obs_arrays(obs)
 
-    def _record(self, ep: StepEpisode, action: np.ndarray, requested: np.ndarray, obs: Observation) -> None:
+    def _record(
+        self, ep: StepEpisode, action: np.ndarray, requested: np.ndarray, obs: Observation
+    ) -> None:
         if ep.writer is None:
             return
         try:
@@ -387,18 +452,29 @@ class Station:
                 success, source = truth, "sim_ground_truth"
             else:
                 success, source = None, "none"
-            return str(writer.finish(success=success, success_source=source, termination=termination))
+            return str(
+                writer.finish(success=success, success_source=source, termination=termination)
+            )
         except EpisodeWriteError as e:
             writer.close()
-            log.error("could not close episode %s: %s (its partial file is kept)", writer.meta.episode_id, e)
+            log.error(
+                "could not close episode %s: %s (its partial file is kept)",
+                writer.meta.episode_id,
+                e,
+            )
             return None
 
-    def _open_writer(self, task: str, instruction: str, seed: int | None, policy_sha256: str,
-                     obs: Observation) -> EpisodeWriter:
+    def _open_writer(
+        self, task: str, instruction: str, seed: int | None, policy_sha256: str, obs: Observation
+    ) -> EpisodeWriter:
         meta = EpisodeMeta(
             episode_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
-            task=task, instruction=instruction, seed=seed, station_id=self.config.station_id,
-            policy_sha256=policy_sha256, backend=self.backend.info.name,
+            task=task,
+            instruction=instruction,
+            seed=seed,
+            station_id=self.config.station_id,
+            policy_sha256=policy_sha256,
+            backend=self.backend.info.name,
         )
         try:
             return EpisodeWriter(self.config.episodes_dir, meta, image_shape=obs.image.shape)
@@ -425,7 +501,14 @@ class Station:
     # --- e-stop ----------------------------------------------------------------------------
 
     def _estop_op(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
-        reason = arg(args, "reason", str, default="e-stop requested", check=lambda s: len(s) <= 256, what="<= 256 chars")
+        reason = arg(
+            args,
+            "reason",
+            str,
+            default="e-stop requested",
+            check=lambda s: len(s) <= 256,
+            what="<= 256 chars",
+        )
         self._estop_reason = reason
         self._estop.set()  # jobs see this before their next step
         with self._arm:
@@ -459,7 +542,9 @@ class Station:
         offset = arg(args, "offset", int)
         upload = self._uploads.get(sha)
         if upload is None or path not in upload.entries:
-            raise ProtocolError("bad_checkpoint", f"no upload of {path!r} in progress for checkpoint {sha[:12]}")
+            raise ProtocolError(
+                "bad_checkpoint", f"no upload of {path!r} in progress for checkpoint {sha[:12]}"
+            )
         data = arrays.get("data")
         if data is None or data.dtype != np.uint8 or data.ndim != 1:
             raise ProtocolError("bad_request", "upload_chunk needs a 1-D uint8 'data' frame")
@@ -476,7 +561,9 @@ class Station:
         if upload is None:
             if self.checkpoints.has(sha):
                 return {"path": str(self.checkpoints.path(sha))}, {}
-            raise ProtocolError("bad_checkpoint", f"no upload in progress for checkpoint {sha[:12]}")
+            raise ProtocolError(
+                "bad_checkpoint", f"no upload in progress for checkpoint {sha[:12]}"
+            )
         try:
             path = self.checkpoints.commit(sha, list(upload.entries.values()))
         except CheckpointError as e:
@@ -485,18 +572,37 @@ class Station:
 
     def _job_submit(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
         if self._estop.is_set():
-            raise ProtocolError("estop_active", f"e-stop is active ({self._estop_reason}); call estop_clear first")
+            raise ProtocolError(
+                "estop_active", f"e-stop is active ({self._estop_reason}); call estop_clear first"
+            )
         if self._lease is not None and header.get("lease") != self._lease.token:
             raise ProtocolError("leased_by_other", f"the arm is leased by {self._lease.holder!r}")
-        sha = arg(args, "checkpoint", str, check=self.checkpoints.has, what="a checkpoint this station holds (upload it first)")
-        tasks = arg(args, "tasks", list, check=lambda t: 0 < len(t) <= 16, what="a list of 1..16 task names")
+        sha = arg(
+            args,
+            "checkpoint",
+            str,
+            check=self.checkpoints.has,
+            what="a checkpoint this station holds (upload it first)",
+        )
+        tasks = arg(
+            args, "tasks", list, check=lambda t: 0 < len(t) <= 16, what="a list of 1..16 task names"
+        )
         for t in tasks:
             self._task({"task": t})
         spec = JobSpec(
             checkpoint_sha256=sha,
             tasks=list(tasks),
-            episodes_per_task=arg(args, "episodes_per_task", int, check=lambda n: 1 <= n <= 1000, what="1..1000"),
-            seed=arg(args, "seed", int, default=0, check=lambda s: 0 <= s < 2**62, what="a non-negative int"),
+            episodes_per_task=arg(
+                args, "episodes_per_task", int, check=lambda n: 1 <= n <= 1000, what="1..1000"
+            ),
+            seed=arg(
+                args,
+                "seed",
+                int,
+                default=0,
+                check=lambda s: 0 <= s < 2**62,
+                what="a non-negative int",
+            ),
             skip_seeds=arg(args, "skip", dict, default={}),
             instructions=arg(args, "instructions", dict, default={}),
         )
@@ -538,10 +644,21 @@ class Station:
     def _episode_fetch(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
         from robot_bridge.checkpoints import sha256_file
 
-        name = arg(args, "name", str, check=lambda s: "/" not in s and s.endswith(".h5") and not s.startswith("."),
-                   what="an episode file name")
+        name = arg(
+            args,
+            "name",
+            str,
+            check=lambda s: "/" not in s and s.endswith(".h5") and not s.startswith("."),
+            what="an episode file name",
+        )
         offset = arg(args, "offset", int, check=lambda o: o >= 0, what=">= 0")
-        length = arg(args, "length", int, check=lambda n: 0 < n <= protocol.MAX_ARRAY_BYTES, what=f"1..{protocol.MAX_ARRAY_BYTES}")
+        length = arg(
+            args,
+            "length",
+            int,
+            check=lambda n: 0 < n <= protocol.MAX_ARRAY_BYTES,
+            what=f"1..{protocol.MAX_ARRAY_BYTES}",
+        )
         path = self.config.episodes_dir / name
         if not path.is_file():
             raise ProtocolError("episode_not_found", f"no episode file {name!r} on this station")
@@ -579,7 +696,10 @@ class Station:
             "camera_shape": list(info.camera_shape),
             "ground_truth_success": info.has_ground_truth_success,
             "control_hz": CONTROL_HZ,
-            "tasks": {t.name: {"instruction": t.instruction, "max_steps": t.max_steps} for t in TASKS.values()},
+            "tasks": {
+                t.name: {"instruction": t.instruction, "max_steps": t.max_steps}
+                for t in TASKS.values()
+            },
             "action_low": ACTION_LOW.tolist(),
             "action_high": ACTION_HIGH.tolist(),
             "workspace_low": WORKSPACE_LOW.tolist(),
@@ -587,7 +707,10 @@ class Station:
             "lease_timeout_s": self.config.lease_timeout_s,
             "auth": "curve" if self.config.keys_dir else "none",
             "estop": self._estop.is_set(),
-            "limits": {"max_array_bytes": protocol.MAX_ARRAY_BYTES, "max_header_bytes": protocol.MAX_HEADER_BYTES},
+            "limits": {
+                "max_array_bytes": protocol.MAX_ARRAY_BYTES,
+                "max_header_bytes": protocol.MAX_HEADER_BYTES,
+            },
             "recovered_partial_episodes": [p.name for p in self.recovered],
         }, {}
 

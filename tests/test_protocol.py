@@ -14,7 +14,9 @@ def as_bytes(frames):
 def test_arrays_round_trip_bit_exact(dtype):
     rng = np.random.default_rng(0)
     arr = (rng.random((3, 5, 2)) * 100).astype(dtype)
-    header, arrays = protocol.decode(as_bytes(protocol.request("r1", "step", {"k": [1, 2]}, "L", {"a": arr})))
+    header, arrays = protocol.decode(
+        as_bytes(protocol.request("r1", "step", {"k": [1, 2]}, "L", {"a": arr}))
+    )
     assert header == {"v": 1, "id": "r1", "op": "step", "args": {"k": [1, 2]}, "lease": "L"}
     assert arrays["a"].dtype == arr.dtype and arrays["a"].shape == arr.shape
     np.testing.assert_array_equal(arrays["a"], arr)

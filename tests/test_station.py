@@ -1,6 +1,6 @@
 """The station protocol and its faults, against a real station process on 127.0.0.1."""
 
-import os
+import contextlib
 import resource
 import signal
 import subprocess
@@ -36,10 +36,8 @@ def client(station):
     c = StationClient(station.endpoint, timeout_s=3.0, name="test")
     yield c
     if c.lease:
-        try:
+        with contextlib.suppress(StationError):
             c.release_lease()
-        except StationError:
-            pass
     c.close()
 
 
@@ -65,7 +63,12 @@ def assert_still_serving(station):
 def test_hello_describes_the_station(client):
     hello = client.hello()
     assert hello["backend"] == "instant"
-    assert set(hello["tasks"]) == {"open_drawer", "close_drawer", "eggplant_in_sink", "eggplant_in_basket"}
+    assert set(hello["tasks"]) == {
+        "open_drawer",
+        "close_drawer",
+        "eggplant_in_sink",
+        "eggplant_in_basket",
+    }
     assert hello["tasks"]["open_drawer"]["max_steps"] == 70
     assert hello["tasks"]["eggplant_in_sink"]["max_steps"] == 100
     assert hello["camera_shape"] == [256, 256, 3]
@@ -88,7 +91,9 @@ def test_step_control_stamps_and_records(client, station):
     path = client.end_episode(success=True)
     ep = read_episode(path)
     assert ep.complete and ep.actions.shape == (4, 7) and ep.frames.shape[0] == 5
-    assert ep.success is True and ep.success_source == "operator" and ep.termination == "client_ended"
+    assert (
+        ep.success is True and ep.success_source == "operator" and ep.termination == "client_ended"
+    )
     assert ep.episode_id == info["episode_id"]
 
 
@@ -136,15 +141,27 @@ def test_truncated_frames_get_an_error_reply(station):
 
 def test_oversized_message_is_refused(station):
     big = np.zeros(protocol.MAX_ARRAY_BYTES + 16, dtype=np.uint8)
-    header = raw_request(station.endpoint, [bytes(memoryview(f)) for f in
-                                            protocol.request("big", "step", {}, arrays={"action": big})])
+    header = raw_request(
+        station.endpoint,
+        [bytes(memoryview(f)) for f in protocol.request("big", "step", {}, arrays={"action": big})],
+    )
     assert header["error"]["code"] == "too_large"
     assert_still_serving(station)
 
 
 def test_unknown_op_version_and_fields(station, client):
-    assert raw_request(station.endpoint, [msgpack.packb({"v": 1, "id": "u", "op": "fly"})])["error"]["code"] == "unknown_op"
-    assert raw_request(station.endpoint, [msgpack.packb({"v": 9, "id": "u", "op": "hello"})])["error"]["code"] == "unsupported_version"
+    assert (
+        raw_request(station.endpoint, [msgpack.packb({"v": 1, "id": "u", "op": "fly"})])["error"][
+            "code"
+        ]
+        == "unknown_op"
+    )
+    assert (
+        raw_request(station.endpoint, [msgpack.packb({"v": 9, "id": "u", "op": "hello"})])["error"][
+            "code"
+        ]
+        == "unsupported_version"
+    )
     client.acquire_lease()
     with pytest.raises(StationError, match="field 'seed' must be int, got str"):
         client.call("reset", {"task": "open_drawer", "seed": "7"})
@@ -193,7 +210,9 @@ def test_client_killed_mid_episode_gets_arm_held_and_episode_kept(station):
         print("STEPPED", flush=True)
         sys.stdin.read()
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "STEPPED"
     before = set(list_episodes(station.episodes_dir))
     proc.kill()
@@ -208,7 +227,9 @@ def test_client_killed_mid_episode_gets_arm_held_and_episode_kept(station):
                 assert e.code == "leased_by_other" and time.monotonic() < deadline
                 time.sleep(0.2)
         c.release_lease()
-    new = [p for p in set(list_episodes(station.episodes_dir)) - before if read_episode(p).seed == 11]
+    new = [
+        p for p in set(list_episodes(station.episodes_dir)) - before if read_episode(p).seed == 11
+    ]
     assert len(new) == 1
     ep = read_episode(new[0])
     assert ep.complete and ep.termination == "lease_expired"
@@ -239,12 +260,18 @@ def test_job_runs_checkpoint_and_returns_episodes(station, client, tmp_path):
     assert status["done"] == status["total"] == 4 and len(status["episodes"]) == 4
     fetched = [client.fetch_episode(name, tmp_path / "fetched") for name in status["episodes"]]
     eps = [read_episode(p) for p in fetched]
-    assert sorted((e.task, e.seed) for e in eps) == [("close_drawer", 100), ("close_drawer", 101),
-                                                     ("open_drawer", 100), ("open_drawer", 101)]
+    assert sorted((e.task, e.seed) for e in eps) == [
+        ("close_drawer", 100),
+        ("close_drawer", 101),
+        ("open_drawer", 100),
+        ("open_drawer", 101),
+    ]
     assert all(e.complete and e.policy_sha256 == sha and e.termination == "max_steps" for e in eps)
     assert all(e.actions.shape == (70, 7) for e in eps)
     # resuming skips what is already collected: nothing is driven twice
-    job2 = client.submit_job(sha, ["open_drawer"], episodes_per_task=2, seed=100, skip={"open_drawer": [100, 101]})
+    job2 = client.submit_job(
+        sha, ["open_drawer"], episodes_per_task=2, seed=100, skip={"open_drawer": [100, 101]}
+    )
     assert client.wait_job(job2, poll_s=0.05)["total"] == 0
 
 
@@ -255,12 +282,20 @@ def test_tampered_checkpoint_is_refused(client, tmp_path):
     sha, entries = build_manifest(ckpt)
     client.call("upload_begin", {"sha256": sha, "files": [e.to_dict() for e in entries]})
     data = np.frombuffer(b"x" * entries[0].size, dtype=np.uint8)
-    client.call("upload_chunk", {"sha256": sha, "path": entries[0].path, "offset": 0}, arrays={"data": data})
+    client.call(
+        "upload_chunk", {"sha256": sha, "path": entries[0].path, "offset": 0}, arrays={"data": data}
+    )
     with pytest.raises(StationError, match="sha256 mismatch") as e:
         client.call("upload_commit", {"sha256": sha})
     assert e.value.code == "bad_checkpoint"
     with pytest.raises(StationError, match="unsafe or invalid file path"):
-        client.call("upload_begin", {"sha256": "0" * 64, "files": [{"path": "../etc/passwd", "size": 1, "sha256": "0" * 64}]})
+        client.call(
+            "upload_begin",
+            {
+                "sha256": "0" * 64,
+                "files": [{"path": "../etc/passwd", "size": 1, "sha256": "0" * 64}],
+            },
+        )
     with pytest.raises(StationError, match="checkpoint this station holds"):
         client.submit_job("f" * 64, ["open_drawer"], 1)
 
@@ -293,7 +328,9 @@ def test_station_killed_mid_episode_keeps_a_flagged_partial(tmp_path):
     assert len(recovered) == 1 and not recovered[0].endswith(".partial.h5")
     ep = read_episode(episodes / recovered[0])
     assert not ep.complete and ep.termination == "station_crashed"
-    assert ep.actions.shape[0] >= 5  # every step the client saw acknowledged (but the last) is on disk
+    assert (
+        ep.actions.shape[0] >= 5
+    )  # every step the client saw acknowledged (but the last) is on disk
 
 
 def _small_file_limit():
@@ -302,8 +339,12 @@ def _small_file_limit():
 
 
 def test_disk_full_stops_safely_and_keeps_serving(tmp_path):
-    with StationProcess("instant", episodes_dir=tmp_path / "episodes", preexec_fn=_small_file_limit) as s, \
-            StationClient(s.endpoint, timeout_s=3.0) as c:
+    with (
+        StationProcess(
+            "instant", episodes_dir=tmp_path / "episodes", preexec_fn=_small_file_limit
+        ) as s,
+        StationClient(s.endpoint, timeout_s=3.0) as c,
+    ):
         c.acquire_lease()
         c.reset("eggplant_in_sink", seed=0)
         rng = np.random.default_rng(0)
@@ -328,9 +369,13 @@ def test_unauthenticated_clients_are_rejected(tmp_path):
         with StationClient(s.endpoint, timeout_s=0.5, retries=0) as plain:
             with pytest.raises(StationAuthError, match="CURVE handshake"):
                 plain.hello()
-        with StationClient(s.endpoint, server_key=tmp_path / "keys" / "server.key",
-                           client_key=tmp_path / "other_keys" / "client.key_secret",
-                           timeout_s=0.5, retries=0) as stranger:
+        with StationClient(
+            s.endpoint,
+            server_key=tmp_path / "keys" / "server.key",
+            client_key=tmp_path / "other_keys" / "client.key_secret",
+            timeout_s=0.5,
+            retries=0,
+        ) as stranger:
             with pytest.raises(StationAuthError, match="rejected"):
                 stranger.hello()
         assert s.alive()

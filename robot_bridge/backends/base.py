@@ -32,7 +32,9 @@ class Observation:
                 f"observation image must be (H, W, 3) uint8, got {self.image.shape} {self.image.dtype}"
             )
         if self.state.shape != (STATE_DIM,):
-            raise ValueError(f"observation state must have shape ({STATE_DIM},), got {self.state.shape}")
+            raise ValueError(
+                f"observation state must have shape ({STATE_DIM},), got {self.state.shape}"
+            )
 
 
 class BackendError(RuntimeError):
@@ -59,7 +61,10 @@ class SequenceCounter:
 
     def stamp(self, image: np.ndarray, state: np.ndarray) -> Observation:
         return Observation(
-            image=image, state=state.astype(np.float32), timestamp=time.monotonic(), seq=next(self._counter)
+            image=image,
+            state=state.astype(np.float32),
+            timestamp=time.monotonic(),
+            seq=next(self._counter),
         )
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from robot_bridge.backends.base import BackendInfo, Observation, RobotBackend, SequenceCounter, StepOutcome
+from robot_bridge.backends.base import (
+    BackendInfo,
+    Observation,
+    RobotBackend,
+    SequenceCounter,
+    StepOutcome,
+)
 from robot_bridge.spec import STATE_DIM, get_task
 
 

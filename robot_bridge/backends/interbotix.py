@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +30,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from robot_bridge.backends.base import BackendError, BackendInfo, Observation, RobotBackend, StepOutcome
+from robot_bridge.backends.base import (
+    BackendError,
+    BackendInfo,
+    Observation,
+    RobotBackend,
+    StepOutcome,
+)
+from robot_bridge.rotations import euler_to_matrix, matrix_to_euler
 from robot_bridge.spec import (
     CONTROL_HZ,
     IMAGE_SHAPE,
@@ -157,36 +163,6 @@ class InterbotixConfig:
                 "max_frame_age_s and neutral_tolerance_rad must be > 0 and motor_count >= 1, got "
                 f"{self.max_frame_age_s}, {self.neutral_tolerance_rad}, {self.motor_count}"
             )
-
-
-def euler_to_matrix(rpy) -> np.ndarray:
-    """R = Rz(yaw) @ Ry(pitch) @ Rx(roll), Bridge's and Interbotix's convention."""
-    r, p, y = (float(v) for v in rpy)
-    cr, sr, cp, sp, cy, sy = (
-        math.cos(r),
-        math.sin(r),
-        math.cos(p),
-        math.sin(p),
-        math.cos(y),
-        math.sin(y),
-    )
-    return np.array(
-        [
-            [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-            [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-            [-sp, cp * sr, cp * cr],
-        ]
-    )
-
-
-def matrix_to_euler(R: np.ndarray) -> np.ndarray:
-    """Inverse of ``euler_to_matrix`` (roll, pitch, yaw), with yaw = 0 at gimbal lock."""
-    sy = math.hypot(R[0, 0], R[1, 0])
-    if sy > 1e-6:
-        return np.array(
-            [math.atan2(R[2, 1], R[2, 2]), math.atan2(-R[2, 0], sy), math.atan2(R[1, 0], R[0, 0])]
-        )
-    return np.array([math.atan2(-R[1, 2], R[1, 1]), math.atan2(-R[2, 0], sy), 0.0])
 
 
 def pose_to_matrix(xyz, rpy_from_down) -> np.ndarray:

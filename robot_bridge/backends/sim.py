@@ -29,6 +29,7 @@ from robot_bridge.backends.base import (
     SequenceCounter,
     StepOutcome,
 )
+from robot_bridge.rotations import euler_to_matrix, matrix_to_euler
 from robot_bridge.spec import ACTION_DIM, CONTROL_HZ, clip_target_position, get_task
 
 TABLE_Z = -0.10  # table top in the robot-base frame
@@ -53,34 +54,6 @@ R_DOWN = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
 
 
 # --------------------------------------------------------------------------- rotations
-
-
-def euler_to_mat(rpy: np.ndarray) -> np.ndarray:
-    """Extrinsic x-y-z Euler angles to a rotation matrix, R = Rz(yaw) Ry(pitch) Rx(roll)."""
-    r, p, y = rpy
-    cr, sr, cp, sp, cy, sy = (
-        math.cos(r),
-        math.sin(r),
-        math.cos(p),
-        math.sin(p),
-        math.cos(y),
-        math.sin(y),
-    )
-    return np.array(
-        [
-            [cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
-            [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
-            [-sp, cp * sr, cp * cr],
-        ]
-    )
-
-
-def mat_to_euler(rot: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`euler_to_mat` (pitch in [-pi/2, pi/2])."""
-    pitch = math.asin(float(np.clip(-rot[2, 0], -1.0, 1.0)))
-    roll = math.atan2(rot[2, 1], rot[2, 2])
-    yaw = math.atan2(rot[1, 0], rot[0, 0])
-    return np.array([roll, pitch, yaw])
 
 
 def wrap_angle(a: np.ndarray | float) -> np.ndarray | float:
@@ -538,7 +511,9 @@ class SimBackend(RobotBackend):
         key = threading.get_ident()
         with self._renderers_lock:
             if key not in self._renderers:
-                self._renderers[key] = mujoco.Renderer(self.model, self._image_size, self._image_size)
+                self._renderers[key] = mujoco.Renderer(
+                    self.model, self._image_size, self._image_size
+                )
             return self._renderers[key]
 
     def _render(self) -> np.ndarray:
@@ -551,7 +526,7 @@ class SimBackend(RobotBackend):
     def _state(self) -> np.ndarray:
         pos = self.data.site_xpos[self._ee_site]
         rot = self.data.site_xmat[self._ee_site].reshape(3, 3)
-        rpy = mat_to_euler(rot @ R_DOWN.T)
+        rpy = matrix_to_euler(rot @ R_DOWN.T)
         return np.concatenate([pos, rpy, [self._gripper_opening()]]).astype(np.float32)
 
     def _gripper_opening(self) -> float:
@@ -588,7 +563,7 @@ class SimBackend(RobotBackend):
     def _solve_ik(self, pos: np.ndarray, rpy: np.ndarray, q_init: np.ndarray) -> np.ndarray:
         """Damped-least-squares IK for the ``ee`` site; joint limits clamp every iterate."""
         m, d = self.model, self._ik_data
-        rot_target = euler_to_mat(rpy) @ R_DOWN
+        rot_target = euler_to_matrix(rpy) @ R_DOWN
         q = np.clip(np.asarray(q_init, dtype=np.float64), self._arm_lo, self._arm_hi)
         jacp, jacr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
         lam2 = self.config.ik_damping**2
