@@ -711,15 +711,6 @@ def list_corrupt(root: str | Path) -> list[Path]:
     return sorted(Path(root).rglob(f"*{CORRUPT_SUFFIX}"))
 
 
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, e.g. to check an episode after a transfer."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # -- validation -----------------------------------------------------------------------------------
 
 _DTYPES = {

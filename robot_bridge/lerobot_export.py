@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from robot_bridge.episodes import Episode, read_episode, sha256_file, validate_episode
+from robot_bridge.checkpoints import sha256_file
+from robot_bridge.episodes import Episode, read_episode, validate_episode
 from robot_bridge.spec import ACTION_DIM, CONTROL_HZ, STATE_DIM
 
 # Exports are local files; nothing here may reach the hub. huggingface_hub reads this at import.

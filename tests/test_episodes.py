@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from robot_bridge.backends.base import Observation
+from robot_bridge.checkpoints import sha256_file
 from robot_bridge.episodes import (
     CRASHED_SUFFIX,
     Episode,
@@ -26,7 +27,6 @@ from robot_bridge.episodes import (
     list_episodes,
     read_episode,
     recover_partials,
-    sha256_file,
     summarize,
     validate_episode,
 )
