@@ -68,7 +68,9 @@ class UNetBackbone(Backbone):
             resnet_time_scale_shift="scale_shift",
             class_embed_type="identity",
         )
-        self.noise_level_proj = Timesteps(self.cond_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.noise_level_proj = Timesteps(
+            self.cond_dim, flip_sin_to_cos=True, downscale_freq_shift=0
+        )
         self.noise_level_embed = TimestepEmbedding(self.cond_dim, self.cond_dim)
 
     def forward(self, noisy, t, context, context_t, cond, context_cond):
@@ -87,9 +89,13 @@ class _Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], causal: bool) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], causal: bool
+    ) -> torch.Tensor:
         b, s, d = x.shape
-        qkv = self.qkv(x).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, H, S, hd)
+        qkv = (
+            self.qkv(x).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        )  # (3, B, H, S, hd)
         q, k, v = qkv.unbind(0)
         q, k = apply_rotary_emb(q, rope), apply_rotary_emb(k, rope)
         o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, S, hd)
@@ -184,5 +190,7 @@ def make_backbone(config: WorldModelConfig) -> Backbone:
     try:
         cls = BACKBONE_TYPES[config.backbone]
     except KeyError:
-        raise KeyError(f"unknown backbone {config.backbone!r}; valid: {', '.join(BACKBONE_TYPES)}") from None
+        raise KeyError(
+            f"unknown backbone {config.backbone!r}; valid: {', '.join(BACKBONE_TYPES)}"
+        ) from None
     return cls(config)

@@ -21,11 +21,15 @@ def resize_frames(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """(N, H, W, 3) uint8 at any resolution -> (N, 3, size, size) uint8 (antialiased bilinear)."""
     x = torch.as_tensor(np.asarray(frames) if not isinstance(frames, torch.Tensor) else frames)
     if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
-        raise ValueError(f"frames must be (N, H, W, 3) uint8, got shape {tuple(x.shape)} dtype {x.dtype}")
+        raise ValueError(
+            f"frames must be (N, H, W, 3) uint8, got shape {tuple(x.shape)} dtype {x.dtype}"
+        )
     x = x.permute(0, 3, 1, 2)  # (N, 3, H, W)
     if x.shape[-2:] == (size, size):
         return x.contiguous()
-    y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    y = F.interpolate(
+        x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     return y.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -92,7 +96,9 @@ class VAECodec(Codec):
             ("vae_downsample", downsample, config.vae_downsample),
         ):
             if got != want:
-                raise ValueError(f"VAE at {str(path)!r} has {what}={got}, but the world-model config expects {want}")
+                raise ValueError(
+                    f"VAE at {str(path)!r} has {what}={got}, but the world-model config expects {want}"
+                )
         self.scaling_factor = float(vc.scaling_factor)
         self.shift_factor = float(vc.shift_factor or 0.0)
 

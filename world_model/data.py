@@ -50,7 +50,9 @@ class WindowDataset:
                 caches.append(torch.cat([codec.to_cache(c) for c in small.split(encode_batch)]))
             actions.append(torch.from_numpy(acts))
             t = np.arange(n)
-            s = t[:, None] - tc + 1 + np.arange(tc)[None]  # (n, Tc) frame index of each context slot
+            s = (
+                t[:, None] - tc + 1 + np.arange(tc)[None]
+            )  # (n, Tc) frame index of each context slot
             ctx_idx.append(frame_off + np.maximum(s, 0))
             act_idx.append(np.where(s >= 1, act_off + s - 1, -1))
             tgt_idx.append(frame_off + t + 1)
@@ -77,7 +79,8 @@ class WindowDataset:
         known = self.context_action_index[idx] >= 0  # (B, Tc)
         return {
             "context": context.view(*ctx_i.shape, *context.shape[1:]),  # (B, Tc, C, h, w)
-            "context_actions": self.actions[self.context_action_index[idx].clamp(min=0)] * known[..., None],
+            "context_actions": self.actions[self.context_action_index[idx].clamp(min=0)]
+            * known[..., None],
             "context_known": known,
             "action": self.actions[idx],  # transition n's action is the n-th action overall
             "target": self.codec.from_cache(self.cache[self.target_index[idx]]),
@@ -94,7 +97,9 @@ def _check_episode(ep: EpisodeLike, i: int, action_dim: int) -> tuple[np.ndarray
     frames, acts = np.asarray(ep.frames), np.asarray(ep.actions, dtype=np.float32)
     name = getattr(ep, "episode_id", f"#{i}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"episode {name}: frames must be (T+1, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+        raise ValueError(
+            f"episode {name}: frames must be (T+1, H, W, 3) uint8, got {frames.shape} {frames.dtype}"
+        )
     if acts.ndim != 2 or acts.shape[1] != action_dim or frames.shape[0] != acts.shape[0] + 1:
         raise ValueError(
             f"episode {name}: expected actions (T, {action_dim}) with T+1 frames, "

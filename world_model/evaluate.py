@@ -14,7 +14,9 @@ from world_model.data import EmptyDatasetError, EpisodeLike, WindowDataset
 from world_model.model import ActionConditionedWorldModel
 
 
-def _mse_psnr(pred_u8: torch.Tensor, real_u8: torch.Tensor, dims: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def _mse_psnr(
+    pred_u8: torch.Tensor, real_u8: torch.Tensor, dims: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """MSE on [0, 1] pixels averaged over ``dims``, and PSNR in dB from it."""
     mse = ((pred_u8.float() - real_u8.float()) / 255.0).pow(2).mean(dim=dims)
     return mse, 10 * torch.log10(1.0 / mse.clamp(min=1e-10))
@@ -44,19 +46,29 @@ def next_frame_error(
     for chunk, chunk_perm in zip(idx.split(batch_size), perm.split(batch_size), strict=True):
         b = {k: v.to(model.device) for k, v in data.batch(chunk).items()}
         real = model.codec.decode(b["target"])
-        pred = model.codec.decode(model.sample_next(b["context"], b["context_actions"], b["context_known"], b["action"], g))
+        pred = model.codec.decode(
+            model.sample_next(
+                b["context"], b["context_actions"], b["context_known"], b["action"], g
+            )
+        )
         out["mse"].append(_mse_psnr(pred, real, (1, 2, 3))[0])
-        out["copy_mse"].append(_mse_psnr(model.codec.decode(b["context"][:, -1]), real, (1, 2, 3))[0])
+        out["copy_mse"].append(
+            _mse_psnr(model.codec.decode(b["context"][:, -1]), real, (1, 2, 3))[0]
+        )
         if shuffle_actions:
             other = data.actions[idx[chunk_perm]].to(model.device)
-            pred_s = model.codec.decode(model.sample_next(b["context"], b["context_actions"], b["context_known"], other, g))
+            pred_s = model.codec.decode(
+                model.sample_next(b["context"], b["context_actions"], b["context_known"], other, g)
+            )
             out["shuffled_mse"].append(_mse_psnr(pred_s, real, (1, 2, 3))[0])
     result = {}
     for name, vals in out.items():
         if vals:
             mse = torch.cat(vals).mean()
             result[name] = float(mse)
-            result[name.replace("mse", "psnr")] = float(10 * torch.log10(1.0 / mse.clamp(min=1e-10)))
+            result[name.replace("mse", "psnr")] = float(
+                10 * torch.log10(1.0 / mse.clamp(min=1e-10))
+            )
     result["windows"] = len(idx)
     return result
 
@@ -80,11 +92,15 @@ def rollout_error(
         raise EmptyDatasetError("rollout_error needs at least one episode with an action")
     h = min(horizon, *(len(e.actions) for e in eps))
     init = np.stack([np.asarray(e.frames[0]) for e in eps])  # (E, H, W, 3)
-    actions = torch.from_numpy(np.stack([np.asarray(e.actions[:h], dtype=np.float32) for e in eps]))  # (E, h, A)
+    actions = torch.from_numpy(
+        np.stack([np.asarray(e.actions[:h], dtype=np.float32) for e in eps])
+    )  # (E, h, A)
     g = torch.Generator(device=model.device).manual_seed(seed)
     imagined = model.rollout(init, actions, generator=g).cpu()  # (E, h, S, S, 3)
     s = model.config.image_size
-    real = torch.stack([resize_frames(np.asarray(e.frames[1 : h + 1]), s).permute(0, 2, 3, 1) for e in eps])
+    real = torch.stack(
+        [resize_frames(np.asarray(e.frames[1 : h + 1]), s).permute(0, 2, 3, 1) for e in eps]
+    )
     mse, psnr = _mse_psnr(imagined, real, (0, 2, 3, 4))
     copy_mse, _ = _mse_psnr(real[:, :1].expand_as(real), real, (0, 2, 3, 4))
     return {
@@ -129,7 +145,12 @@ def write_side_by_side_video(
     """Write real | imagined frames side by side: (T, H, W, 3) uint8 each, to .mp4 (H.264 via
     PyAV) or .gif (Pillow), upscaled ``scale``x with nearest neighbour so 64 px frames are visible."""
     real, imagined = np.asarray(real), np.asarray(imagined)
-    if real.shape != imagined.shape or real.ndim != 4 or real.shape[-1] != 3 or real.dtype != np.uint8:
+    if (
+        real.shape != imagined.shape
+        or real.ndim != 4
+        or real.shape[-1] != 3
+        or real.dtype != np.uint8
+    ):
         raise ValueError(
             f"real and imagined must both be (T, H, W, 3) uint8 of one shape, got {real.shape} {real.dtype} "
             f"and {imagined.shape} {imagined.dtype}"
@@ -152,15 +173,18 @@ def write_side_by_side_video(
 
 
 def _write_mp4(frames: np.ndarray, path: Path, fps: float) -> None:
-    import av
     from fractions import Fraction
+
+    import av
 
     h, w = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2  # yuv420p needs even sides
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:h, :w]), format="rgb24")):
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.ascontiguousarray(f[:h, :w]), format="rgb24")
+            ):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -53,12 +53,14 @@ class ActionConditionedWorldModel(nn.Module):
         e = self.backbone.cond_dim
         # WorldGym uses Linear(action_dim -> width); one hidden layer lets the gripper's on/off and
         # the small deltas map to separable embeddings.
-        self.action_embed = nn.Sequential(nn.Linear(config.action_dim, e), nn.SiLU(), nn.Linear(e, e))
+        self.action_embed = nn.Sequential(
+            nn.Linear(config.action_dim, e), nn.SiLU(), nn.Linear(e, e)
+        )
         self.null_action = nn.Parameter(torch.randn(e) * 0.02)
         sched = dict(
             num_train_timesteps=config.num_train_timesteps,
             beta_schedule=config.beta_schedule,
-            prediction_type="v_prediction",
+            prediction_type=config.prediction_type,
             rescale_betas_zero_snr=True,  # the last step is pure noise, as sampling starts there
             timestep_spacing="trailing",
             clip_sample=False,
@@ -85,7 +87,9 @@ class ActionConditionedWorldModel(nn.Module):
     def _noise_context(self, context, level: torch.Tensor, generator) -> torch.Tensor:
         if not bool((level > 0).any()):
             return context
-        eps = torch.randn(context.shape, generator=generator, device=context.device, dtype=context.dtype)
+        eps = torch.randn(
+            context.shape, generator=generator, device=context.device, dtype=context.dtype
+        )
         b, tc = context.shape[:2]
         noisy = self.train_scheduler.add_noise(
             context.flatten(0, 1), eps.flatten(0, 1), level.repeat_interleave(tc)
@@ -103,7 +107,7 @@ class ActionConditionedWorldModel(nn.Module):
         target: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """v-prediction MSE for one batch of windows, all in model space.
+        """Diffusion MSE (v or x0 target, per config) for one batch of windows, all in model space.
 
         context (B, Tc, C, h, w), context_actions (B, Tc, A), context_known (B, Tc),
         action (B, A) raw, target (B, C, h, w).
@@ -113,13 +117,20 @@ class ActionConditionedWorldModel(nn.Module):
         cond = self.embed_actions(action, keep)
         context_cond = self.embed_actions(context_actions, context_known)
         level = torch.randint(0, cfg.context_noise_max_t + 1, (b,), generator=generator, device=dev)
-        x0 = target - context[:, -1] if cfg.target == "delta" else target
+        noisy_context = self._noise_context(context, level, generator)
+        # The delta is taken from the *augmented* last frame, so the model learns to remove
+        # context noise as well as to move things: at sampling time this cleans up the error
+        # an autoregressive rollout feeds back into its own context.
+        x0 = target - noisy_context[:, -1] if cfg.target == "delta" else target
         eps = torch.randn(x0.shape, generator=generator, device=dev, dtype=x0.dtype)
         t = torch.randint(0, cfg.num_train_timesteps, (b,), generator=generator, device=dev)
         noisy = self.train_scheduler.add_noise(x0, eps, t)
-        v = self.train_scheduler.get_velocity(x0, eps, t)
-        pred = self.backbone(noisy, t, self._noise_context(context, level, generator), level, cond, context_cond)
-        return F.mse_loss(pred.float(), v.float())
+        if cfg.prediction_type == "v_prediction":
+            goal = self.train_scheduler.get_velocity(x0, eps, t)
+        else:
+            goal = x0
+        pred = self.backbone(noisy, t, noisy_context, level, cond, context_cond)
+        return F.mse_loss(pred.float(), goal.float())
 
     # ---------------------------------------------------------------- sampling
 
@@ -140,10 +151,13 @@ class ActionConditionedWorldModel(nn.Module):
         context_cond = self.embed_actions(context_actions, context_known)
         level = torch.full((b,), cfg.context_noise_t_inference, device=dev, dtype=torch.long)
         noisy_context = self._noise_context(context, level, generator)
+        base = noisy_context[:, -1]  # what the delta is relative to (see training_loss)
         guided = scale != 1.0
         if guided:  # unconditional and conditional branches in one batch: (2B, ...)
             cond = torch.cat([self.null_action.expand(b, -1).to(cond.dtype), cond])
-            noisy_context, context_cond, level = (torch.cat([x, x]) for x in (noisy_context, context_cond, level))
+            noisy_context, context_cond, level = (
+                torch.cat([x, x]) for x in (noisy_context, context_cond, level)
+            )
         sched = self.sample_scheduler
         sched.set_timesteps(cfg.num_inference_steps, device=dev)
         shape = (b, *context.shape[2:])
@@ -156,7 +170,7 @@ class ActionConditionedWorldModel(nn.Module):
                 v = v_uncond + scale * (v_cond - v_uncond)
             x = sched.step(v, t, x).prev_sample
         if cfg.target == "delta":
-            x = x + context[:, -1]
+            x = x + base
         return self.codec.clamp(x)
 
     # ---------------------------------------------------------------- rollout API (GRPO)
@@ -210,7 +224,9 @@ class ActionConditionedWorldModel(nn.Module):
                 f"actions must be (B={batch_size}, K, {self.config.action_dim}), got {tuple(a.shape)}"
             )
         if not a.is_floating_point() or not bool(torch.isfinite(a).all()):
-            raise ValueError(f"actions must be finite floats, got dtype {a.dtype} with non-finite values or ints")
+            raise ValueError(
+                f"actions must be finite floats, got dtype {a.dtype} with non-finite values or ints"
+            )
         return a.float()
 
     # ---------------------------------------------------------------- checkpoints
@@ -245,10 +261,18 @@ class ActionConditionedWorldModel(nn.Module):
         d = Path(directory)
         theirs = WorldModelConfig.load(d / CONFIG_NAME).architecture()
         ours = self.config.architecture()
-        diff = {k: (theirs.get(k), ours.get(k)) for k in ours.keys() | theirs.keys() if theirs.get(k) != ours.get(k)}
+        diff = {
+            k: (theirs.get(k), ours.get(k))
+            for k in ours.keys() | theirs.keys()
+            if theirs.get(k) != ours.get(k)
+        }
         if diff:
-            lines = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in sorted(diff.items()))
-            raise CheckpointMismatchError(f"checkpoint {str(d)!r} has a different architecture: {lines}")
+            lines = ", ".join(
+                f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in sorted(diff.items())
+            )
+            raise CheckpointMismatchError(
+                f"checkpoint {str(d)!r} has a different architecture: {lines}"
+            )
         loaded = load_file(str(d / WEIGHTS_NAME), device=str(self.device))
         self._check_tensors(loaded, str(d))
         self.load_state_dict(loaded, strict=False)
@@ -264,12 +288,17 @@ class ActionConditionedWorldModel(nn.Module):
         )
         problems = [
             f"{name} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            for name, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape mismatch", shapes),
+            )
             if keys
         ]
         if problems:
-            raise CheckpointMismatchError(f"checkpoint {where!r} does not fit the model: " + "; ".join(problems))
+            raise CheckpointMismatchError(
+                f"checkpoint {where!r} does not fit the model: " + "; ".join(problems)
+            )
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-

@@ -42,7 +42,9 @@ def train_world_model(
     Returns the model (in eval mode) and metrics: per-step ``loss``, ``steps_per_s``, ...
     """
     if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+        raise ValueError(
+            f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}"
+        )
     torch.manual_seed(seed)
     model = _build(model_or_config, init_from)
     cfg = model.config
@@ -53,7 +55,9 @@ def train_world_model(
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps))
+    )
     gen = torch.Generator(device=model.device).manual_seed(seed)
     rng = np.random.default_rng(seed)
     losses: list[float] = []
@@ -65,10 +69,16 @@ def train_world_model(
         batch = {k: v.to(model.device) for k, v in data.batch(idx).items()}
         loss = model.training_loss(**batch, generator=gen)
         if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(f"world-model loss is {loss.item()} at step {step} (lr={lr}); stopping")
+            raise NonFiniteLossError(
+                f"world-model loss is {loss.item()} at step {step} (lr={lr}); stopping"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if not math.isfinite(grad_norm.item()):
+            raise NonFiniteLossError(
+                f"world-model gradient norm is {grad_norm.item()} at step {step} (lr={lr}); stopping"
+            )
         opt.step()
         sched.step()
         losses.append(loss.item())

@@ -1,0 +1,342 @@
+"""World model: presets, checkpoints, training, closed-loop rollouts, evaluation, large-preset loading.
+
+Synthetic episodes: a coloured square on a static background, moved by the action's dx/dy, so a
+model that uses its action input predicts the next frame better with the true action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from world_model import (
+    ActionConditionedWorldModel,
+    CheckpointMismatchError,
+    EmptyDatasetError,
+    NonFiniteLossError,
+    WorldModelConfig,
+    evaluate_world_model,
+    next_frame_error,
+    rollout_error,
+    train_world_model,
+    write_side_by_side_video,
+)
+from world_model.backbones import make_backbone
+
+
+@dataclass
+class SquareEpisode:
+    frames: np.ndarray  # (T+1, H, W, 3) uint8
+    actions: np.ndarray  # (T, 7) float32
+    episode_id: str = "square"
+
+
+def square_episode(seed: int, steps: int = 24, size: int = 32, side: int = 6) -> SquareEpisode:
+    rng = np.random.default_rng(seed)
+    color = rng.integers(80, 256, 3).astype(np.uint8)
+    pos = rng.uniform(side, size - 2 * side, 2)
+    actions = np.zeros((steps, 7), np.float32)
+    actions[:, :2] = rng.uniform(-0.05, 0.05, (steps, 2))
+    actions[:, 6] = rng.integers(0, 2, steps)
+    frames = []
+    for t in range(steps + 1):
+        f = np.full((size, size, 3), 40, np.uint8)
+        f[: size // 4, :, 2] = 160  # a static part of the scene
+        y, x = np.clip(pos, 0, size - side).astype(int)
+        f[y : y + side, x : x + side] = color
+        frames.append(f)
+        if t < steps:
+            pos = np.clip(pos + actions[t, :2] / 0.05 * 3.0, 0, size - side)  # up to 3 px per step
+    return SquareEpisode(np.stack(frames), actions, f"square-{seed}")
+
+
+def small_config(**overrides) -> WorldModelConfig:
+    """The tiny preset's code path, shrunk so a test step takes milliseconds."""
+    kw = dict(
+        image_size=32,
+        pixel_unshuffle=2,
+        unet_block_out_channels=(16, 32, 32),
+        unet_norm_num_groups=8,
+        unet_attention_head_dim=16,
+        num_inference_steps=2,
+    )
+    return WorldModelConfig.preset("tiny", **{**kw, **overrides})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """These models are tiny: on a shared 2-core machine, one thread avoids OpenMP oversubscription
+    (measured 10x faster under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def episodes() -> list[SquareEpisode]:
+    return [square_episode(i) for i in range(4)]
+
+
+def rollout_frames(model, init, actions, seed=0) -> torch.Tensor:
+    return model.rollout(init, actions, generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+def test_presets_by_name_and_config_checks():
+    tiny = WorldModelConfig.preset("tiny")
+    assert (tiny.image_size, tiny.backbone, tiny.codec) == (64, "unet", "pixel")
+    large = WorldModelConfig.preset("large", vae_path="/models/sd3/vae")
+    assert (large.dit_width, large.dit_heads, large.dit_layers, large.latent_channels) == (
+        1024,
+        16,
+        16,
+        16,
+    )
+    assert large.latent_size == 32  # 256 px / 8
+    with pytest.raises(KeyError, match="valid presets: large, tiny"):
+        WorldModelConfig.preset("huge")
+    with pytest.raises(TypeError, match="no_such_field"):
+        WorldModelConfig.preset("tiny", no_such_field=1)
+    with pytest.raises(ValueError, match=r"backbone: expected one of .* received 'cnn'"):
+        WorldModelConfig.preset("tiny", backbone="cnn")
+    with pytest.raises(ValueError, match="action_std"):
+        WorldModelConfig.preset("tiny", action_std=(1.0,) * 6)
+
+
+def test_large_backbone_is_worldgym_sized():
+    with torch.device("meta"):  # shapes only: no memory, no weights
+        dit = make_backbone(WorldModelConfig.preset("large", vae_path="unused"))
+    n = sum(p.numel() for p in dit.parameters())
+    assert 550e6 < n < 650e6, n  # WorldGym: ~600M
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def test_save_load_round_trip_identical_rollout(tmp_path, episodes):
+    model, _ = train_world_model(small_config(), episodes, steps=2, batch_size=4, progress=False)
+    init = episodes[0].frames[:1].repeat(2, axis=0)
+    actions = torch.from_numpy(np.stack([episodes[0].actions[:3], episodes[1].actions[:3]]))
+    before = rollout_frames(model, init, actions)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.json", "model.safetensors"}
+    loaded = ActionConditionedWorldModel.from_pretrained(tmp_path / "ckpt")
+    assert loaded.config == model.config  # including the fitted action statistics
+    assert torch.equal(rollout_frames(loaded, init, actions), before)
+    assert not torch.equal(rollout_frames(loaded, init, actions, seed=1), before)
+
+
+def test_mismatched_checkpoint_errors_name_the_problem(tmp_path):
+    ActionConditionedWorldModel(small_config()).save_pretrained(tmp_path / "a")
+    with pytest.raises(CheckpointMismatchError, match=r"image_size: checkpoint 32 vs model 64"):
+        ActionConditionedWorldModel(small_config(image_size=64)).load_weights(tmp_path / "a")
+    with pytest.raises(CheckpointMismatchError, match=r"unet_block_out_channels"):
+        ActionConditionedWorldModel(
+            small_config(unet_block_out_channels=(16, 32, 48))
+        ).load_weights(tmp_path / "a")
+    weights = tmp_path / "a" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors.pop("null_action")
+    tensors["extra.weight"] = torch.zeros(2)
+    tensors["action_embed.0.weight"] = torch.zeros(3, 7)
+    save_file(tensors, weights)
+    with pytest.raises(CheckpointMismatchError) as err:
+        ActionConditionedWorldModel.from_pretrained(tmp_path / "a")
+    msg = str(err.value)
+    assert "missing (1): null_action" in msg and "unexpected (1): extra.weight" in msg
+    assert "action_embed.0.weight (3, 7) != (64, 7)" in msg
+
+
+def test_finetune_warm_starts_from_checkpoint(tmp_path, episodes):
+    first, _ = train_world_model(small_config(), episodes, steps=2, batch_size=4, progress=False)
+    first.save_pretrained(tmp_path / "round0")
+    # lr=0: the finetuned weights must be exactly the checkpoint's, and its action statistics kept
+    other = [square_episode(50 + i) for i in range(2)]
+    for ep in other:
+        ep.actions[:, :2] *= 0.5
+    second, metrics = train_world_model(
+        small_config(),
+        other,
+        steps=1,
+        batch_size=4,
+        lr=0.0,
+        progress=False,
+        init_from=tmp_path / "round0",
+    )
+    assert metrics["warm_start"] == str(tmp_path / "round0")
+    assert second.config.action_std == first.config.action_std
+    theirs = first.trainable_state_dict()
+    for name, value in second.trainable_state_dict().items():
+        assert torch.equal(value, theirs[name]), name
+    fresh, _ = train_world_model(
+        small_config(), other, steps=1, batch_size=4, lr=0.0, progress=False
+    )
+    assert fresh.config.action_std != first.config.action_std  # refitted on the new episodes
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def test_every_trainable_parameter_changes_after_one_step(episodes):
+    model = ActionConditionedWorldModel(small_config(action_dropout=0.5))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model, _ = train_world_model(model, episodes, steps=1, batch_size=16, lr=1e-3, progress=False)
+    unchanged = [
+        n for n, p in model.named_parameters() if p.requires_grad and torch.equal(p, before[n])
+    ]
+    assert not unchanged, unchanged
+
+
+def test_empty_dataset_and_nan_loss_raise(episodes):
+    empty = SquareEpisode(episodes[0].frames[:1], np.zeros((0, 7), np.float32))
+    with pytest.raises(EmptyDatasetError, match="no transitions"):
+        train_world_model(small_config(), [], steps=1, progress=False)
+    with pytest.raises(EmptyDatasetError, match="1 episodes given"):
+        train_world_model(small_config(), [empty], steps=1, progress=False)
+    with pytest.raises(ValueError, match="frames must be"):
+        train_world_model(
+            small_config(),
+            [SquareEpisode(episodes[0].frames.astype(np.float32), episodes[0].actions)],
+            steps=1,
+            progress=False,
+        )
+    # an absurd learning rate blows the weights up after the first step
+    with pytest.raises(NonFiniteLossError, match=r"at step [1-9]"):
+        train_world_model(
+            small_config(), episodes, steps=5, batch_size=4, lr=1e30, warmup_steps=1, progress=False
+        )
+
+
+# ------------------------------------------------------------------------------------ rollouts
+
+
+def test_closed_loop_rollout_40_steps_batch_3(episodes):
+    model = ActionConditionedWorldModel(small_config())
+    init = np.random.default_rng(0).integers(
+        0, 256, (3, 256, 256, 3), dtype=np.uint8
+    )  # station size
+    actions = torch.from_numpy(np.stack([ep.actions[:20] for ep in episodes[:3]])).repeat(
+        1, 2, 1
+    )  # (3, 40, 7)
+    state = model.start(init)
+    assert state.context.shape == (3, 2, 3, 32, 32)
+    chunks, g = [], torch.Generator().manual_seed(0)
+    for k in range(0, 40, 5):  # 8 policy calls x 5 actions, as GRPO does
+        state, frames = model.imagine(state, actions[:, k : k + 5], generator=g)
+        chunks.append(frames)
+    frames = torch.cat(chunks, dim=1)
+    assert frames.shape == (3, 40, 32, 32, 3) and frames.dtype == torch.uint8
+    assert state.step == 40 and bool(state.context_known.all())
+    assert torch.equal(frames, rollout_frames(model, init, actions))  # chunked == one call
+    with pytest.raises(ValueError, match=r"actions must be \(B=3, K, 7\)"):
+        model.imagine(state, torch.zeros(2, 5, 7))
+    with pytest.raises(ValueError, match="frames must be"):
+        model.start(np.zeros((3, 64, 64, 3), np.float32))
+
+
+@pytest.mark.slow
+def test_learns_action_conditioning():
+    train = [square_episode(i) for i in range(8)]
+    held_out = [square_episode(100 + i) for i in range(4)]
+    cfg = small_config(num_inference_steps=4, guidance_scale=1.0)
+    # ~30 s on one busy core; the loss breaks away from "copy the last frame" after ~150 steps
+    model, metrics = train_world_model(
+        cfg, train, steps=250, batch_size=16, lr=3e-3, progress=False
+    )
+    assert np.mean(metrics["loss"][-20:]) < np.mean(metrics["loss"][:20])
+    err = next_frame_error(model, held_out, max_windows=64, shuffle_actions=True)
+    assert err["mse"] < 0.8 * err["shuffled_mse"], err
+    assert err["mse"] < err["copy_mse"], err  # better than "nothing moves"
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def test_evaluation_and_side_by_side_video(tmp_path, episodes):
+    import av
+
+    model = ActionConditionedWorldModel(small_config())
+    ro = rollout_error(model, episodes[:2], horizon=6)
+    assert ro["horizon"] == 6 and len(ro["mse"]) == 6 and ro["imagined"].shape == (2, 6, 32, 32, 3)
+    assert np.allclose(ro["real"][0], episodes[0].frames[1:7])  # 32 px episodes: no resize
+    metrics = evaluate_world_model(model, episodes[:2], horizon=4, max_windows=8)
+    assert len(metrics["rollout_mse_per_step"]) == 4 and metrics["next_frame_windows"] == 8
+    assert all(np.isfinite(v) for v in metrics["rollout_mse_per_step"])
+    mp4 = write_side_by_side_video(ro["real"][0], ro["imagined"][0], tmp_path / "side.mp4", scale=2)
+    with av.open(str(mp4)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 6 and decoded[0].shape == (64, 132, 3)  # (32 | 2 | 32) x 2
+    gif = write_side_by_side_video(ro["real"][0], ro["imagined"][0], tmp_path / "side.gif")
+    assert gif.stat().st_size > 0
+    with pytest.raises(ValueError, match="one shape"):
+        write_side_by_side_video(ro["real"][0], ro["imagined"][0][:3], tmp_path / "bad.mp4")
+
+
+# ------------------------------------------------------------------------------------ large preset
+
+
+def tiny_sd3_style_vae(path: Path) -> Path:
+    """A 16-channel AutoencoderKL with SD3's scaling/shift, built locally (never downloaded)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    vae.save_pretrained(path)
+    return path
+
+
+def test_large_preset_loads_local_vae_and_runs(tmp_path, episodes):
+    vae_dir = tiny_sd3_style_vae(tmp_path / "sd3_vae")
+    shrink = dict(
+        image_size=32,
+        vae_downsample=2,
+        dit_width=32,
+        dit_heads=2,
+        dit_layers=1,
+        context_frames=3,
+        num_inference_steps=2,
+    )
+    with pytest.raises(ValueError, match="needs vae_path"):
+        ActionConditionedWorldModel(WorldModelConfig.preset("large", **shrink))
+    with pytest.raises(ValueError, match="vae_downsample=2, but the world-model config expects 8"):
+        ActionConditionedWorldModel(
+            WorldModelConfig.preset("large", vae_path=str(vae_dir), image_size=32)
+        )
+    cfg = WorldModelConfig.preset("large", vae_path=str(vae_dir), **shrink)
+    model, metrics = train_world_model(cfg, episodes, steps=2, batch_size=4, progress=False)
+    assert np.isfinite(metrics["loss"]).all()
+    assert model.num_parameters(trainable_only=False) > model.num_parameters()  # the VAE is frozen
+    init = np.stack([episodes[0].frames[0], episodes[1].frames[0]])
+    actions = torch.from_numpy(np.stack([episodes[0].actions[:3], episodes[1].actions[:3]]))
+    frames = rollout_frames(model, init, actions)
+    assert frames.shape == (2, 3, 32, 32, 3) and frames.dtype == torch.uint8
+    model.save_pretrained(tmp_path / "large")
+    assert (
+        tmp_path / "large" / "vae" / "config.json"
+    ).is_file()  # the checkpoint is self-contained
+    assert not any(
+        k.startswith("codec.") for k in load_file(tmp_path / "large" / "model.safetensors")
+    )
+    loaded = ActionConditionedWorldModel.from_pretrained(tmp_path / "large")
+    assert torch.equal(rollout_frames(loaded, init, actions), frames)
