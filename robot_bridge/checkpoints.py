@@ -42,9 +42,8 @@ class FileEntry:
 
 
 def manifest_sha256(files: list[FileEntry]) -> str:
-    canonical = json.dumps(
-        sorted(f.to_dict() for f in files), sort_keys=True, separators=(",", ":")
-    )
+    entries = sorted((f.to_dict() for f in files), key=lambda e: e["path"])
+    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -112,7 +111,8 @@ class CheckpointStore:
         return self.root / sha
 
     def has(self, sha: str) -> bool:
-        return (self.root / sha / ".verified").is_file()
+        # the marker sits beside the directory, so the stored checkpoint is byte-identical to the sent one
+        return (self.root / f"{sha}.verified").is_file() and (self.root / sha).is_dir()
 
     def begin(self, sha: str, entries: list[FileEntry]) -> Path:
         if manifest_sha256(entries) != sha:
@@ -145,9 +145,9 @@ class CheckpointStore:
         bad = [e.path for e in entries if sha256_file(staging / e.path) != e.sha256]
         if bad:
             raise CheckpointError(f"sha256 mismatch after transfer for: {', '.join(bad)}")
-        (staging / ".verified").write_text(sha)
         final = self.root / sha
         if final.exists():
             shutil.rmtree(final)
         os.replace(staging, final)
+        (self.root / f"{sha}.verified").write_text(sha)
         return final
