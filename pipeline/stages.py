@@ -199,6 +199,18 @@ def split_holdout(
     return train, test
 
 
+def split_by_label(
+    episodes: Sequence[Episode], fraction: float, salt: str = ""
+) -> tuple[list[Episode], list[Episode]]:
+    """``split_holdout`` within successes and within failures, so both sides see both kinds."""
+    train, test = [], []
+    for label in (True, False):
+        a, b = split_holdout([e for e in episodes if e.success is label], fraction, salt)
+        train += a
+        test += b
+    return train, test
+
+
 def _evaluation(result: DispatchResult) -> Evaluation:
     outcomes = {}
     for p in result.episodes:
@@ -378,9 +390,11 @@ def refresh_judge(
     from reward.vlm import VLMJudge
 
     episodes = [e for e in load_episodes(episode_dirs) if e.success is not None]
-    rest, held = split_holdout(episodes, cfg.holdout_fraction)
+    rest, held = split_by_label(episodes, cfg.holdout_fraction)
     # the threshold is calibrated on its own split, so held-out F1 is not flattered by it
-    train, val = split_holdout(rest, cfg.holdout_fraction, salt="judge-threshold")
+    train, val = split_by_label(rest, cfg.holdout_fraction, salt="judge-threshold")
+    if len({e.success for e in val}) < 2:  # too few episodes of one kind to calibrate on
+        val = None
     start = (
         VLMJudge.from_pretrained(previous)
         if previous is not None
@@ -395,7 +409,9 @@ def refresh_judge(
     return ModelArtifact(
         out,
         checkpoint_sha256(out),
-        _scalars(metrics) | {f"heldout_{k}": v for k, v in _scalars(held_metrics).items()},
+        _scalars(metrics)
+        | {f"heldout_{k}": v for k, v in _scalars(held_metrics).items()}
+        | {"threshold_calibrated": float(val is not None), "heldout_episodes": float(len(held))},
     )
 
 
