@@ -367,7 +367,7 @@ def refresh_world_model(
             progress=progress,
         )
     out = Path(model.save_pretrained(out_dir))
-    evaluation = evaluate_world_model(model, held)
+    evaluation = evaluate_world_model(model, held, max_windows=64, max_episodes=4, seed=cfg.seed)
     sample = rollout_error(model, held[:1], horizon=40, max_episodes=1, seed=cfg.seed)
     preview = write_side_by_side_video(
         sample["real"][0], sample["imagined"][0], out / "preview.mp4"
