@@ -13,7 +13,7 @@ import numpy as np
 
 @dataclass
 class AugmentConfig:
-    shift_pad: int = 4  # random shift (pad + crop, DrQ-style), in pixels of the given frames
+    shift_pad: int = 2  # random shift (pad + crop, DrQ-style), in pixels of the given frames
     brightness: float = 0.15  # multiplicative, +- fraction
     contrast: float = 0.15  # around the per-image mean, +- fraction
     channel_gain: float = 0.05  # per-channel multiplicative, +- fraction (white-balance drift)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from robot_bridge.spec import ACTION_DIM
 
 QUERY_TOKEN_MODES = ("slots", "pad")
+POS_INITS = ("sincos", "random")
 
 
 @dataclass
@@ -32,7 +33,8 @@ class VLAConfig:
     query_tokens: str = "slots"
     # Tiny model (ignored by ``large``).
     image_size: int = 64
-    patch_size: int = 8
+    # 16 image tokens at 64 px: ~1.9x the SFT steps/s of patch 8 on CPU at equal batch.
+    patch_size: int = 16
     vision_hidden: int = 128
     vision_layers: int = 2
     vision_heads: int = 4
@@ -43,6 +45,9 @@ class VLAConfig:
     text_head_dim: int = 48
     text_intermediate: int = 768
     bpe_vocab_size: int = 512
+    # "sincos": SigLIP's learnable position embeddings start from a 2-D sine-cosine table;
+    # "random": transformers' default initialisation.
+    vision_pos_init: str = "sincos"
     init_seed: int = 0
     # Large model.
     model_path: str | None = None
@@ -52,6 +57,10 @@ class VLAConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS_NAMES:
             raise ValueError(f"preset must be one of {PRESETS_NAMES}, got {self.preset!r}")
+        if self.vision_pos_init not in POS_INITS:
+            raise ValueError(
+                f"vision_pos_init must be one of {POS_INITS}, got {self.vision_pos_init!r}"
+            )
         if self.query_tokens not in QUERY_TOKEN_MODES:
             raise ValueError(
                 f"query_tokens must be one of {QUERY_TOKEN_MODES}, got {self.query_tokens!r}"

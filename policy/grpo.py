@@ -45,8 +45,15 @@ class GRPOConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("group_size", "starts_per_step", "horizon_chunks", "ppo_epochs", "minibatch_size",
-                     "steps", "judge_samples"):
+        for name in (
+            "group_size",
+            "starts_per_step",
+            "horizon_chunks",
+            "ppo_epochs",
+            "minibatch_size",
+            "steps",
+            "judge_samples",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.group_size < 2:
@@ -58,7 +65,9 @@ class GRPOConfig:
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 for rollouts, got {self.temperature}")
         if not (0 < self.clip_low < 1 and self.clip_high > 0):
-            raise ValueError(f"clip_low must be in (0, 1) and clip_high > 0, got {self.clip_low}, {self.clip_high}")
+            raise ValueError(
+                f"clip_low must be in (0, 1) and clip_high > 0, got {self.clip_low}, {self.clip_high}"
+            )
         if not 0 <= self.distractor_prob <= 1:
             raise ValueError(f"distractor_prob must be in [0, 1], got {self.distractor_prob}")
 
@@ -67,8 +76,15 @@ class GRPOConfig:
         if name == "paper":
             base = cls()
         elif name == "tiny":
-            base = cls(group_size=8, starts_per_step=4, horizon_chunks=8, lr=1e-4, steps=20, judge_samples=3,
-                       minibatch_size=64)
+            base = cls(
+                group_size=8,
+                starts_per_step=4,
+                horizon_chunks=8,
+                lr=1e-4,
+                steps=20,
+                judge_samples=3,
+                minibatch_size=64,
+            )
         else:
             raise ValueError(f"unknown GRPO preset {name!r}; valid presets: {', '.join(PRESETS)}")
         return dataclasses.replace(base, **overrides)
@@ -117,7 +133,11 @@ class GRPOStats:
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """(P, G) outcome rewards -> (P, G) advantages: the per-group z-score."""
     mean = rewards.mean(dim=1, keepdim=True)
-    std = rewards.std(dim=1, keepdim=True, unbiased=True) if rewards.shape[1] > 1 else torch.zeros_like(mean)
+    std = (
+        rewards.std(dim=1, keepdim=True, unbiased=True)
+        if rewards.shape[1] > 1
+        else torch.zeros_like(mean)
+    )
     return (rewards - mean) / (std + eps)
 
 
@@ -127,8 +147,13 @@ def keep_groups(rewards: torch.Tensor, low: float, high: float) -> torch.Tensor:
     return (rate >= low) & (rate <= high)
 
 
-def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      clip_low: float, clip_high: float) -> tuple[torch.Tensor, dict]:
+def clipped_surrogate(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, dict]:
     """PPO's clipped objective with an asymmetric clip, token-mean; returns (loss, stats).
 
     ``logprobs`` / ``old_logprobs``: (M, N) per action token; ``advantages``: (M,) per rollout chunk.
@@ -149,8 +174,13 @@ def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advant
 
 
 @torch.no_grad()
-def imagine_rollouts(policy, world_model, starts: Sequence[Start], config: GRPOConfig,
-                     generator: torch.Generator | None = None) -> Rollouts:
+def imagine_rollouts(
+    policy,
+    world_model,
+    starts: Sequence[Start],
+    config: GRPOConfig,
+    generator: torch.Generator | None = None,
+) -> Rollouts:
     """Closed-loop rollouts: G per start, ``horizon_chunks`` policy calls each."""
     if not starts:
         raise ValueError("imagine_rollouts needs at least one start")
@@ -163,11 +193,15 @@ def imagine_rollouts(policy, world_model, starts: Sequence[Start], config: GRPOC
     current = torch.as_tensor(_resize_like(frames0, world_model))  # (B, h, w, 3)
     observations, tokens, old_logprobs, video = [], [], [], [current]
     for _ in range(config.horizon_chunks):
-        sample = policy.sample(current, instructions, temperature=config.temperature, generator=generator)
+        sample = policy.sample(
+            current, instructions, temperature=config.temperature, generator=generator
+        )
         observations.append(current)
         tokens.append(sample.tokens)
         old_logprobs.append(sample.logprobs)
-        state, imagined = world_model.imagine(state, torch.as_tensor(sample.actions), generator)  # (B, K, h, w, 3)
+        state, imagined = world_model.imagine(
+            state, torch.as_tensor(sample.actions), generator
+        )  # (B, K, h, w, 3)
         video.append(imagined.cpu())
         current = imagined[:, -1]
     return Rollouts(
@@ -198,12 +232,19 @@ def score_rollouts(judge, rollouts: Rollouts, config: GRPOConfig) -> torch.Tenso
     result = judge.judge(videos, rollouts.instructions, n_samples=config.judge_samples)
     rewards = torch.as_tensor(result.rewards, dtype=torch.float32)
     if rewards.shape != (len(videos),) or not torch.isfinite(rewards).all():
-        raise ValueError(f"judge returned rewards of shape {tuple(rewards.shape)} with non-finite values")
+        raise ValueError(
+            f"judge returned rewards of shape {tuple(rewards.shape)} with non-finite values"
+        )
     return rewards
 
 
-def grpo_update(policy, optimizer: torch.optim.Optimizer, rollouts: Rollouts, rewards: torch.Tensor,
-                config: GRPOConfig) -> dict:
+def grpo_update(
+    policy,
+    optimizer: torch.optim.Optimizer,
+    rollouts: Rollouts,
+    rewards: torch.Tensor,
+    config: GRPOConfig,
+) -> dict:
     """PPO epochs over the kept groups; returns loss statistics (NaN loss raises)."""
     n_starts = int(rollouts.group.max()) + 1
     per_group = rewards.view(n_starts, config.group_size)  # (P, G)
@@ -228,16 +269,28 @@ def grpo_update(policy, optimizer: torch.optim.Optimizer, rollouts: Rollouts, re
         perm = torch.randperm(m)
         optimizer.zero_grad(set_to_none=True)
         for lo in range(0, m, config.minibatch_size):
-            idx = perm[lo: lo + config.minibatch_size]
-            ts = policy.token_stats(obs[idx], [instr[i] for i in idx.tolist()], tokens[idx],
-                                    temperature=config.temperature)
-            loss, s = clipped_surrogate(ts.logprobs, old[idx], adv[idx], config.clip_low, config.clip_high)
+            idx = perm[lo : lo + config.minibatch_size]
+            ts = policy.token_stats(
+                obs[idx],
+                [instr[i] for i in idx.tolist()],
+                tokens[idx],
+                temperature=config.temperature,
+            )
+            loss, s = clipped_surrogate(
+                ts.logprobs, old[idx], adv[idx], config.clip_low, config.clip_high
+            )
             if config.kl_coef > 0:
-                loss = loss + config.kl_coef * ((old[idx] - ts.logprobs).exp() - 1 - (old[idx] - ts.logprobs)).mean()
+                loss = (
+                    loss
+                    + config.kl_coef
+                    * ((old[idx] - ts.logprobs).exp() - 1 - (old[idx] - ts.logprobs)).mean()
+                )
             if config.entropy_coef > 0:
                 loss = loss - config.entropy_coef * ts.entropy.mean()
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"GRPO loss is {float(loss)} (non-finite) on a minibatch of {len(idx)}")
+                raise FloatingPointError(
+                    f"GRPO loss is {float(loss)} (non-finite) on a minibatch of {len(idx)}"
+                )
             weight = len(idx) / m
             (loss * weight).backward()
             totals["loss"] += float(loss) * weight
@@ -252,11 +305,21 @@ def grpo_update(policy, optimizer: torch.optim.Optimizer, rollouts: Rollouts, re
     return {**stats, **{k: v / updates for k, v in totals.items()}}
 
 
-def train_grpo(policy, world_model, judge, starts: Sequence[Start], config: GRPOConfig, *,
-               progress: bool = True, on_step=None) -> list[GRPOStats]:
+def train_grpo(
+    policy,
+    world_model,
+    judge,
+    starts: Sequence[Start],
+    config: GRPOConfig,
+    *,
+    progress: bool = True,
+    on_step=None,
+) -> list[GRPOStats]:
     """Run ``config.steps`` GRPO steps; ``on_step(stats)`` is called after each (for tracking)."""
     if not starts:
-        raise ValueError("train_grpo needs at least one start (a real initial frame and an instruction)")
+        raise ValueError(
+            "train_grpo needs at least one start (a real initial frame and an instruction)"
+        )
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -270,16 +333,26 @@ def train_grpo(policy, world_model, judge, starts: Sequence[Start], config: GRPO
         rewards = score_rollouts(judge, rollouts, config)
         update = grpo_update(policy, optimizer, rollouts, rewards, config)
         stats = GRPOStats(
-            step=step, success_rate=float(rewards.mean()), kept_groups=update["kept_groups"],
-            total_groups=update["total_groups"], loss=update.get("loss", math.nan),
-            clipfrac=update.get("clipfrac", math.nan), approx_kl=update.get("approx_kl", math.nan),
-            entropy=update.get("entropy", math.nan), grad_norm=update.get("grad_norm", math.nan),
+            step=step,
+            success_rate=float(rewards.mean()),
+            kept_groups=update["kept_groups"],
+            total_groups=update["total_groups"],
+            loss=update.get("loss", math.nan),
+            clipfrac=update.get("clipfrac", math.nan),
+            approx_kl=update.get("approx_kl", math.nan),
+            entropy=update.get("entropy", math.nan),
+            grad_norm=update.get("grad_norm", math.nan),
             seconds=time.perf_counter() - t0,
             imagined_frames=int(rollouts.videos.shape[0] * (rollouts.videos.shape[1] - 1)),
         )
         history.append(stats)
-        bar.set_postfix(success=f"{stats.success_rate:.2f}", kept=f"{stats.kept_groups}/{stats.total_groups}",
-                        clipfrac=f"{stats.clipfrac:.3f}", kl=f"{stats.approx_kl:.4f}", ent=f"{stats.entropy:.2f}")
+        bar.set_postfix(
+            success=f"{stats.success_rate:.2f}",
+            kept=f"{stats.kept_groups}/{stats.total_groups}",
+            clipfrac=f"{stats.clipfrac:.3f}",
+            kl=f"{stats.approx_kl:.4f}",
+            ent=f"{stats.entropy:.2f}",
+        )
         bar.update(1)
         if on_step is not None:
             on_step(stats)
@@ -287,15 +360,20 @@ def train_grpo(policy, world_model, judge, starts: Sequence[Start], config: GRPO
     return history
 
 
-def _draw_starts(starts: Sequence[Start], config: GRPOConfig, rng: np.random.Generator) -> list[Start]:
-    idx = rng.choice(len(starts), size=config.starts_per_step, replace=len(starts) < config.starts_per_step)
+def _draw_starts(
+    starts: Sequence[Start], config: GRPOConfig, rng: np.random.Generator
+) -> list[Start]:
+    idx = rng.choice(
+        len(starts), size=config.starts_per_step, replace=len(starts) < config.starts_per_step
+    )
     batch = [starts[i] for i in idx]
     if config.distractor_prob > 0:
         from policy.augment import add_distractors
 
         batch = [
             Start(add_distractors(s.frame[None], rng)[0], s.instruction, s.task)
-            if rng.random() < config.distractor_prob else s
+            if rng.random() < config.distractor_prob
+            else s
             for s in batch
         ]
     return batch

@@ -118,7 +118,34 @@ def _build_tiny_model(config: VLAConfig, processor) -> nn.Module:
     )
     with torch.random.fork_rng():
         torch.manual_seed(config.init_seed)
-        return PaliGemmaForConditionalGeneration(hf_config)
+        model = PaliGemmaForConditionalGeneration(hf_config)
+    if config.vision_pos_init == "sincos":
+        grid = config.image_size // config.patch_size
+        table = sincos_2d(grid, config.vision_hidden)  # (grid * grid, vision_hidden)
+        with torch.no_grad():
+            # Scaled near the spread of the patch embeddings across images, so position does not
+            # drown out content after the first LayerNorm.
+            model.model.vision_tower.vision_model.embeddings.position_embedding.weight.copy_(
+                0.25 * table
+            )
+    return model
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """(grid * grid, dim) 2-D sine-cosine table (MAE), row-major like SigLIP's patch order.
+
+    A from-scratch ViT with random position embeddings first has to discover where each patch
+    is; starting from this table, "where in the image" is linearly readable from step one.
+    """
+    if dim % 4:
+        raise ValueError(f"sincos position table needs dim divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 100.0 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    parts = [
+        fn(c.reshape(-1, 1).double() * omega) for c in (ys, xs) for fn in (torch.sin, torch.cos)
+    ]
+    return torch.cat(parts, dim=1).float()  # (grid * grid, dim)
 
 
 def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
