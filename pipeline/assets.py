@@ -1,0 +1,559 @@
+r"""The improvement round as Dagster assets, partitioned by round.
+
+    real_episodes -> dataset -> world_model (+ prev) ---> challenger -> real_evaluation -> champion (+ prev)
+                             \-> judge (+ prev) ----------^                [promotion_gate]
+
+A round is one window of a cron schedule (``GYMNAST_ROUND_CRON``, default nightly at 02:00, in
+``GYMNAST_TIMEZONE``). ``world_model``, ``judge`` and ``champion`` depend on their own previous
+round (``TimeWindowPartitionMapping(-1, -1)``), so the lineage graph shows round-to-round flow.
+
+Why the champion reaches the next round's ``real_episodes`` through the round store and not
+through an edge: Dagster's asset graph must be acyclic between *different* assets; only an asset's
+dependency on its own earlier partitions may cross rounds. ``real_episodes`` therefore asks the
+store for the champion after the newest earlier round (``RoundStore.current_champion``), which is
+exactly ``champion``'s previous partition (or, if that round stopped before promotion, the
+champion it collected with); it records which round that was in its metadata.
+
+Asset bodies only wire resources to the typed stage functions in ``pipeline.stages``.
+"""
+
+import base64
+import hashlib
+import io
+import os
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+
+from pipeline import stages
+from pipeline.resources import (
+    ChallengerEvaluation,
+    ChampionRecord,
+    LoopSettings,
+    RoundEpisodes,
+    StationResource,
+    TrackingResource,
+)
+from pipeline.stages import DatasetInfo, Evaluation, ModelArtifact
+from robot_bridge.client import StationError
+from robot_bridge.dispatch import DispatchError
+from robot_bridge.episodes import read_episode
+
+ROUND_FMT = "%Y-%m-%d_%H%M"  # no ":" (a folder name that Python tools accept)
+
+
+def round_partitions() -> dg.TimeWindowPartitionsDefinition:
+    """One partition per scheduled round; cron, timezone and first round from the environment."""
+    return dg.TimeWindowPartitionsDefinition(
+        cron_schedule=os.environ.get("GYMNAST_ROUND_CRON", "0 2 * * *"),
+        timezone=os.environ.get("GYMNAST_TIMEZONE", "UTC"),
+        start=os.environ.get("GYMNAST_ROUNDS_START", "2026-01-01_0000"),
+        fmt=ROUND_FMT,
+    )
+
+
+ROUNDS = round_partitions()
+PREVIOUS_ROUND = dg.TimeWindowPartitionMapping(
+    start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True
+)
+GROUP = "round"
+# No step is retried automatically: steps that move the arm must not be (an e-stop or a dropped
+# station is looked at by a person first; a re-run resumes without repeating finished episodes),
+# and training on a CPU fails deterministically (data, config), so a retry only hides the error.
+ARM_TAGS = {"gymnast/moves_arm": "true"}
+
+
+def round_seed(cfg: stages.RoundConfig, round_key: str) -> int:
+    """Initial-state seeds of a round: new every round, shared by champion and challenger (pairing)."""
+    return cfg.seed + int(hashlib.sha256(round_key.encode()).hexdigest()[:6], 16)
+
+
+# --- helpers the bodies share -----------------------------------------------------------------------
+
+
+@contextmanager
+def tracked_stage(
+    context: dg.AssetExecutionContext,
+    settings: LoopSettings,
+    tracking: TrackingResource,
+    stage: str,
+) -> Iterator:
+    """The round's MLflow run (made on first use) and a nested run for this stage."""
+    r = context.partition_key
+    tracker = tracking.tracker()
+    with settings.store.lock(r, "mlflow"):
+        parent = tracker.round_run(
+            r, {"round": r, "preset": settings.preset, **settings.round_config().to_dict()}
+        )
+    with tracker.stage(r, stage, parent_run_id=parent) as run:
+        context.log.info(f"MLflow run for {stage}: {run.link}")
+        yield tracker, run
+
+
+@contextmanager
+def on_the_arm(stage: str, round_key: str) -> Iterator[None]:
+    """A station that is unreachable, drops mid-job or reports an e-stop fails the step with one
+    clear message, never retried; what was recorded stays (``run_on_station`` copies episodes as
+    they finish), and a re-run resumes."""
+    try:
+        yield
+    except (DispatchError, StationError) as e:
+        raise dg.Failure(
+            description=f"{stage} of round {round_key} stopped on the station: {e}. Re-run the round to "
+            "resume: finished episodes are kept and not collected again.",
+            metadata={"episodes_kept_this_attempt": len(getattr(e, "episodes", []))},
+            allow_retries=False,
+        ) from e
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def frame_strip(episode_path: Path, out: Path, n: int = 6) -> Path:
+    """A PNG of ``n`` frames spread over one real episode (what the camera saw)."""
+    from PIL import Image
+
+    ep = read_episode(episode_path)
+    idx = [round(i * (len(ep.frames) - 1) / max(n - 1, 1)) for i in range(n)]
+    frames = [Image.fromarray(ep.frames[i]) for i in idx]
+    w, h = frames[0].size
+    strip = Image.new("RGB", (w * n, h))
+    for i, f in enumerate(frames):
+        strip.paste(f, (i * w, 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(out)
+    return out
+
+
+def preview_md(path: Path, caption: str, max_width: int = 768) -> dg.MetadataValue:
+    """Markdown with the preview inlined (PNG) or linked (video), for the asset's page in the UI."""
+    if path.suffix.lower() != ".png":
+        return dg.MetadataValue.md(f"**{caption}**: `{path}`")
+    from PIL import Image
+
+    img = Image.open(path)
+    img.thumbnail((max_width, max_width))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return dg.MetadataValue.md(
+        f"**{caption}**\n\n![{caption}](data:image/png;base64,"
+        f"{base64.b64encode(buf.getvalue()).decode()})"
+    )
+
+
+def evaluation_metadata(ev: Evaluation) -> dict:
+    meta: dict = {"episodes": len(ev.episodes), "success_rate": ev.success_rate}
+    for task, r in ev.per_task.items():
+        lo, hi = r.ci95
+        meta[f"{task}/success"] = dg.MetadataValue.text(
+            f"{r.successes}/{r.labelled} [{lo:.2f}, {hi:.2f}]"
+        )
+    return meta
+
+
+def evaluation_metrics(ev: Evaluation, prefix: str) -> dict[str, float]:
+    out = {f"{prefix}/success_rate": ev.success_rate, f"{prefix}/episodes": float(len(ev.episodes))}
+    for task, r in ev.per_task.items():
+        out[f"{prefix}/{task}/success_rate"] = r.success_rate
+        out[f"{prefix}/{task}/ci95_low"], out[f"{prefix}/{task}/ci95_high"] = r.ci95
+    return out
+
+
+def common_metadata(run, started: float, sha256: str | None = None) -> dict:
+    meta = {
+        "mlflow_run": dg.MetadataValue.url(run.link),
+        "wall_s": round(time.monotonic() - started, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    if sha256:
+        meta["checkpoint_sha256"] = sha256
+    return meta
+
+
+def model_metadata(art: ModelArtifact) -> dict:
+    meta = {f"metric/{k}": float(v) for k, v in art.metrics.items()}
+    meta["checkpoint"] = dg.MetadataValue.path(str(art.path))
+    for p in art.previews:
+        meta["preview"] = preview_md(Path(p), "imagined vs. real rollout (real | imagined)")
+        meta["preview_file"] = dg.MetadataValue.path(str(p))
+    return meta
+
+
+def log_model(
+    tracker, run, kind: str, art: ModelArtifact, round_key: str, aliases: tuple[str, ...]
+) -> str:
+    """Checkpoint + previews as artifacts of the stage run, and a registered-model version."""
+    run.log_metrics(art.metrics)
+    run.log_artifacts(art.path, kind)
+    for p in art.previews:
+        run.log_artifact(p, "previews")
+    return tracker.version_for_sha(kind, art.sha256) or tracker.register(
+        kind, run, kind, aliases=aliases, tags={"sha256": art.sha256, "round": round_key}
+    )
+
+
+def _started() -> float:
+    return time.monotonic()
+
+
+# --- the round ---------------------------------------------------------------------------------------
+
+
+@dg.asset(
+    partitions_def=ROUNDS,
+    group_name=GROUP,
+    pool="robot",
+    op_tags=ARM_TAGS,
+    kinds={"robot"},
+    description="The champion's episodes this round, collected on the station (its real evaluation, "
+    "too); the first round bootstraps a champion from scripted demonstrations (SFT).",
+)
+def real_episodes(
+    context: dg.AssetExecutionContext,
+    settings: LoopSettings,
+    station: StationResource,
+    tracking: TrackingResource,
+) -> dg.Output[RoundEpisodes]:
+    r, cfg, store, t0 = context.partition_key, settings.round_config(), settings.store, _started()
+    with (
+        tracked_stage(context, settings, tracking, "real_episodes") as (tracker, run),
+        station.client() as client,
+        on_the_arm("collection", r),
+    ):
+        champion_round, champion = current_champion(context, settings, client, tracker, run)
+        ev = stages.collect_episodes(
+            client,
+            champion.path,
+            store.round_dir(r) / "episodes" / "champion",
+            cfg,
+            seed=round_seed(cfg, r),
+            progress=settings.progress,
+        )
+        run.log_metrics(evaluation_metrics(ev, "champion"))
+        preview = frame_strip(ev.episodes[0], store.round_dir(r) / "previews" / "real_episodes.png")
+        run.log_artifact(preview, "previews")
+    return dg.Output(
+        RoundEpisodes(champion, champion_round, ev, round_seed(cfg, r)),
+        metadata={
+            **evaluation_metadata(ev),
+            "champion_from_round": champion_round or "bootstrapped this round",
+            "preview": preview_md(preview, "a real episode of the champion"),
+            **common_metadata(run, t0, champion.sha256),
+        },
+    )
+
+
+def current_champion(
+    context, settings: LoopSettings, client, tracker, run
+) -> tuple[str | None, ModelArtifact]:
+    """The champion after the newest earlier round, or (first round) a bootstrapped one."""
+    r, store = context.partition_key, settings.store
+    found = store.current_champion(r)
+    if found is not None:
+        context.log.info(
+            f"collecting with the champion of round {found[0]} ({found[1].sha256[:12]})"
+        )
+        return found
+    if not store.has(
+        "bootstrap", r
+    ):  # a re-run reuses it, so the arm never re-collects for a new sha
+        context.log.info(
+            "no earlier round: bootstrapping a champion (scripted demonstrations -> SFT)"
+        )
+        art = stages.bootstrap_champion(
+            client,
+            store.round_dir(r) / "bootstrap",
+            settings.round_config(),
+            progress=settings.progress,
+        )
+        store.save("bootstrap", r, art)
+    art = store.load("bootstrap", r)
+    log_model(tracker, run, "policy", art, r, aliases=("champion",))
+    return None, art
+
+
+@dg.asset(
+    partitions_def=ROUNDS,
+    group_name=GROUP,
+    kinds={"lerobot"},
+    description="Every real episode so far as a LeRobotDataset (v3) with action statistics.",
+)
+def dataset(
+    context: dg.AssetExecutionContext,
+    settings: LoopSettings,
+    tracking: TrackingResource,
+    real_episodes: RoundEpisodes,
+) -> dg.Output[DatasetInfo]:
+    r, store, t0 = context.partition_key, settings.store, _started()
+    with tracked_stage(context, settings, tracking, "dataset") as (_, run):
+        info = stages.build_dataset(
+            training_dirs(store, r), store.fresh_dir(store.round_dir(r) / "dataset")
+        )
+        run.log_metrics({"episodes": info.n_episodes, "frames": info.n_frames})
+        run.log_artifact(info.stats_path, "dataset")
+    return dg.Output(
+        info,
+        metadata={
+            "episodes": info.n_episodes,
+            "frames": info.n_frames,
+            "per_task": dg.MetadataValue.json(info.per_task),
+            "path": dg.MetadataValue.path(str(info.path)),
+            "preview": preview_md(
+                store.round_dir(r) / "previews" / "real_episodes.png", "newest real episode"
+            ),
+            **common_metadata(run, t0),
+        },
+    )
+
+
+def training_dirs(store, round_key: str) -> list[Path]:
+    """Real episodes of every earlier round (champion and challenger runs), bootstrap demonstrations,
+    and this round's champion episodes (this round's challenger episodes are next round's data)."""
+    here = store.round_dir(round_key)
+    earlier = [d for d in store.episode_dirs(upto=round_key) if here not in d.parents]
+    return earlier + [
+        d for d in (here / "bootstrap" / "demos", here / "episodes" / "champion") if d.is_dir()
+    ]
+
+
+@dg.asset(
+    partitions_def=ROUNDS,
+    group_name=GROUP,
+    pool="gpu",
+    kinds={"pytorch"},
+    deps=[dg.AssetDep("world_model", partition_mapping=PREVIOUS_ROUND)],
+    description="The action-conditioned video world model, warm-started from last round's and "
+    "finetuned on the new data; held-out error and an imagined-vs-real preview.",
+)
+def world_model(
+    context: dg.AssetExecutionContext,
+    settings: LoopSettings,
+    tracking: TrackingResource,
+    dataset: DatasetInfo,
+) -> dg.Output[ModelArtifact]:
+    return _refresh(context, settings, tracking, "world_model", stages.refresh_world_model)
+
+
+@dg.asset(
+    partitions_def=ROUNDS,
+    group_name=GROUP,
+    pool="gpu",
+    kinds={"pytorch"},
+    deps=[dg.AssetDep("judge", partition_mapping=PREVIOUS_ROUND)],
+    description="The VLM success judge, refreshed on the success-labelled real episodes; held-out F1.",
+)
+def judge(
+    context: dg.AssetExecutionContext,
+    settings: LoopSettings,
+    tracking: TrackingResource,
+    dataset: DatasetInfo,
+) -> dg.Output[ModelArtifact]:
+    return _refresh(context, settings, tracking, "judge", stages.refresh_judge)
+
+
+def _refresh(
+    context, settings: LoopSettings, tracking: TrackingResource, kind: str, refresh
+) -> dg.Output:
+    """World model and judge: warm start from the newest earlier round's checkpoint, if any."""
+    r, store, t0 = context.partition_key, settings.store, _started()
+    previous = store.latest_before(kind, r)
+    with tracked_stage(context, settings, tracking, kind) as (tracker, run):
+        run.set_tags({"warm_start_from": previous[0] if previous else "scratch"})
+        art = refresh(
+            training_dirs(store, r),
+            previous[1].path if previous else None,
+            store.fresh_dir(store.model_dir(kind, r)),
+            settings.round_config(),
+            progress=settings.progress,
+        )
+        version = log_model(tracker, run, kind, art, r, aliases=("challenger",))
+    return dg.Output(
+        art,
+        metadata={
+            "warm_start_from": previous[0] if previous else "scratch (first round)",
+            "registered_version": f"{kind} v{version}",
+            **model_metadata(art),
+            **common_metadata(run, t0, art.sha256),
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=ROUNDS,
+    group_name=GROUP,
+    pool="gpu",
+    kinds={"pytorch"},
+    description="The challenger: the champion GRPO-finetuned in the world model, rewarded by the judge, "
+    "from real initial frames.",
+)
+def challenger(
+    context: dg.AssetExecutionContext,
+    settings: LoopSettings,
+    tracking: TrackingResource,
+    real_episodes: RoundEpisodes,
+    dataset: DatasetInfo,
+    world_model: ModelArtifact,
+    judge: ModelArtifact,
+) -> dg.Output[ModelArtifact]:
+    r, store, t0 = context.partition_key, settings.store, _started()
+    with tracked_stage(context, settings, tracking, "challenger") as (tracker, run):
+        run.set_tags({"champion_sha256": real_episodes.champion.sha256})
+        art = stages.train_challenger(
+            real_episodes.champion.path,
+            world_model.path,
+            judge.path,
+            training_dirs(store, r),
+            store.fresh_dir(store.model_dir("policy", r)),
+            settings.round_config(),
+            progress=settings.progress,
+            on_step=lambda s: run.log_metrics(
+                {k: v for k, v in vars(s).items() if k not in ("step", "extra")}, step=s.step
+            ),
+        )
+        version = log_model(tracker, run, "policy", art, r, aliases=("challenger",))
+    return dg.Output(
+        art,
+        metadata={
+            "registered_version": f"policy v{version}",
+            "grew_from_champion": real_episodes.champion.sha256,
+            **model_metadata(art),
+            **_trained_in_preview(world_model),
+            **common_metadata(run, t0, art.sha256),
+        },
+    )
+
+
+def _trained_in_preview(world_model: ModelArtifact) -> dict:
+    if not world_model.previews:
+        return {}
+    p = Path(world_model.previews[0])
+    return {
+        "preview": preview_md(p, "the world model it trained in (real | imagined)"),
+        "preview_file": dg.MetadataValue.path(str(p)),
+    }
+
+
+@dg.asset(
+    partitions_def=ROUNDS,
+    group_name=GROUP,
+    pool="robot",
+    op_tags=ARM_TAGS,
+    kinds={"robot"},
+    description="AutoEval-style real evaluation of the challenger on the champion's seeds (paired); "
+    "its episodes are next round's data.",
+)
+def real_evaluation(
+    context: dg.AssetExecutionContext,
+    settings: LoopSettings,
+    station: StationResource,
+    tracking: TrackingResource,
+    real_episodes: RoundEpisodes,
+    challenger: ModelArtifact,
+) -> dg.Output[ChallengerEvaluation]:
+    r, cfg, store, t0 = context.partition_key, settings.round_config(), settings.store, _started()
+    with (
+        tracked_stage(context, settings, tracking, "real_evaluation") as (_, run),
+        station.client() as client,
+        on_the_arm("real evaluation", r),
+    ):
+        ev = stages.evaluate_on_station(
+            client,
+            challenger.path,
+            store.round_dir(r) / "episodes" / "challenger",
+            cfg,
+            seed=real_episodes.seed,
+            progress=settings.progress,
+        )
+        run.log_metrics(evaluation_metrics(ev, "challenger"))
+        preview = frame_strip(
+            ev.episodes[0], store.round_dir(r) / "previews" / "real_evaluation.png"
+        )
+        run.log_artifact(preview, "previews")
+    return dg.Output(
+        ChallengerEvaluation(challenger, ev, real_episodes.seed),
+        metadata={
+            **evaluation_metadata(ev),
+            "preview": preview_md(preview, "a real episode of the challenger"),
+            **common_metadata(run, t0, challenger.sha256),
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=ROUNDS,
+    group_name=GROUP,
+    kinds={"robot"},
+    deps=[dg.AssetDep("champion", partition_mapping=PREVIOUS_ROUND)],
+    description="Promotion and dispatch: the challenger replaces the champion only if the one-sided "
+    "exact McNemar test on paired real outcomes says it is better; otherwise the champion "
+    "stays. Either way the round is recorded.",
+)
+def champion(
+    context: dg.AssetExecutionContext,
+    settings: LoopSettings,
+    station: StationResource,
+    tracking: TrackingResource,
+    real_episodes: RoundEpisodes,
+    real_evaluation: ChallengerEvaluation,
+) -> dg.Output[ChampionRecord]:
+    r, cfg, t0 = context.partition_key, settings.round_config(), _started()
+    decision = stages.decide_promotion(
+        real_episodes.evaluation, real_evaluation.evaluation, cfg.promotion_alpha
+    )
+    new = real_evaluation.challenger if decision.promote else real_episodes.champion
+    with (
+        tracked_stage(context, settings, tracking, "champion") as (tracker, run),
+        station.client() as client,
+        on_the_arm("dispatch of the champion", r),
+    ):
+        client.upload_checkpoint(new.path)  # dispatch: the station holds what the arm runs next
+        if decision.promote:
+            promote_aliases(tracker, new, r)
+        record = ChampionRecord(new, decision.promote, decision, real_episodes.champion.sha256)
+        metrics = {
+            "promoted": float(decision.promote),
+            "p_value": decision.p_value,
+            "champion_success": decision.champion_rate,
+            "challenger_success": decision.challenger_rate,
+        }
+        run.log_metrics(metrics)
+        run.set_tags({"decision": decision.reason})
+        tracker.finish_round(
+            r, metrics=metrics, tags={"promoted": decision.promote, "decision": decision.reason}
+        )
+    return dg.Output(
+        record,
+        metadata={
+            "promoted": decision.promote,
+            "test": decision.test,
+            "p_value": decision.p_value,
+            "champion_success": decision.champion_rate,
+            "challenger_success": decision.challenger_rate,
+            "reason": decision.reason,
+            "per_task": dg.MetadataValue.json(decision.per_task),
+            "preview": preview_md(
+                settings.store.round_dir(r)
+                / "previews"
+                / ("real_evaluation.png" if decision.promote else "real_episodes.png"),
+                "the champion on the arm",
+            ),
+            **common_metadata(run, t0, new.sha256),
+        },
+    )
+
+
+def promote_aliases(tracker, policy: ModelArtifact, round_key: str) -> None:
+    """``champion`` moves to the promoted policy and the world model and judge it was trained with."""
+    tracker.set_alias("policy", "champion", tracker.version_for_sha("policy", policy.sha256))
+    for kind in ("world_model", "judge"):
+        version = tracker.alias_version(kind, "challenger")
+        if version is not None:
+            tracker.set_alias(kind, "champion", version)
+
+
+ROUND_ASSETS = [real_episodes, dataset, world_model, judge, challenger, real_evaluation, champion]

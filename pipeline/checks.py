@@ -1,0 +1,213 @@
+"""Asset checks of the round: data integrity, model regressions, and the promotion gate."""
+
+import math
+from pathlib import Path
+
+import dagster as dg
+
+from pipeline.assets import ROUNDS, judge, real_episodes, real_evaluation, world_model
+from pipeline.resources import ChallengerEvaluation, LoopSettings, RoundEpisodes
+from pipeline.stages import Evaluation, ModelArtifact
+from robot_bridge.episodes import list_episodes, read_episode, validate_episode
+
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+
+
+def episode_problems(
+    ev: Evaluation, folder: Path, tasks: tuple[str, ...], per_task: int
+) -> list[str]:
+    """Counts per task, no partial files, every episode valid and success-labelled."""
+    problems = []
+    for task in tasks:
+        got = ev.per_task[task].episodes if task in ev.per_task else 0
+        if got != per_task:
+            problems.append(f"{task}: expected {per_task} episodes, found {got}")
+    complete = set(list_episodes(folder))
+    partial = [p.name for p in list_episodes(folder, include_partial=True) if p not in complete]
+    partial += [p.name for p in folder.glob(".*.download")]
+    if partial:
+        problems.append(f"partial files in {folder}: {partial}")
+    for p in ev.episodes:
+        problems += [f"{Path(p).name}: {m}" for m in validate_episode(p)]
+        ep = read_episode(p)
+        if ep.success is None or ep.success_source == "none":
+            problems.append(f"{Path(p).name}: no success label")
+    return problems
+
+
+def _integrity(
+    ev: Evaluation, folder: Path, settings: LoopSettings, per_task: int
+) -> dg.AssetCheckResult:
+    problems = episode_problems(ev, folder, settings.round_config().tasks, per_task)
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=ERROR,
+        metadata={
+            "episodes": len(ev.episodes),
+            "expected_per_task": per_task,
+            "problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=real_episodes,
+    blocking=True,
+    partitions_def=ROUNDS,
+    description="Champion episodes: count per task, no partial files, valid and labelled.",
+)
+def champion_episode_integrity(
+    context: dg.AssetCheckExecutionContext, settings: LoopSettings, real_episodes: RoundEpisodes
+) -> dg.AssetCheckResult:
+    folder = settings.store.round_dir(context.partition_key) / "episodes" / "champion"
+    return _integrity(
+        real_episodes.evaluation,
+        folder,
+        settings,
+        settings.round_config().collect_episodes_per_task,
+    )
+
+
+@dg.asset_check(
+    asset=real_evaluation,
+    blocking=True,
+    partitions_def=ROUNDS,
+    description="Challenger episodes: count per task, no partial files, valid and labelled.",
+)
+def challenger_episode_integrity(
+    context: dg.AssetCheckExecutionContext,
+    settings: LoopSettings,
+    real_evaluation: ChallengerEvaluation,
+) -> dg.AssetCheckResult:
+    folder = settings.store.round_dir(context.partition_key) / "episodes" / "challenger"
+    return _integrity(
+        real_evaluation.evaluation, folder, settings, settings.round_config().eval_episodes_per_task
+    )
+
+
+HELDOUT_METRIC = "next_frame_mse"
+
+
+@dg.asset_check(
+    asset=world_model,
+    partitions_def=ROUNDS,
+    description="Held-out next-frame error not worse than last round's beyond a tolerance.",
+)
+def world_model_heldout_error(
+    context: dg.AssetCheckExecutionContext, settings: LoopSettings, world_model: ModelArtifact
+) -> dg.AssetCheckResult:
+    if HELDOUT_METRIC not in world_model.metrics:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=ERROR,
+            metadata={
+                "error": f"the world model reported no {HELDOUT_METRIC}; metrics: {sorted(world_model.metrics)}"
+            },
+        )
+    now = world_model.metrics[HELDOUT_METRIC]
+    previous = settings.store.latest_before("world_model", context.partition_key)
+    if previous is None or HELDOUT_METRIC not in previous[1].metrics:
+        return dg.AssetCheckResult(
+            passed=math.isfinite(now),
+            severity=ERROR,
+            metadata={HELDOUT_METRIC: now, "previous_round": "none"},
+        )
+    before = previous[1].metrics[HELDOUT_METRIC]
+    limit = before * (1 + settings.world_model_tolerance)
+    return dg.AssetCheckResult(
+        passed=math.isfinite(now) and now <= limit,
+        severity=WARN,
+        metadata={
+            HELDOUT_METRIC: now,
+            "previous": before,
+            "previous_round": previous[0],
+            "limit": limit,
+            "tolerance": settings.world_model_tolerance,
+        },
+    )
+
+
+@dg.asset_check(
+    asset=judge,
+    blocking=True,
+    partitions_def=ROUNDS,
+    description="Held-out F1 of the success judge at or above the floor (a lenient judge invites "
+    "reward hacking).",
+)
+def judge_f1_floor(
+    context: dg.AssetCheckExecutionContext, settings: LoopSettings, judge: ModelArtifact
+) -> dg.AssetCheckResult:
+    f1 = judge.metrics.get("heldout_f1")
+    meta = {
+        "floor": settings.judge_f1_floor,
+        **{k: v for k, v in judge.metrics.items() if k.startswith("heldout_")},
+    }
+    if f1 is None or not math.isfinite(f1):
+        # Undefined F1 (no positive labels or predictions held out) is no evidence either way:
+        # flagged, not blocking; the promotion gate still guards the arm.
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=WARN,
+            metadata={
+                **meta,
+                "note": "held-out F1 undefined (no positives held out); collect more episodes",
+            },
+        )
+    return dg.AssetCheckResult(
+        passed=f1 >= settings.judge_f1_floor, severity=ERROR, metadata={"heldout_f1": f1, **meta}
+    )
+
+
+@dg.asset_check(
+    asset=real_evaluation,
+    blocking=True,
+    partitions_def=ROUNDS,
+    additional_ins={"real_episodes": dg.AssetIn("real_episodes")},
+    description="Promotion gate (one-sided exact McNemar test on paired (task, seed) real outcomes): "
+    "passes when the challenger is better with confidence; a warning when it is not "
+    "(the champion stays); blocks the round when the evidence is not paired.",
+)
+def promotion_gate(
+    context: dg.AssetCheckExecutionContext,
+    settings: LoopSettings,
+    real_evaluation: ChallengerEvaluation,
+    real_episodes: RoundEpisodes,
+) -> dg.AssetCheckResult:
+    champ, chall = real_episodes.evaluation, real_evaluation.evaluation
+    missing = sorted(k for k in chall.outcomes if k not in champ.outcomes)
+    if not chall.outcomes or missing or real_evaluation.seed != real_episodes.seed:
+        return dg.AssetCheckResult(
+            passed=False,
+            severity=ERROR,
+            metadata={
+                "error": f"challenger outcomes not paired with the champion's: {len(missing)} (task, seed) without "
+                f"a champion outcome {missing[:5]}, seeds {real_evaluation.seed} vs {real_episodes.seed}"
+            },
+        )
+    from pipeline.stages import decide_promotion
+
+    d = decide_promotion(champ, chall, settings.round_config().promotion_alpha)
+    return dg.AssetCheckResult(
+        passed=d.promote,
+        severity=WARN,
+        description=d.reason,
+        metadata={
+            "test": d.test,
+            "p_value": d.p_value,
+            "alpha": settings.round_config().promotion_alpha,
+            "champion_success": d.champion_rate,
+            "challenger_success": d.challenger_rate,
+            "champion_only": d.discordant["champion_only"],
+            "challenger_only": d.discordant["challenger_only"],
+            "decision": "promote" if d.promote else "champion stays",
+        },
+    )
+
+
+ROUND_CHECKS = [
+    champion_episode_integrity,
+    challenger_episode_integrity,
+    world_model_heldout_error,
+    judge_f1_floor,
+    promotion_gate,
+]

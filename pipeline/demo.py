@@ -1,0 +1,379 @@
+"""``gymnast demo --rounds N``: the loop end to end on the embedded default.
+
+It starts a simulated station and a local MLflow server, points Dagster at
+``$GYMNAST_HOME/dagster`` (with the top-level ``dagster.yaml``), and runs the last N rounds of the
+round schedule through the same job the nightly schedule launches, each step in its own process
+(the multiprocess executor, as in a deployment). A round that was interrupted is resumed: assets
+already materialized are not run again, and the station skips episodes already collected. It
+ends with one table per round and writes ``$GYMNAST_HOME/demo_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STAGES = (
+    "real_episodes",
+    "dataset",
+    "world_model",
+    "judge",
+    "challenger",
+    "real_evaluation",
+    "champion",
+)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RoundFailed(RuntimeError):
+    def __init__(self, round_key: str, steps: list[str], message: str) -> None:
+        super().__init__(f"round {round_key} failed in {steps}: {message}")
+        self.round_key, self.steps = round_key, steps
+
+
+# --- the local stack -----------------------------------------------------------------------------------
+
+
+def prepare_dagster_home(home: Path) -> Path:
+    """``$GYMNAST_HOME/dagster`` holding the top-level ``dagster.yaml`` (copied: the instance config)."""
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    return dagster_home
+
+
+@contextmanager
+def local_stack(
+    home: Path,
+    *,
+    station: str | None = None,
+    tracking_uri: str | None = None,
+    backend: str = "sim",
+    keys_dir: Path | None = None,
+) -> Iterator[dict[str, str]]:
+    """Environment for the definitions: a station and an MLflow server (started unless given)."""
+    from pipeline.tracking import TrackingServer
+    from robot_bridge.launch import StationProcess
+
+    home = Path(home).resolve()
+    env = {"GYMNAST_HOME": str(home), "DAGSTER_HOME": str(prepare_dagster_home(home))}
+    with ExitStack() as stack:
+        if station is None:
+            proc = stack.enter_context(
+                StationProcess(
+                    backend, episodes_dir=home / "station" / "episodes", lease_timeout_s=5.0
+                )
+            )
+            station = proc.endpoint
+            print(f"simulated {backend} station on {station}", flush=True)
+        if tracking_uri is None:
+            print("starting the MLflow tracking server ...", flush=True)
+            tracking_uri = stack.enter_context(TrackingServer(home / "mlflow")).uri
+            print(
+                f"MLflow tracking server on {tracking_uri} (store: {home / 'mlflow'})", flush=True
+            )
+        env |= {"GYMNAST_STATION": station, "MLFLOW_TRACKING_URI": tracking_uri}
+        if keys_dir is not None:
+            env["GYMNAST_STATION_KEYS"] = str(keys_dir)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield env
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+# --- running rounds ------------------------------------------------------------------------------------
+
+
+def last_rounds(n: int) -> list[str]:
+    """The newest ``n`` round keys of the schedule (windows that have closed), oldest first."""
+    from pipeline.assets import ROUNDS
+
+    keys = ROUNDS.get_partition_keys()
+    if len(keys) < n:
+        raise ValueError(
+            f"the round schedule has only {len(keys)} closed rounds; asked for {n} "
+            "(set GYMNAST_ROUNDS_START earlier)"
+        )
+    return list(keys[-n:])
+
+
+BLOCKING_CHECKS = {
+    "real_episodes": ("champion_episode_integrity",),
+    "real_evaluation": ("challenger_episode_integrity", "promotion_gate"),
+    "judge": ("judge_f1_floor",),
+}
+
+
+def missing_stages(instance, round_key: str) -> list[str]:
+    """Stages of the round not yet materialized, or whose blocking check last failed with ERROR
+    (their output exists but the round did not go on from it)."""
+    import dagster as dg
+
+    return [
+        s
+        for s in STAGES
+        if round_key not in instance.get_materialized_partitions(dg.AssetKey(s))
+        or _blocked(instance, s, round_key)
+    ]
+
+
+def _blocked(instance, stage: str, round_key: str) -> bool:
+    import dagster as dg
+    from dagster._core.event_api import PartitionKeyFilter
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    keys = [dg.AssetCheckKey(dg.AssetKey(stage), c) for c in BLOCKING_CHECKS.get(stage, ())]
+    if not keys:
+        return False
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        keys, partition_filter=PartitionKeyFilter(key=round_key)
+    )
+    for record in latest.values():
+        if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+            return True  # planned, never evaluated: the run stopped before the check
+        if record.status == AssetCheckExecutionRecordStatus.FAILED:
+            evaluation = record.event.dagster_event.event_specific_data
+            if evaluation.severity == dg.AssetCheckSeverity.ERROR:
+                return True
+    return False
+
+
+def run_round(instance, round_key: str, *, log_level: str = "WARNING") -> str | None:
+    """Materialize what this round still lacks, steps in separate processes; the run id (None if
+    nothing was left). Raises ``RoundFailed`` naming the failed steps."""
+    import dagster as dg
+
+    from pipeline.definitions import improvement_round_job
+
+    todo = missing_stages(instance, round_key)
+    if not todo:
+        return None
+    result = dg.execute_job(
+        dg.reconstructable(improvement_round_job),
+        instance=instance,
+        tags={"dagster/partition": round_key, "gymnast/launched_by": "demo"},
+        asset_selection=[dg.AssetKey(s) for s in todo],
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
+    )
+    if not result.success:
+        from pipeline.schedules import record_failed_round
+
+        failures = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+        steps = [e.dagster_event.step_key for e in failures]
+        messages = (
+            "; ".join(
+                e.dagster_event.step_failure_data.error.message.strip()
+                for e in failures
+                if e.dagster_event.step_failure_data.error
+            )
+            or "see the Dagster run log"
+        )
+        record_failed_round(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "run_id": result.run_id,
+                "round": round_key,
+                "failed_steps": steps,
+                "message": messages,
+            }
+        )
+        raise RoundFailed(round_key, steps, messages)
+    return result.run_id
+
+
+# --- the summary ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageTiming:
+    wall_s: float  # step duration in Dagster (process start, resources, body)
+    body_s: float | None  # time spent in the asset body
+    peak_rss_mb: float | None  # the step process's peak resident memory
+
+
+@dataclass
+class RoundSummary:
+    round: str
+    champion_from: str
+    world_model_warm_start: str
+    champion: dict  # Evaluation.to_dict()
+    challenger: dict
+    promoted: bool | None
+    test: str | None
+    p_value: float | None
+    reason: str | None
+    stages: dict[str, StageTiming] = field(default_factory=dict)
+
+
+def _latest_materialization(instance, asset: str, round_key: str):
+    import dagster as dg
+
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[round_key]), limit=1
+    ).records
+    return records[0].event_log_entry if records else None
+
+
+def _meta_value(entry, key: str):
+    value = entry.asset_materialization.metadata.get(key)
+    return None if value is None else value.value
+
+
+def stage_timings(instance, round_key: str) -> dict[str, StageTiming]:
+    out = {}
+    for stage in STAGES:
+        entry = _latest_materialization(instance, stage, round_key)
+        if entry is None:
+            continue
+        stats = [
+            s for s in instance.get_run_step_stats(entry.run_id, step_keys=[stage]) if s.end_time
+        ]
+        wall = stats[-1].end_time - stats[-1].start_time if stats else _meta_value(entry, "wall_s")
+        out[stage] = StageTiming(
+            round(wall, 1), _meta_value(entry, "wall_s"), _meta_value(entry, "peak_rss_mb")
+        )
+    return out
+
+
+def summarize_round(instance, round_key: str) -> RoundSummary:
+    from pipeline.definitions import gymnast_home
+    from pipeline.resources import RoundStore
+
+    store = RoundStore(gymnast_home())
+    episodes = store.load("real_episodes", round_key)
+    challenger = (
+        store.load("real_evaluation", round_key)
+        if store.has("real_evaluation", round_key)
+        else None
+    )
+    champ = store.load("champion", round_key) if store.has("champion", round_key) else None
+    wm = _latest_materialization(instance, "world_model", round_key)
+    return RoundSummary(
+        round=round_key,
+        champion_from=episodes.champion_round or "bootstrap (scripted demos -> SFT)",
+        world_model_warm_start=str(_meta_value(wm, "warm_start_from")) if wm else "-",
+        champion=episodes.evaluation.to_dict(),
+        challenger=challenger.evaluation.to_dict() if challenger else {},
+        promoted=champ.promoted if champ else None,
+        test=champ.decision.test if champ else None,
+        p_value=champ.decision.p_value if champ else None,
+        reason=champ.decision.reason if champ else None,
+        stages=stage_timings(instance, round_key),
+    )
+
+
+def _rate(d: dict | None) -> str:
+    if not d or not d.get("labelled"):
+        return "-"
+    lo, hi = d["ci95"]
+    return f"{d['successes']}/{d['labelled']} = {100 * d['success_rate']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def format_round(s: RoundSummary, index: int) -> str:
+    lines = [
+        f"\n## Round {index}: {s.round}",
+        f"champion from: {s.champion_from}; world model: {s.world_model_warm_start}",
+        "",
+        "| task | champion (real) | challenger (real) |",
+        "|---|---|---|",
+    ]
+    for task, c in s.champion.get("per_task", {}).items():
+        lines.append(
+            f"| {task} | {_rate(c)} | {_rate(s.challenger.get('per_task', {}).get(task))} |"
+        )
+    if s.promoted is None:
+        lines.append("\npromotion: not reached (round incomplete)")
+    else:
+        verdict = "PROMOTED: the challenger is the new champion" if s.promoted else "champion stays"
+        lines.append(f"\npromotion: {verdict} ({s.test}; p = {s.p_value:.3f}); {s.reason}")
+    lines += ["", "| stage | wall s | in body s | peak RSS MB |", "|---|---|---|---|"]
+    for stage, t in s.stages.items():
+        lines.append(f"| {stage} | {t.wall_s:.1f} | {_fmt(t.body_s)} | {_fmt(t.peak_rss_mb)} |")
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+# --- the command ---------------------------------------------------------------------------------------
+
+
+def run_demo(
+    rounds: int,
+    home: Path,
+    *,
+    station: str | None = None,
+    tracking_uri: str | None = None,
+    keys_dir: Path | None = None,
+    summary_path: Path | None = None,
+) -> list[RoundSummary]:
+    import dagster as dg
+
+    home = Path(home).resolve()
+    t_start = time.monotonic()
+    with local_stack(home, station=station, tracking_uri=tracking_uri, keys_dir=keys_dir):
+        instance = dg.DagsterInstance.get()
+        for pool in ("robot", "gpu"):
+            instance.event_log_storage.set_concurrency_slots(pool, 1)
+        keys = last_rounds(rounds)
+        summaries, wall = [], {}
+        for i, key in enumerate(keys, 1):
+            todo = missing_stages(instance, key)
+            print(
+                f"\n=== round {i}/{len(keys)} [{key}]: "
+                + (f"running {', '.join(todo)}" if todo else "already complete")
+                + " ===",
+                flush=True,
+            )
+            t0 = time.monotonic()
+            run_round(instance, key)
+            wall[key] = time.monotonic() - t0
+            summaries.append(summarize_round(instance, key))
+            print(format_round(summaries[-1], i), flush=True)
+    total = time.monotonic() - t_start
+    children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    out = {
+        "rounds": [asdict(s) for s in summaries],
+        "round_wall_s": wall,
+        "total_wall_s": total,
+        "peak_rss_mb_children": children_peak,
+        "dagster_home": str(home / "dagster"),
+        "mlflow_store": str(home / "mlflow"),
+    }
+    path = summary_path or home / "demo_summary.json"
+    path.write_text(json.dumps(out, indent=1, default=str))
+    print(f"\n{len(summaries)} round(s) in {total / 60:.1f} min; summary: {path}")
+    print(
+        f"See them: DAGSTER_HOME={home / 'dagster'} dagster dev   |   "
+        f"mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'} "
+        f"--artifacts-destination {home / 'mlflow' / 'artifacts'}"
+    )
+    return summaries
+
+
+def main(rounds: int, home: Path, **kw) -> int:
+    try:
+        run_demo(rounds, home, **kw)
+    except RoundFailed as e:
+        print(
+            f"\n{e}\nNothing recorded is lost: re-run the same command to resume the round "
+            "(finished stages are kept, finished episodes are not collected again).",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

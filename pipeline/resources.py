@@ -1,0 +1,297 @@
+"""Dagster resources of the loop: the station(s), MLflow, the round settings and the round store.
+
+Everything is configured from environment variables, so one set of definitions serves the demo,
+``dagster dev`` and a deployment:
+
+| variable | meaning | default |
+|---|---|---|
+| ``GYMNAST_STATION`` | station endpoint, ``tcp://host:port`` | required |
+| ``GYMNAST_STATION_KEYS`` | CURVE keys folder (``server.key`` + ``client.key_secret``) | no auth |
+| ``GYMNAST_STATION_TIMEOUT`` | seconds per station request attempt (3 attempts) | 30 |
+| ``MLFLOW_TRACKING_URI`` | MLflow server | required (demo / dev start one) |
+| ``GYMNAST_HOME`` | episodes, datasets, checkpoints, round records | ``./.gymnast`` |
+| ``GYMNAST_PRESET`` | ``RoundConfig`` preset | ``tiny`` |
+| ``GYMNAST_ROUND_OVERRIDES`` | JSON object of ``RoundConfig`` field overrides | ``{}`` |
+| ``GYMNAST_JUDGE_F1_FLOOR`` / ``GYMNAST_WM_TOLERANCE`` | judge F1 floor; world-model error growth allowed | 0.5 / 0.25 |
+| ``GYMNAST_ROUND_CRON`` / ``GYMNAST_TIMEZONE`` / ``GYMNAST_ROUNDS_START`` | the round schedule | ``0 2 * * *`` / UTC / 2026-01-01 |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from pipeline.stages import (
+    DatasetInfo,
+    Evaluation,
+    ModelArtifact,
+    PromotionDecision,
+    RoundConfig,
+)
+from robot_bridge.dispatch import TaskResult
+
+# --- records the assets pass to each other (stored as JSON, never pickled) -----------------------
+
+
+@dataclass
+class RoundEpisodes:
+    """The champion's episodes of this round (also its real evaluation on this round's seeds)."""
+
+    champion: ModelArtifact
+    champion_round: str | None  # the round that produced it; None: bootstrapped this round
+    evaluation: Evaluation
+    seed: int
+
+
+@dataclass
+class ChallengerEvaluation:
+    challenger: ModelArtifact
+    evaluation: Evaluation
+    seed: int
+
+
+@dataclass
+class ChampionRecord:
+    """The champion after this round: the challenger if promoted, else the one that stayed."""
+
+    policy: ModelArtifact
+    promoted: bool
+    decision: PromotionDecision
+    previous_sha256: str
+
+
+RECORD_TYPES: dict[str, type] = {
+    t.__name__: t
+    for t in (
+        ModelArtifact,
+        DatasetInfo,
+        Evaluation,
+        TaskResult,
+        PromotionDecision,
+        RoundEpisodes,
+        ChallengerEvaluation,
+        ChampionRecord,
+    )
+}
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        name = type(obj).__name__
+        if RECORD_TYPES.get(name) is not type(obj):
+            raise TypeError(
+                f"{name} is not a registered record type; known: {', '.join(RECORD_TYPES)}"
+            )
+        return {
+            "__record__": name,
+            **{
+                f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init
+            },
+        }
+    if isinstance(obj, Path):
+        return {"__path__": str(obj)}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [to_jsonable(v) for v in obj]}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: to_jsonable(v) for k, v in obj.items()}
+        return {"__items__": [[to_jsonable(k), to_jsonable(v)] for k, v in obj.items()]}
+    if isinstance(obj, list):
+        return [to_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    raise TypeError(f"cannot store {type(obj).__name__} as JSON: {obj!r}")
+
+
+def from_jsonable(data: Any) -> Any:
+    if isinstance(data, list):
+        return [from_jsonable(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if "__path__" in data:
+        return Path(data["__path__"])
+    if "__tuple__" in data:
+        return tuple(from_jsonable(v) for v in data["__tuple__"])
+    if "__items__" in data:
+        return {from_jsonable(k): from_jsonable(v) for k, v in data["__items__"]}
+    if "__record__" in data:
+        name = data["__record__"]
+        if name not in RECORD_TYPES:
+            raise TypeError(
+                f"unknown record type {name!r} in the round store; known: {', '.join(RECORD_TYPES)}"
+            )
+        return RECORD_TYPES[name](
+            **{k: from_jsonable(v) for k, v in data.items() if k != "__record__"}
+        )
+    return {k: from_jsonable(v) for k, v in data.items()}
+
+
+# --- the round store -------------------------------------------------------------------------------
+
+
+class RoundStore:
+    """Files of the loop under ``home``: ``rounds/<round>/`` (episodes, dataset, records) and
+    ``models/<kind>/<round>/`` (checkpoints). Round keys sort chronologically as strings."""
+
+    def __init__(self, home: str | Path) -> None:
+        self.home = Path(home).resolve()
+
+    def round_dir(self, round_key: str) -> Path:
+        return self.home / "rounds" / round_key
+
+    def model_dir(self, kind: str, round_key: str) -> Path:
+        return self.home / "models" / kind / round_key
+
+    def record_path(self, asset: str, round_key: str) -> Path:
+        return self.round_dir(round_key) / "records" / f"{asset}.json"
+
+    def save(self, asset: str, round_key: str, obj: Any) -> Path:
+        path = self.record_path(asset, round_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(to_jsonable(obj), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    def has(self, asset: str, round_key: str) -> bool:
+        return self.record_path(asset, round_key).is_file()
+
+    def load(self, asset: str, round_key: str) -> Any:
+        path = self.record_path(asset, round_key)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"round {round_key} has no {asset} record at {path}; materialize it first"
+            )
+        return from_jsonable(json.loads(path.read_text()))
+
+    def rounds(self) -> list[str]:
+        root = self.home / "rounds"
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def latest_before(self, asset: str, round_key: str) -> tuple[str, Any] | None:
+        """The newest earlier round that has ``asset`` (rounds that were skipped are passed over)."""
+        for k in reversed([r for r in self.rounds() if r < round_key]):
+            if self.has(asset, k):
+                return k, self.load(asset, k)
+        return None
+
+    def current_champion(self, round_key: str) -> tuple[str, ModelArtifact] | None:
+        """What the arm runs at the start of ``round_key``: the champion after the newest earlier
+        round (its promoted challenger, or the champion that stayed); None before the first round."""
+        for k in reversed([r for r in self.rounds() if r < round_key]):
+            if self.has("champion", k):
+                return k, self.load("champion", k).policy
+            if self.has("real_episodes", k):  # that round ended before its promotion
+                episodes: RoundEpisodes = self.load("real_episodes", k)
+                return episodes.champion_round or k, episodes.champion
+        return None
+
+    def episode_dirs(self, upto: str) -> list[Path]:
+        """Every folder of real episodes recorded in rounds up to and including ``upto``."""
+        dirs = []
+        for k in self.rounds():
+            if k <= upto:
+                dirs += sorted(p for p in (self.round_dir(k) / "episodes").glob("*") if p.is_dir())
+        return dirs
+
+    @staticmethod
+    def fresh_dir(path: Path) -> Path:
+        """A derived output folder rebuilt from scratch (a re-run replaces what a failed run left)."""
+        if path.exists():
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextmanager
+    def lock(self, round_key: str, name: str) -> Iterator[None]:
+        """An inter-process lock for one round (step processes may start concurrently)."""
+        path = self.round_dir(round_key) / f".{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class RoundStoreIOManager(dg.ConfigurableIOManager):
+    """Asset values as JSON records in the round store (paths, metrics, shas; never pickles)."""
+
+    home: str
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        path = RoundStore(self.home).save(
+            context.asset_key.path[-1], context.asset_partition_key, obj
+        )
+        context.add_output_metadata({"record": dg.MetadataValue.path(str(path))})
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        return RoundStore(self.home).load(context.asset_key.path[-1], context.asset_partition_key)
+
+
+# --- resources ---------------------------------------------------------------------------------------
+
+
+class LoopSettings(dg.ConfigurableResource):
+    """Where the loop keeps its files and how big a round is."""
+
+    home: str
+    preset: str = "tiny"
+    overrides_json: str = "{}"
+    judge_f1_floor: float = 0.5
+    world_model_tolerance: float = (
+        0.25  # held-out error may grow by this fraction before the check fails
+    )
+    progress: bool = True
+
+    def round_config(self) -> RoundConfig:
+        overrides = json.loads(self.overrides_json or "{}")
+        if "tasks" in overrides:
+            overrides["tasks"] = tuple(overrides["tasks"])
+        return RoundConfig.from_preset(self.preset, **overrides)
+
+    @property
+    def store(self) -> RoundStore:
+        return RoundStore(self.home)
+
+
+class StationResource(dg.ConfigurableResource):
+    """One robot station (ZMQ endpoint, optional CURVE keys). A fleet is one resource per arm."""
+
+    endpoint: str
+    keys_dir: str | None = None
+    timeout_s: float = 30.0
+
+    @contextmanager
+    def client(self) -> Iterator[Any]:
+        from robot_bridge.client import StationClient
+
+        with StationClient(
+            self.endpoint, keys_dir=self.keys_dir, timeout_s=self.timeout_s
+        ) as client:
+            yield client
+
+
+class TrackingResource(dg.ConfigurableResource):
+    """MLflow: the tracking server URI and the experiment the rounds go to."""
+
+    tracking_uri: str
+    experiment: str = "gymnast"
+
+    def tracker(self):
+        from pipeline.tracking import RoundTracker
+
+        return RoundTracker(self.tracking_uri, self.experiment)

@@ -1,0 +1,183 @@
+"""The Dagster UI in a real headless Chromium: a finished round's asset graph renders, materialized."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+TINY = {
+    "tasks": ["open_drawer", "close_drawer"],
+    "demo_episodes_per_task": 5,
+    "collect_episodes_per_task": 5,
+    "eval_episodes_per_task": 2,
+    "sft_steps": 5,
+    "world_model_steps": 5,
+    "world_model_finetune_steps": 3,
+    "judge_steps": 5,
+    "judge_finetune_steps": 3,
+    "grpo_steps": 1,
+    "holdout_fraction": 0.3,
+    "grpo_overrides": {
+        "group_size": 2,
+        "starts_per_step": 2,
+        "horizon_chunks": 2,
+        "judge_samples": 1,
+    },
+}
+STAGES = (
+    "real_episodes",
+    "dataset",
+    "world_model",
+    "judge",
+    "challenger",
+    "real_evaluation",
+    "champion",
+)
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.timeout(2400),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
+    ),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def finished_round(tmp_path_factory):
+    """One round: its assets and checks materialized in process, with a station and MLflow."""
+    from pipeline.demo import last_rounds, local_stack
+
+    home = tmp_path_factory.mktemp("ui") / "home"
+    saved = {
+        k: os.environ.get(k)
+        for k in ("GYMNAST_ROUND_OVERRIDES", "GYMNAST_JUDGE_F1_FLOOR", "GYMNAST_PROGRESS")
+    }
+    os.environ.update(
+        {
+            "GYMNAST_ROUND_OVERRIDES": json.dumps(TINY),
+            "GYMNAST_JUDGE_F1_FLOOR": "0.0",
+            "GYMNAST_PROGRESS": "0",
+        }
+    )
+    try:
+        with local_stack(home) as env:
+            from pipeline.assets import ROUND_ASSETS
+            from pipeline.checks import ROUND_CHECKS
+            from pipeline.definitions import resources
+
+            instance = dg.DagsterInstance.get()
+            (r,) = last_rounds(1)
+            result = dg.materialize(
+                [*ROUND_ASSETS, *ROUND_CHECKS],
+                partition_key=r,
+                instance=instance,
+                resources=resources(),
+            )
+            assert result.success
+            yield r, dict(env)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def webserver(finished_round):
+    _, env = finished_round
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dagster_webserver",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "pipeline.definitions",
+        ],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("dagster-webserver did not come up in 240 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_asset_graph_of_a_finished_round_renders_materialized(finished_round, webserver, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    round_key, _ = finished_round
+    shot = Path("/tmp/gymnast_dagster_asset_graph.png")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1800, "height": 1100})
+        page.goto(f"{webserver}/asset-groups/round", wait_until="domcontentloaded", timeout=120_000)
+        for name in STAGES:  # every node of the round's graph is drawn
+            page.get_by_text(name, exact=True).first.wait_for(timeout=120_000)
+        skip = page.get_by_role("button", name="Skip")  # first-visit community dialog
+        if skip.count():
+            skip.first.click()
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(shot), full_page=True)
+
+        materialized = {}
+        for name in STAGES:  # each asset's partitions page: this round materialized, none running
+            page.goto(f"{webserver}/assets/{name}?view=partitions", wait_until="domcontentloaded")
+            page.get_by_text(round_key, exact=False).first.wait_for(timeout=60_000)
+            page.get_by_text("Materialized (", exact=False).first.wait_for(timeout=60_000)
+            materialized[name] = page.inner_text("body")
+        page.screenshot(path="/tmp/gymnast_dagster_champion.png", full_page=True)
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    for name, text in materialized.items():
+        assert "Materialized (1)" in text, name
+        assert "Failed (0)" in text and "Materializing (0)" in text, name
+    shutil.copy(shot, tmp_path / shot.name)
