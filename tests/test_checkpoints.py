@@ -1,6 +1,11 @@
 import pytest
 
-from robot_bridge.checkpoints import CheckpointError, CheckpointStore, build_manifest, checked_entries
+from robot_bridge.checkpoints import (
+    CheckpointError,
+    CheckpointStore,
+    build_manifest,
+    checked_entries,
+)
 
 
 def make_checkpoint(root, weights=b"\x00" * 1000):
