@@ -47,8 +47,7 @@ STAGES = (
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.timeout(2400),
+    pytest.mark.timeout(1200),
     pytest.mark.skipif(
         not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
     ),
