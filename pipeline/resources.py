@@ -199,10 +199,13 @@ class RoundStore:
         return None
 
     def episode_dirs(self, upto: str) -> list[Path]:
-        """Every folder of real episodes recorded in rounds up to and including ``upto``."""
+        """Every folder of real episodes recorded in rounds up to and including ``upto``: the
+        champion's and challenger's runs and the first round's scripted demonstrations."""
         dirs = []
         for k in self.rounds():
             if k <= upto:
+                demos = self.round_dir(k) / "bootstrap" / "demos"
+                dirs += [demos] if demos.is_dir() else []
                 dirs += sorted(p for p in (self.round_dir(k) / "episodes").glob("*") if p.is_dir())
         return dirs
 
