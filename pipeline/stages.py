@@ -24,7 +24,28 @@ from robot_bridge.episodes import Episode, list_episodes, read_episode
 from robot_bridge.policies import write_policy_config
 from robot_bridge.spec import TASKS
 
-PRESETS = ("tiny", "bench", "lab")
+PRESETS = ("smoke", "tiny", "bench", "lab")
+
+# A round in a few minutes: the sizes the tests and smoke runs use (models barely train).
+SMOKE_ROUND = {
+    "tasks": ["open_drawer", "close_drawer"],
+    "demo_episodes_per_task": 5,
+    "collect_episodes_per_task": 5,
+    "eval_episodes_per_task": 2,
+    "sft_steps": 5,
+    "world_model_steps": 5,
+    "world_model_finetune_steps": 3,
+    "judge_steps": 5,
+    "judge_finetune_steps": 3,
+    "grpo_steps": 1,
+    "holdout_fraction": 0.3,
+    "grpo_overrides": {
+        "group_size": 2,
+        "starts_per_step": 2,
+        "horizon_chunks": 2,
+        "judge_samples": 1,
+    },
+}
 
 
 @dataclass
@@ -77,7 +98,9 @@ class RoundConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> RoundConfig:
-        if name == "tiny":
+        if name == "smoke":
+            base = cls(**{**SMOKE_ROUND, "tasks": tuple(SMOKE_ROUND["tasks"])})
+        elif name == "tiny":
             base = cls()
         elif name == "bench":
             base = cls(

@@ -12,29 +12,11 @@ import dagster as dg
 import pytest
 
 from pipeline.resources import ChallengerEvaluation, LoopSettings, RoundEpisodes, RoundStore
-from pipeline.stages import Evaluation, ModelArtifact, PromotionDecision
+from pipeline.stages import SMOKE_ROUND, Evaluation, ModelArtifact, PromotionDecision
 from robot_bridge.dispatch import TaskResult
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = {
-    "tasks": ["open_drawer", "close_drawer"],
-    "demo_episodes_per_task": 5,
-    "collect_episodes_per_task": 5,
-    "eval_episodes_per_task": 2,
-    "sft_steps": 5,
-    "world_model_steps": 5,
-    "world_model_finetune_steps": 3,
-    "judge_steps": 5,
-    "judge_finetune_steps": 3,
-    "grpo_steps": 1,
-    "holdout_fraction": 0.3,
-    "grpo_overrides": {
-        "group_size": 2,
-        "starts_per_step": 2,
-        "horizon_chunks": 2,
-        "judge_samples": 1,
-    },
-}
+TINY = SMOKE_ROUND
 
 
 # --- definitions and graph (fast) ----------------------------------------------------------------------
