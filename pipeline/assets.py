@@ -23,6 +23,7 @@ import io
 import os
 import resource
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,11 @@ from pipeline.stages import DatasetInfo, Evaluation, ModelArtifact
 from robot_bridge.client import StationError
 from robot_bridge.dispatch import DispatchError
 from robot_bridge.episodes import read_episode
+
+# allow_nonexistent_upstream_partitions (beta) and partitioned asset checks (preview) are used
+# knowingly; without this every step process repeats both warnings in the run log.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 ROUND_FMT = "%Y-%m-%d_%H%M"  # no ":" (a folder name that Python tools accept)
 
