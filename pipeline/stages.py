@@ -24,8 +24,6 @@ from robot_bridge.episodes import Episode, list_episodes, read_episode
 from robot_bridge.policies import write_policy_config
 from robot_bridge.spec import TASKS
 
-PRESETS = ("smoke", "tiny", "bench", "lab")
-
 # A round in a few minutes: the sizes the tests and smoke runs use (models barely train).
 SMOKE_ROUND = {
     "tasks": ["open_drawer", "close_drawer"],
@@ -44,6 +42,33 @@ SMOKE_ROUND = {
         "starts_per_step": 2,
         "horizon_chunks": 2,
         "judge_samples": 1,
+    },
+}
+
+# Round sizes by name: the dataclass defaults are ``tiny``; ``lab`` is a real arm with a GPU.
+ROUND_PRESETS: dict[str, dict] = {
+    "smoke": SMOKE_ROUND,
+    "tiny": {},
+    "bench": {
+        "demo_episodes_per_task": 25,
+        "collect_episodes_per_task": 20,
+        "eval_episodes_per_task": 50,
+        "sft_steps": 800,
+        "world_model_steps": 1500,
+        "judge_steps": 600,
+        "grpo_steps": 40,
+    },
+    "lab": {
+        "model_preset": "large",
+        "demo_episodes_per_task": 50,
+        "collect_episodes_per_task": 25,
+        "eval_episodes_per_task": 50,
+        "sft_steps": 5000,
+        "world_model_steps": 20000,
+        "world_model_finetune_steps": 5000,
+        "judge_steps": 3000,
+        "judge_finetune_steps": 1000,
+        "grpo_steps": 200,
     },
 }
 
@@ -98,36 +123,14 @@ class RoundConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> RoundConfig:
-        if name == "smoke":
-            base = cls(**{**SMOKE_ROUND, "tasks": tuple(SMOKE_ROUND["tasks"])})
-        elif name == "tiny":
-            base = cls()
-        elif name == "bench":
-            base = cls(
-                demo_episodes_per_task=25,
-                collect_episodes_per_task=20,
-                eval_episodes_per_task=50,
-                sft_steps=800,
-                world_model_steps=1500,
-                judge_steps=600,
-                grpo_steps=40,
+        if name not in ROUND_PRESETS:
+            raise ValueError(
+                f"unknown round preset {name!r}; valid presets: {', '.join(ROUND_PRESETS)}"
             )
-        elif name == "lab":
-            base = cls(
-                model_preset="large",
-                demo_episodes_per_task=50,
-                collect_episodes_per_task=25,
-                eval_episodes_per_task=50,
-                sft_steps=5000,
-                world_model_steps=20000,
-                world_model_finetune_steps=5000,
-                judge_steps=3000,
-                judge_finetune_steps=1000,
-                grpo_steps=200,
-            )
-        else:
-            raise ValueError(f"unknown round preset {name!r}; valid presets: {', '.join(PRESETS)}")
-        return dataclasses.replace(base, **overrides)
+        fields = {**ROUND_PRESETS[name], **overrides}
+        if "tasks" in fields:
+            fields["tasks"] = tuple(fields["tasks"])
+        return cls(**fields)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
