@@ -60,12 +60,22 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+# A job episode ends by itself in one of these; an e-stop, cancel, error or lease expiry cuts it
+# short. A cut-short episode is kept on disk (never deleted) but is not an evaluation sample: it
+# neither counts in the success rates nor stops a resumed job from running its (task, seed) again.
+RAN_TO_THE_END = ("success", "max_steps")
+
+
 def already_collected(dest: Path, checkpoint_sha256: str) -> dict[str, list[int]]:
-    """(task -> seeds) of complete episodes of this checkpoint already in ``dest``."""
+    """(task -> seeds) of this checkpoint's episodes in ``dest`` that ran to their natural end."""
     done: dict[str, list[int]] = {}
     for path in list_episodes(dest):
         ep = read_episode(path)
-        if ep.policy_sha256 == checkpoint_sha256 and ep.seed is not None:
+        if (
+            ep.policy_sha256 == checkpoint_sha256
+            and ep.seed is not None
+            and ep.termination in RAN_TO_THE_END
+        ):
             done.setdefault(ep.task, []).append(ep.seed)
     return done
 
@@ -121,7 +131,11 @@ def summarize_dispatch(
         result.per_task[t] = TaskResult(t, 0, 0, 0)
     for path in list_episodes(dest):
         ep = read_episode(path)
-        if ep.policy_sha256 != sha or (ep.task, ep.seed) not in wanted:
+        if (
+            ep.policy_sha256 != sha
+            or (ep.task, ep.seed) not in wanted
+            or ep.termination not in RAN_TO_THE_END
+        ):
             continue
         result.episodes.append(path)
         r = result.per_task[ep.task]

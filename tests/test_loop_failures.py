@@ -1,0 +1,191 @@
+"""The loop's failure paths on the arm, through real Dagster materializations, a real MLflow server
+and a real station subprocess: an unreachable station and an e-stop mid-collection each fail the
+step with one clear message, keep every recorded episode, and a re-run resumes without driving the
+arm again for finished work. Also ``gymnast dispatch models:/policy@champion``: the registry path.
+
+Round 1's champion is seeded as a record (a scripted-expert checkpoint), so round 2 collects at
+once instead of bootstrapping an SFT policy first; everything after that is the real code path.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import dagster as dg
+import pytest
+
+from pipeline.resources import ChampionRecord, RoundStore
+from pipeline.stages import SMOKE_ROUND, ModelArtifact, PromotionDecision, checkpoint_sha256
+from robot_bridge.episodes import list_episodes, read_episode
+from robot_bridge.launch import StationProcess
+from robot_bridge.policies import write_policy_config
+
+
+@pytest.fixture
+def loop(tmp_path, monkeypatch):
+    """A Dagster home and an MLflow server, round 1's champion recorded, round 2 to collect."""
+    from pipeline.demo import last_rounds, local_stack
+
+    monkeypatch.setenv("GYMNAST_PROGRESS", "0")
+    overrides = {**SMOKE_ROUND, "tasks": ["open_drawer"], "collect_episodes_per_task": 6}
+    monkeypatch.setenv("GYMNAST_ROUND_OVERRIDES", json.dumps(overrides))
+    home = tmp_path / "home"
+    # the station is chosen per test; local_stack must not start its own
+    with local_stack(home, station="tcp://127.0.0.1:1") as env:
+        r1, r2 = last_rounds(2)
+        expert = write_policy_config(tmp_path / "expert", "scripted_expert", noise=0.0)
+        sha = checkpoint_sha256(expert)
+        decision = PromotionDecision(True, "seeded", 0.0, 0.0, 1.0, {}, {}, "seeded by the test")
+        RoundStore(home).save(
+            "champion", r1, ChampionRecord(ModelArtifact(expert, sha, {}), True, decision, "")
+        )
+        yield home, env, r2, sha
+
+
+def _collect(round_key: str, env_station: str, monkeypatch) -> dg.ExecuteInProcessResult:
+    """The round job's real_episodes step, resources read from the environment now."""
+    from pipeline.assets import ROUND_ASSETS
+    from pipeline.checks import ROUND_CHECKS
+    from pipeline.definitions import resources
+
+    monkeypatch.setenv("GYMNAST_STATION", env_station)
+    return dg.materialize(
+        [*ROUND_ASSETS, *ROUND_CHECKS],
+        selection=["real_episodes"],
+        partition_key=round_key,
+        instance=dg.DagsterInstance.get(),
+        resources=resources(),
+        raise_on_error=False,
+    )
+
+
+def _failure_message(result: dg.ExecuteInProcessResult) -> str:
+    failures = [e for e in result.all_events if e.is_step_failure]
+    assert len(failures) == 1  # one attempt: steps that move the arm are never retried
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    return failures[0].step_failure_data.error.message
+
+
+@pytest.mark.timeout(300)
+def test_unreachable_station_fails_the_collection_clearly_and_records_nothing(loop, monkeypatch):
+    from pipeline.tracking import free_port
+
+    home, _, r2, _ = loop
+    monkeypatch.setenv("GYMNAST_STATION_TIMEOUT", "1")
+    endpoint = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
+    result = _collect(r2, endpoint, monkeypatch)
+    assert not result.success
+    message = _failure_message(result)
+    assert endpoint in message and "re-run the round to resume" in message.lower()
+    assert not RoundStore(home).has("real_episodes", r2)
+    assert not list_episodes(home / "rounds" / r2 / "episodes" / "champion")
+
+
+@pytest.mark.timeout(600)
+def test_estop_mid_collection_fails_keeps_episodes_and_rerun_skips_them(
+    loop, tmp_path, monkeypatch
+):
+    from robot_bridge.client import StationClient
+
+    home, _, r2, sha = loop
+    dest = home / "rounds" / r2 / "episodes" / "champion"
+    with StationProcess("sim", episodes_dir=tmp_path / "station", lease_timeout_s=5.0) as station:
+
+        def estop_after_first_episode():
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if dest.exists() and list_episodes(dest):
+                    with StationClient(station.endpoint) as operator:
+                        operator.estop("operator pressed the e-stop")
+                    return
+                time.sleep(0.02)
+
+        presser = threading.Thread(target=estop_after_first_episode, daemon=True)
+        presser.start()
+        result = _collect(r2, station.endpoint, monkeypatch)
+        presser.join(timeout=10)
+        assert not result.success
+        message = _failure_message(result).lower()
+        assert "e-stop" in message and "re-run the round to resume" in message
+        kept = list_episodes(dest)
+        finished_before = {read_episode(p).seed for p in kept if _ran_to_the_end(p)}
+        assert 1 <= len(finished_before) < 6
+        on_arm_before = list_episodes(tmp_path / "station")
+
+        # while the e-stop is engaged a re-run fails the same way and drives nothing
+        again = _collect(r2, station.endpoint, monkeypatch)
+        assert not again.success and "e-stop" in _failure_message(again).lower()
+        assert list_episodes(tmp_path / "station") == on_arm_before
+
+        with StationClient(station.endpoint) as operator:
+            operator.estop_clear()
+        resumed = _collect(r2, station.endpoint, monkeypatch)
+        assert resumed.success
+        ran_after = [read_episode(p) for p in list_episodes(tmp_path / "station")]
+        ran_after = [e for e in ran_after if e.episode_id not in {_id(p) for p in on_arm_before}]
+
+    episodes = list_episodes(dest)
+    assert set(kept) <= set(episodes)  # nothing recorded was lost, the cut-short episode included
+    finished = [read_episode(p) for p in episodes if _ran_to_the_end(p)]
+    assert sorted(e.seed for e in finished) == sorted({e.seed for e in finished})  # each once
+    assert len(finished) == 6 and {e.policy_sha256 for e in finished} == {sha}
+    # after the resume the arm ran exactly the seeds that had not run to their end
+    assert sorted(e.seed for e in ran_after) == sorted({e.seed for e in finished} - finished_before)
+    record = RoundStore(home).load("real_episodes", r2)
+    assert record.evaluation.per_task["open_drawer"].episodes == 6
+
+
+def _ran_to_the_end(path) -> bool:
+    from robot_bridge.dispatch import RAN_TO_THE_END
+
+    return read_episode(path).termination in RAN_TO_THE_END
+
+
+def _id(path) -> str:
+    from robot_bridge.episodes import episode_id_of
+
+    return episode_id_of(path)
+
+
+@pytest.mark.timeout(300)
+def test_dispatch_fetches_a_registered_model_by_alias(tmp_path):
+    from pipeline.tracking import RoundTracker, TrackingServer
+
+    expert = write_policy_config(tmp_path / "expert", "scripted_expert", noise=0.0)
+    with TrackingServer(tmp_path / "mlflow") as server:
+        tracker = RoundTracker(server.uri)
+        parent = tracker.round_run("2026-11-20")
+        with tracker.stage("2026-11-20", "champion", parent_run_id=parent) as run:
+            run.log_artifacts(expert, "policy")
+            version = tracker.register("policy", run, "policy", aliases=("champion",))
+        out = tmp_path / "episodes"
+        with StationProcess("sim", episodes_dir=tmp_path / "station") as station:
+            cmd = [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "dispatch",
+                "models:/policy@champion",
+                "--station",
+                station.endpoint,
+                "--tasks",
+                "close_drawer",
+                "-n",
+                "2",
+                "--out",
+                str(out),
+            ]
+            env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+            assert done.returncode == 0, done.stderr
+            no_uri = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+            refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=no_uri)
+    assert version == "1"
+    assert "| close_drawer | 2 |" in done.stdout
+    assert refused.returncode != 0 and "MLFLOW_TRACKING_URI" in refused.stderr
+    episodes = [read_episode(p) for p in list_episodes(out)]
+    assert len(episodes) == 2
+    assert {e.policy_sha256 for e in episodes} == {checkpoint_sha256(expert)}
