@@ -76,10 +76,15 @@ class GRPOConfig:
         if name == "paper":
             base = cls()
         elif name == "tiny":
+            # the tiny VLA is trained on Gaussian-smoothed bins, so its distribution is already
+            # wide: temperature 1.0 gives it about the spread 1.6 gives a sharp 7B OFT policy
+            # (measured on the sim, 8 demos/task: open drawer 35% at T=1.0, 15% at T=1.6)
             base = cls(
                 group_size=8,
                 starts_per_step=4,
                 horizon_chunks=8,
+                temperature=1.0,
+                ppo_epochs=2,
                 lr=1e-4,
                 steps=20,
                 judge_samples=3,
