@@ -492,7 +492,7 @@ class EpisodeWriter:
 
     def _commit(self, success: bool | None, success_source: str, termination: str) -> Path:
         labels = {
-            "success": success,
+            "success": None if success is None else bool(success),  # np.bool_ is not JSON
             "success_source": success_source,
             "termination": termination,
             "finished_at": _utc_now(),

@@ -154,6 +154,17 @@ def test_exception_inside_with_block_aborts_with_error(tmp_path):
     assert (ep.termination, ep.success, ep.frames.shape[0]) == ("error", None, 2)
 
 
+def test_numpy_bool_labels_are_written_as_json(tmp_path):
+    w = EpisodeWriter(tmp_path, make_meta(), image_shape=SHAPE)
+    w.append(obs(0), executed(0))
+    w.append(obs(1), None)
+    path = w.finish(
+        success=np.bool_(False), success_source="sim_ground_truth", termination="max_steps"
+    )
+    ep = read_episode(path)
+    assert ep.success is False and ep.complete
+
+
 def test_writer_refuses_bad_use(tmp_path):
     w = EpisodeWriter(tmp_path, make_meta(), image_shape=SHAPE)
     with pytest.raises(ValueError, match=r"frame must be \(64, 64, 3\) uint8"):

@@ -104,6 +104,22 @@ def test_close_drawer_starts_open_and_open_drawer_closed(blind):
     assert blind.privileged_state()["drawer_q"] < 0.02
 
 
+@pytest.mark.parametrize("height", [0.0, 0.3])
+@pytest.mark.parametrize("task", ["eggplant_in_sink", "eggplant_in_basket"])
+def test_success_is_a_plain_bool_with_the_eggplant_over_its_target(task, height, blind):
+    # labels are JSON: a numpy bool here once failed a whole job at the first failed episode
+    import mujoco
+
+    blind.reset(task, seed=1)
+    target = blind._sink_body if task == "eggplant_in_sink" else blind._basket_body
+    q = blind._egg_qpos
+    blind.data.qpos[q : q + 2] = blind.data.xpos[target][:2]
+    blind.data.qpos[q + 2] += height  # in the container, or held high above it
+    mujoco.mj_forward(blind.model, blind.data)
+    assert type(blind.success()) is bool
+    assert blind.success() is (height == 0.0)
+
+
 def test_workspace_clipping_is_reported(sim):
     sim.reset("open_drawer", seed=0)
     assert sim.step(OPEN).workspace_clipped is False

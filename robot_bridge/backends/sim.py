@@ -624,7 +624,7 @@ class SimBackend(RobotBackend):
         egg = d.xpos[self._egg_body]
         center = d.xpos[body]
         inside = bool(np.all(np.abs(egg[:2] - center[:2]) < inner_half))
-        low = egg[2] < center[2] + wall_h
+        low = bool(egg[2] < center[2] + wall_h)
         return inside and low and not self._eggplant_held()
 
     def _eggplant_held(self) -> bool:
