@@ -82,7 +82,7 @@ class GRPOConfig:
             base = cls(
                 group_size=8,
                 starts_per_step=4,
-                horizon_chunks=8,
+                horizon_chunks=4,  # 20 actions: the sim's expert needs 8-17, the SFT policy ~10
                 temperature=1.0,
                 ppo_epochs=2,
                 lr=1e-4,
