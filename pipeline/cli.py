@@ -382,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     from pipeline import bench_learning
 
     bench_learning.add_arguments(b)
+    b = be_sub.add_parser(
+        "loop",
+        help="N demo rounds in a fresh home: wall time and peak memory per stage",
+        description="Runs `gymnast demo` in a temporary home (GYMNAST_PRESET picks the sizes, "
+        "default tiny) and prints per-stage wall time and peak RSS.",
+    )
+    b.add_argument("--rounds", type=int, default=2)
+    b.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    b.add_argument("--keep", action="store_true", help="keep the temporary home afterwards")
     be.set_defaults(func=cmd_bench)
     return p
 

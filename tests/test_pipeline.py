@@ -354,3 +354,12 @@ def test_station_killed_mid_collection_loses_nothing_and_resume_skips_finished_e
     assert len(list_episodes(dest)) == 6
     assert set(kept) <= set(list_episodes(dest))  # nothing recorded before the drop was lost
     assert len(run_on_b) == 6 - len(kept)  # the arm ran only what was missing
+
+
+def test_every_benchmark_is_reachable_from_the_cli():
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
+    for argv in (["bench", "bridge"], ["bench", "learning"], ["bench", "loop", "--rounds", "1"]):
+        args = parser.parse_args(argv)
+        assert args.func.__name__ == "cmd_bench" and args.bench_command == argv[1]
