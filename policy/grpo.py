@@ -236,10 +236,10 @@ def score_rollouts(judge, rollouts: Rollouts, config: GRPOConfig) -> torch.Tenso
     videos = [v.numpy() for v in rollouts.videos]
     result = judge.judge(videos, rollouts.instructions, n_samples=config.judge_samples)
     rewards = torch.as_tensor(result.rewards, dtype=torch.float32)
-    if rewards.shape != (len(videos),) or not torch.isfinite(rewards).all():
-        raise ValueError(
-            f"judge returned rewards of shape {tuple(rewards.shape)} with non-finite values"
-        )
+    if rewards.shape != (len(videos),):
+        raise ValueError(f"judge returned {tuple(rewards.shape)} rewards for {len(videos)} videos")
+    if not torch.isfinite(rewards).all():
+        raise ValueError(f"judge returned non-finite rewards: {rewards.tolist()}")
     return rewards
 
 
@@ -298,10 +298,10 @@ def grpo_update(
                 )
             weight = len(idx) / m
             (loss * weight).backward()
-            totals["loss"] += float(loss) * weight
+            totals["loss"] += float(loss.detach()) * weight
             totals["clipfrac"] += s["clipfrac"] * weight
             totals["approx_kl"] += s["approx_kl"] * weight
-            totals["entropy"] += float(ts.entropy.mean()) * weight
+            totals["entropy"] += float(ts.entropy.detach().mean()) * weight
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
         optimizer.step()
         totals["grad_norm"] += float(grad_norm)

@@ -128,6 +128,11 @@ class SuccessJudge(ABC):
             raise JudgeError(
                 f"backend returned scores of shape {scores.shape}, expected {(len(videos), n)}"
             )
+        if not np.isfinite(scores).all():  # NaN >= thr is False: it would pass as a silent 0
+            bad = int((~np.isfinite(scores)).any(axis=1).sum())
+            raise JudgeError(
+                f"backend returned non-finite scores for {bad} of {len(videos)} videos"
+            )
         votes = scores >= thr
         return JudgeResult(
             rewards=majority_vote(votes),

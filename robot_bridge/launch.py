@@ -11,6 +11,23 @@ from collections import deque
 from pathlib import Path
 
 
+def _die_with_parent(then=None):
+    """On Linux the station gets SIGTERM when its parent dies (a killed benchmark or demo must not
+    leave an orphaned station holding a port and a CPU); ``then`` runs after, in the child."""
+    if not sys.platform.startswith("linux"):
+        return then
+
+    def preexec() -> None:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        if then is not None:
+            then()
+
+    return preexec
+
+
 class StationProcess:
     """A station running as ``python -m robot_bridge`` in its own process."""
 
@@ -54,7 +71,7 @@ class StationProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-            preexec_fn=preexec_fn,
+            preexec_fn=_die_with_parent(preexec_fn),
         )
         self.log: deque[str] = deque(maxlen=400)
         threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True).start()

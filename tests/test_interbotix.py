@@ -329,7 +329,9 @@ def test_station_turns_backend_refusals_into_clear_replies(tmp_path):
     from robot_bridge.station import Station, StationConfig
 
     bot, camera = FakeInterbotixManipulatorXS(), FakeCamera()
-    backend = InterbotixBackend(InterbotixConfig(control_period_s=0.0), bot_factory=lambda: bot, camera=camera)
+    backend = InterbotixBackend(
+        InterbotixConfig(control_period_s=0.0), bot_factory=lambda: bot, camera=camera
+    )
     station = Station(backend, StationConfig(episodes_dir=tmp_path / "episodes"))
 
     def call(op, args=None, lease=None, arrays=None):

@@ -1,12 +1,14 @@
 """The station protocol and its faults, against a real station process on 127.0.0.1."""
 
 import contextlib
+import os
 import resource
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -385,3 +387,35 @@ def test_unreachable_station_times_out_clearly():
     with StationClient("tcp://127.0.0.1:1", timeout_s=0.2, retries=1) as c:
         with pytest.raises(StationTimeout, match="after 2 attempt"):
             c.hello()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_a_killed_parent_takes_its_station_with_it(tmp_path):
+    # a benchmark killed with SIGKILL runs no cleanup; its station must not live on as an orphan
+    script = (
+        "import sys, time\n"
+        "from robot_bridge.launch import StationProcess\n"
+        f"s = StationProcess('instant', episodes_dir={str(tmp_path)!r})\n"
+        "print(s.proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    station_pid = int(parent.stdout.readline())
+    assert _running(station_pid)  # alive while the parent is
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while _running(station_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _running(station_pid):
+        os.kill(station_pid, signal.SIGKILL)
+        pytest.fail(f"station {station_pid} outlived its killed parent")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's reaper may be slow)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
