@@ -56,7 +56,7 @@ ROUND_PRESETS: dict[str, dict] = {
         "sft_steps": 500,
         "world_model_steps": 1500,
         "judge_steps": 600,
-        "grpo_steps": 25,
+        "grpo_steps": 40,
         "grpo_overrides": {"horizon_chunks": 4, "starts_per_step": 8},
     },
     "lab": {
