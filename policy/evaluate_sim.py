@@ -157,7 +157,7 @@ def evaluate_in_sim(
         raise ValueError(f"need at least one seed and parallel >= 1, got {seeds} and {parallel}")
     tasks = _check_tasks(tasks)
     envs = [_make_backend(backend, 256) for _ in range(min(parallel, len(seeds)))]
-    gen = torch.Generator().manual_seed(generator_seed)
+    gen = torch.Generator(device=getattr(policy, "device", "cpu")).manual_seed(generator_seed)
     result = SimEvalResult(seeds=seeds)
     try:
         for task in tasks:

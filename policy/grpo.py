@@ -192,6 +192,7 @@ def imagine_rollouts(
     g = config.group_size
     frames0 = np.stack([s.frame for s in starts for _ in range(g)])  # (B, H, W, 3)
     instructions = [s.instruction for s in starts for _ in range(g)]
+    world_generator = _generator_on(world_model.device, generator)
     state = world_model.start(frames0)
     # what the policy sees is the world model's own rendering of the start frame (same resolution
     # as every later frame), so the first chunk is not conditioned on a sharper image
@@ -205,7 +206,7 @@ def imagine_rollouts(
         tokens.append(sample.tokens)
         old_logprobs.append(sample.logprobs)
         state, imagined = world_model.imagine(
-            state, torch.as_tensor(sample.actions), generator
+            state, torch.as_tensor(sample.actions), world_generator
         )  # (B, K, h, w, 3)
         video.append(imagined.cpu())
         current = imagined[:, -1]
@@ -217,6 +218,15 @@ def imagine_rollouts(
         instructions=instructions,
         group=torch.arange(len(starts)).repeat_interleave(g),
     )
+
+
+def _generator_on(device: torch.device, generator: torch.Generator | None):
+    """``generator`` if it lives on ``device``; else one there, seeded from it (CUDA sampling
+    refuses a CPU generator, and the policy and the world model may sit on different devices)."""
+    if generator is None or generator.device.type == torch.device(device).type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _resize_like(frames: np.ndarray, world_model) -> np.ndarray:
@@ -326,7 +336,7 @@ def train_grpo(
             "train_grpo needs at least one start (a real initial frame and an instruction)"
         )
     rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device=policy.device).manual_seed(config.seed)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     history: list[GRPOStats] = []

@@ -480,3 +480,51 @@ def test_test_time_training_refuses_bad_frames_and_instructions(policy, world_mo
         with pytest.raises(ValueError, match="instruction must be a non-empty string"):
             test_time.test_time_train(policy, world_model, judge, frame(0), instruction, cfg)
     assert judge.seen == []  # refused before any rollout
+
+
+# --- the judge on imagined replays of real episodes ---------------------------------------------------
+
+
+class ShortVideoJudge(BrighterThanGroupJudge):
+    """Success iff the video has at most ``limit`` frames: a rule that sees the replay's length."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(group_size=1)
+        self.limit = limit
+
+    def sample_scores(self, videos, instructions, n_samples, frame_stride) -> np.ndarray:
+        check_batch(videos, instructions)
+        short = np.array([len(v) <= self.limit for v in videos], np.float32)
+        return np.repeat(short[:, None], n_samples, axis=1)
+
+
+@dataclass
+class Replayed:  # the fields evaluate_judge_on_imagined reads from an episode
+    frames: np.ndarray
+    actions: np.ndarray
+    instruction: str
+    success: bool | None
+
+
+def test_judge_on_imagined_replays_compares_votes_with_real_outcomes(world_model):
+    from reward.train import JudgeDataError, evaluate_judge_on_imagined
+
+    rng = np.random.default_rng(0)
+
+    def episode(steps: int, success: bool | None) -> Replayed:
+        actions = rng.uniform(-0.02, 0.02, (steps, 7)).astype(np.float32)
+        return Replayed(frame(steps)[None], actions, "open the drawer", success)
+
+    # short real episodes succeeded, long ones failed; the rule judge calls short videos successes
+    episodes = [episode(3, True), episode(4, True), episode(9, False), episode(12, False)]
+    agree = evaluate_judge_on_imagined(ShortVideoJudge(5), world_model, episodes, batch_size=1)
+    assert (agree["f1"], agree["tp"], agree["tn"], agree["n"]) == (1.0, 2, 2, 4)
+    flipped = [replace(e, success=not e.success) for e in episodes]
+    assert evaluate_judge_on_imagined(ShortVideoJudge(5), world_model, flipped)["f1"] == 0.0
+    # replays are cut at max_steps: every video is then short, so every vote says success
+    cut = evaluate_judge_on_imagined(ShortVideoJudge(5), world_model, episodes, max_steps=4)
+    assert (cut["tp"], cut["fp"], cut["precision"]) == (2, 2, 0.5)
+    with pytest.raises(JudgeDataError, match="no success-labelled episodes"):
+        evaluate_judge_on_imagined(
+            ShortVideoJudge(5), world_model, [replace(e, success=None) for e in episodes]
+        )
