@@ -363,3 +363,33 @@ def test_every_benchmark_is_reachable_from_the_cli():
     for argv in (["bench", "bridge"], ["bench", "learning"], ["bench", "loop", "--rounds", "1"]):
         args = parser.parse_args(argv)
         assert args.func.__name__ == "cmd_bench" and args.bench_command == argv[1]
+
+
+def test_learning_bench_reuses_a_stage_only_with_the_same_settings_and_checkpoint(tmp_path):
+    from pipeline.bench_learning import reuse_or_train
+    from pipeline.stages import RoundConfig, checkpoint_sha256
+
+    ckpt = tmp_path / "world_model"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "weights.safetensors").write_bytes(b"v1")
+    calls = []
+
+    def train():
+        calls.append(1)
+        return ModelArtifact(ckpt, checkpoint_sha256(ckpt), {"heldout_mse": 0.01})
+
+    cfg = RoundConfig.from_preset("bench")
+    record = tmp_path / "world_model.stage.json"
+    first, reused = reuse_or_train(record, "world_model", cfg, train)
+    assert not reused and len(calls) == 1
+    again, reused = reuse_or_train(record, "world_model", cfg, train)
+    assert reused and len(calls) == 1 and again == first  # metrics come back from the record
+    # a GRPO-only change leaves the world model's inputs alone ...
+    grpo_only = RoundConfig.from_preset("bench", grpo_overrides={"lr": 1e-3})
+    assert reuse_or_train(record, "world_model", grpo_only, train)[1]
+    # ... but its own inputs, or a checkpoint that changed on disk, retrain
+    assert not reuse_or_train(record, "world_model", RoundConfig(world_model_steps=7), train)[1]
+    (ckpt / "weights.safetensors").write_bytes(b"v2")
+    assert not reuse_or_train(record, "world_model", RoundConfig(world_model_steps=7), train)[1]
+    assert len(calls) == 3
