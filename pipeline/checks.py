@@ -204,10 +204,41 @@ def promotion_gate(
     )
 
 
+@dg.asset_check(
+    asset=real_evaluation,
+    partitions_def=ROUNDS,
+    additional_ins={"world_model": dg.AssetIn("world_model"), "judge": dg.AssetIn("judge")},
+    description="World-model exploitation: the challenger's real episodes replayed in this round's "
+    "world model and judged; warns when too many real failures look like successes in imagination "
+    "(GRPO then learns from hallucinated rewards).",
+)
+def world_model_exploitation(
+    context: dg.AssetCheckExecutionContext,
+    settings: LoopSettings,
+    real_evaluation: ChallengerEvaluation,
+    world_model: ModelArtifact,
+    judge: ModelArtifact,
+) -> dg.AssetCheckResult:
+    from pipeline.stages import world_model_exploitation as measure
+
+    m = measure(world_model.path, judge.path, real_evaluation.evaluation.episodes)
+    rate = m["false_success_rate"]
+    return dg.AssetCheckResult(
+        passed=rate is None or rate <= settings.exploitation_tolerance,
+        severity=WARN,
+        metadata={
+            "false_success_rate": "no real failure replayed" if rate is None else rate,
+            "tolerance": settings.exploitation_tolerance,
+            **{k: m[k] for k in ("tp", "fp", "fn", "tn", "n", "max_steps")},
+        },
+    )
+
+
 ROUND_CHECKS = [
     champion_episode_integrity,
     challenger_episode_integrity,
     world_model_heldout_error,
     judge_f1_floor,
     promotion_gate,
+    world_model_exploitation,
 ]

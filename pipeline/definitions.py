@@ -30,6 +30,7 @@ def resources() -> dict:
             overrides_json=os.environ.get("GYMNAST_ROUND_OVERRIDES", "{}"),
             judge_f1_floor=float(os.environ.get("GYMNAST_JUDGE_F1_FLOOR", "0.5")),
             world_model_tolerance=float(os.environ.get("GYMNAST_WM_TOLERANCE", "0.25")),
+            exploitation_tolerance=float(os.environ.get("GYMNAST_EXPLOIT_TOLERANCE", "0.2")),
             progress=os.environ.get("GYMNAST_PROGRESS", "1") == "1",
         ),
         # Secrets and endpoints are read when a run starts, so the definitions load without them.

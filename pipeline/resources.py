@@ -13,6 +13,7 @@ Everything is configured from environment variables, so one set of definitions s
 | ``GYMNAST_PRESET`` | ``RoundConfig`` preset | ``tiny`` |
 | ``GYMNAST_ROUND_OVERRIDES`` | JSON object of ``RoundConfig`` field overrides | ``{}`` |
 | ``GYMNAST_JUDGE_F1_FLOOR`` / ``GYMNAST_WM_TOLERANCE`` | judge F1 floor; world-model error growth allowed | 0.5 / 0.25 |
+| ``GYMNAST_EXPLOIT_TOLERANCE`` | share of the challenger's real failures the world model may imagine as successes | 0.2 |
 | ``GYMNAST_ROUND_CRON`` / ``GYMNAST_TIMEZONE`` / ``GYMNAST_ROUNDS_START`` | the round schedule | ``0 2 * * *`` / UTC / 2026-01-01 |
 """
 
@@ -258,6 +259,7 @@ class LoopSettings(dg.ConfigurableResource):
     world_model_tolerance: float = (
         0.25  # held-out error may grow by this fraction before the check fails
     )
+    exploitation_tolerance: float = 0.2  # real failures the world model may imagine as successes
     progress: bool = True
 
     def round_config(self) -> RoundConfig:

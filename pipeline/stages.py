@@ -491,6 +491,34 @@ def train_challenger(
     return ModelArtifact(out, checkpoint_sha256(out), metrics)
 
 
+def world_model_exploitation(
+    world_model: Path,
+    judge: Path,
+    episodes: Sequence[Path],
+    max_episodes: int = 32,
+    seed: int = 0,
+) -> dict:
+    """How often the world model "completes" what failed on the arm.
+
+    The challenger's real episodes are replayed open-loop in this round's world model and judged;
+    ``false_success_rate`` is the share of real failures judged successes in imagination. GRPO
+    climbs exactly that gap (measured: a challenger at 0% real close-drawer success was 13/16
+    successes in imagination), so a high rate says the next challenger will be trained on
+    hallucinated rewards. ``None`` when no real failure was replayed.
+    """
+    from reward.judge import load_judge
+    from reward.train import evaluate_judge_on_imagined
+    from world_model.model import ActionConditionedWorldModel
+
+    paths = list(episodes)
+    rng = np.random.default_rng(seed)
+    picked = [read_episode(paths[i]) for i in sorted(rng.permutation(len(paths))[:max_episodes])]
+    wm = ActionConditionedWorldModel.from_pretrained(world_model)
+    m = evaluate_judge_on_imagined(load_judge(judge), wm, picked, seed=seed)
+    failures = m["fp"] + m["tn"]
+    return {**m, "false_success_rate": m["fp"] / failures if failures else None}
+
+
 def decide_promotion(
     champion: Evaluation, challenger: Evaluation, alpha: float = 0.05
 ) -> PromotionDecision:

@@ -76,6 +76,14 @@ def finished_round(tmp_path_factory):
                 resources=resources(),
             )
             assert result.success
+            # the world-model exploitation check replayed the challenger's real episodes
+            (exploit,) = [
+                e
+                for e in result.get_asset_check_evaluations()
+                if e.check_name == "world_model_exploitation"
+            ]
+            assert {"false_success_rate", "fp", "tn"} <= set(exploit.metadata)
+            assert exploit.metadata["n"].value > 0
             yield r, dict(env)
     finally:
         for k, v in saved.items():

@@ -81,6 +81,12 @@ def test_round_graph_shows_previous_round_and_guards_the_arm():
         "promotion_gate",
     }
     assert checks["promotion_gate"].asset_key == dg.AssetKey("real_evaluation")
+    exploit = checks["world_model_exploitation"]  # warns, never blocks: the gate guards the arm
+    assert exploit.asset_key == dg.AssetKey("real_evaluation") and not exploit.blocking
+    assert {d.asset_key for d in exploit.additional_deps} == {
+        dg.AssetKey("world_model"),
+        dg.AssetKey("judge"),
+    }
     job = defs.resolve_job_def(ROUND_JOB)
     assert job.partitions_def is not None
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} == set(node)
