@@ -34,6 +34,7 @@ from pipeline.stages import (
     refresh_judge,
     refresh_world_model,
     train_challenger,
+    world_model_exploitation,
 )
 from robot_bridge.dispatch import wilson_interval
 from robot_bridge.episodes import read_episode
@@ -144,24 +145,6 @@ def imagined_success(
     return out
 
 
-def judge_on_imagined(
-    world_model_dir: Path, judge_dir: Path, episodes, per_class: int = 32, seed: int = 0
-) -> dict:
-    """Judge F1 on imagined replays of real evaluation episodes vs their real outcomes (up to
-    ``per_class`` successes and as many failures, so a rare class is not drowned)."""
-    from reward.judge import load_judge
-    from reward.train import evaluate_judge_on_imagined
-    from world_model.model import ActionConditionedWorldModel
-
-    rng = np.random.default_rng(seed)
-    picked = []
-    for label in (True, False):
-        same = [e for e in episodes if e.success is label]
-        picked += [same[i] for i in rng.permutation(len(same))[:per_class]]
-    wm = ActionConditionedWorldModel.from_pretrained(world_model_dir)
-    return evaluate_judge_on_imagined(load_judge(judge_dir), wm, picked, seed=seed)
-
-
 def imagination_throughput(
     world_model_dir: Path, frame: np.ndarray, batch: int = 8, steps: int = 40
 ) -> float:
@@ -194,15 +177,17 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
 
     reused: list[str] = []
 
-    def stage(name, key, fn):
-        def run_or_reuse():
-            art, was_reused = reuse_or_train(workdir / f"{key}.stage.json", key, cfg, fn)
-            if was_reused:
-                reused.append(name)
-                print(f"[{name}] reusing {art.path} (same settings, same sha256)", flush=True)
-            return art
-
-        return run_or_reuse
+    def trained(name: str, key: str, train) -> ModelArtifact:
+        """A trained stage, timed; reused from an earlier run with the same settings."""
+        t0 = time.perf_counter()
+        art, was_reused = reuse_or_train(workdir / f"{key}.stage.json", key, cfg, train)
+        if was_reused:
+            reused.append(name)
+            print(f"[{name}] reusing {art.path} (same settings, same sha256)", flush=True)
+        else:
+            timings[name] = time.perf_counter() - t0
+            print(f"[{name}] {timings[name]:.0f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
+        return art
 
     with (
         StationProcess(
@@ -210,13 +195,10 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
         ) as station,
         StationClient(station.endpoint, timeout_s=60) as client,
     ):
-        sft = timed(
+        sft = trained(
             "demos + SFT",
-            stage(
-                "demos + SFT",
-                "sft",
-                lambda: bootstrap_champion(client, workdir / "bootstrap", cfg, progress),
-            ),
+            "sft",
+            lambda: bootstrap_champion(client, workdir / "bootstrap", cfg, progress),
         )
         attempts = timed(
             "SFT attempts on station",
@@ -226,32 +208,21 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
         )
         report["sft_attempts"] = attempts.to_dict()
         data_dirs = [workdir / "bootstrap" / "demos", workdir / "sft_attempts"]
-        wm = timed(
+        wm = trained(
             "world model",
-            stage(
-                "world model",
-                "world_model",
-                lambda: refresh_world_model(
-                    data_dirs, None, workdir / "world_model", cfg, progress
-                ),
-            ),
+            "world_model",
+            lambda: refresh_world_model(data_dirs, None, workdir / "world_model", cfg, progress),
         )
-        judge = timed(
+        judge = trained(
             "judge",
-            stage(
-                "judge",
-                "judge",
-                lambda: refresh_judge(data_dirs, None, workdir / "judge", cfg, progress),
-            ),
+            "judge",
+            lambda: refresh_judge(data_dirs, None, workdir / "judge", cfg, progress),
         )
-        rl = timed(
+        rl = trained(
             "GRPO",
-            stage(
-                "GRPO",
-                "grpo",
-                lambda: train_challenger(
-                    sft.path, wm.path, judge.path, data_dirs, workdir / "rl_policy", cfg, progress
-                ),
+            "grpo",
+            lambda: train_challenger(
+                sft.path, wm.path, judge.path, data_dirs, workdir / "rl_policy", cfg, progress
             ),
         )
         evals = {}
@@ -287,8 +258,8 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
     }
     judge_imagined = timed(
         "judge on imagined replays",
-        lambda: judge_on_imagined(
-            wm.path, judge.path, eval_eps["SFT"] + eval_eps["RL"], seed=cfg.seed
+        lambda: world_model_exploitation(
+            wm.path, judge.path, eval_eps["SFT"] + eval_eps["RL"], max_episodes=64, seed=cfg.seed
         ),
     )
     real = {name: {t: r.success_rate for t, r in ev.per_task.items()} for name, ev in evals.items()}
@@ -306,7 +277,7 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
         if np.std(xs) > 0 and np.std(ys) > 0
         else float("nan"),
         imagined_fps_b8=imagination_throughput(wm.path, eval_eps["SFT"][0].frames[0]),
-        timings_s={k: v for k, v in timings.items() if k not in reused},
+        timings_s=timings,
         reused_stages=reused,
         peak_rss_gb=peak_rss_gb(),
     )

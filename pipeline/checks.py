@@ -221,7 +221,8 @@ def world_model_exploitation(
 ) -> dg.AssetCheckResult:
     from pipeline.stages import world_model_exploitation as measure
 
-    m = measure(world_model.path, judge.path, real_evaluation.evaluation.episodes)
+    episodes = [read_episode(p) for p in real_evaluation.evaluation.episodes]
+    m = measure(world_model.path, judge.path, episodes)
     rate = m["false_success_rate"]
     return dg.AssetCheckResult(
         passed=rate is None or rate <= settings.exploitation_tolerance,

@@ -494,13 +494,14 @@ def train_challenger(
 def world_model_exploitation(
     world_model: Path,
     judge: Path,
-    episodes: Sequence[Path],
+    episodes: Sequence[Episode],
     max_episodes: int = 32,
     seed: int = 0,
 ) -> dict:
     """How often the world model "completes" what failed on the arm.
 
-    The challenger's real episodes are replayed open-loop in this round's world model and judged;
+    Real episodes (up to ``max_episodes``, half successes and half failures where there are
+    enough, so a rare class is not drowned) are replayed open-loop in the world model and judged;
     ``false_success_rate`` is the share of real failures judged successes in imagination. GRPO
     climbs exactly that gap (measured: a challenger at 0% real close-drawer success was 13/16
     successes in imagination), so a high rate says the next challenger will be trained on
@@ -510,9 +511,11 @@ def world_model_exploitation(
     from reward.train import evaluate_judge_on_imagined
     from world_model.model import ActionConditionedWorldModel
 
-    paths = list(episodes)
     rng = np.random.default_rng(seed)
-    picked = [read_episode(paths[i]) for i in sorted(rng.permutation(len(paths))[:max_episodes])]
+    picked = []
+    for label in (True, False):
+        same = [e for e in episodes if e.success is label]
+        picked += [same[i] for i in rng.permutation(len(same))[: max(1, max_episodes // 2)]]
     wm = ActionConditionedWorldModel.from_pretrained(world_model)
     m = evaluate_judge_on_imagined(load_judge(judge), wm, picked, seed=seed)
     failures = m["fp"] + m["tn"]

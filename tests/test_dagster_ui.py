@@ -14,20 +14,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from pipeline.demo import STAGES
 from pipeline.stages import SMOKE_ROUND
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 TINY = SMOKE_ROUND
-STAGES = (
-    "real_episodes",
-    "dataset",
-    "world_model",
-    "judge",
-    "challenger",
-    "real_evaluation",
-    "champion",
-)
 
 pytestmark = [
     pytest.mark.browser,
