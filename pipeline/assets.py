@@ -241,6 +241,17 @@ def real_episodes(
             progress=settings.progress,
         )
         run.log_metrics(evaluation_metrics(ev, "champion"))
+        explored = stages.explore_on_station(
+            client,
+            champion.path,
+            store.round_dir(r) / "episodes" / "explore",
+            store.round_dir(r) / "explore_policy",
+            cfg,
+            seed=round_seed(cfg, r),
+            progress=settings.progress,
+        )
+        if explored is not None:
+            run.log_metrics(evaluation_metrics(explored, "explore"))
         preview = frame_strip(ev.episodes[0], store.round_dir(r) / "previews" / "real_episodes.png")
         run.log_artifact(preview, "previews")
     return dg.Output(
@@ -319,11 +330,18 @@ def dataset(
 
 def training_dirs(store, round_key: str) -> list[Path]:
     """Real episodes of every earlier round (champion and challenger runs), bootstrap demonstrations,
-    and this round's champion episodes (this round's challenger episodes are next round's data)."""
+    and this round's champion and exploration episodes (this round's challenger episodes are next
+    round's data)."""
     here = store.round_dir(round_key)
     earlier = [d for d in store.episode_dirs(upto=round_key) if here not in d.parents]
     return earlier + [
-        d for d in (here / "bootstrap" / "demos", here / "episodes" / "champion") if d.is_dir()
+        d
+        for d in (
+            here / "bootstrap" / "demos",
+            here / "episodes" / "champion",
+            here / "episodes" / "explore",
+        )
+        if d.is_dir()
     ]
 
 

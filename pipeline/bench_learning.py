@@ -30,6 +30,7 @@ from pipeline.stages import (
     bootstrap_champion,
     checkpoint_sha256,
     collect_episodes,
+    explore_on_station,
     initial_frames,
     refresh_judge,
     refresh_world_model,
@@ -46,13 +47,14 @@ EVAL_SEED = 50_000  # disjoint from demonstration (10_000+) and training-collect
 # checkpoint still hashes to what was recorded): change only the GRPO settings and only GRPO and
 # its evaluation run again. Episodes resume on their own (finished (task, seed) pairs are skipped).
 _SFT = ("tasks", "model_preset", "demo_episodes_per_task", "demo_noise", "demo_mistake_prob")
+_DATA = ("collect_episodes_per_task", "explore_episodes_per_task", "explore_temperature")
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "sft": (*_SFT, "sft_steps", "seed"),
     "world_model": (
         *_SFT,
         "sft_steps",
         "seed",
-        "collect_episodes_per_task",
+        *_DATA,
         "world_model_steps",
         "holdout_fraction",
     ),
@@ -60,7 +62,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         *_SFT,
         "sft_steps",
         "seed",
-        "collect_episodes_per_task",
+        *_DATA,
         "holdout_fraction",
         "judge_steps",
     ),
@@ -68,7 +70,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         *_SFT,
         "sft_steps",
         "seed",
-        "collect_episodes_per_task",
+        *_DATA,
         "world_model_steps",
         "holdout_fraction",
         "judge_steps",
@@ -208,6 +210,20 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
         )
         report["sft_attempts"] = attempts.to_dict()
         data_dirs = [workdir / "bootstrap" / "demos", workdir / "sft_attempts"]
+        if cfg.explore_episodes_per_task:
+            explored = timed(
+                "SFT exploration on station",
+                lambda: explore_on_station(
+                    client,
+                    sft.path,
+                    workdir / "sft_explore",
+                    workdir / "sft_explore_policy",
+                    cfg,
+                    progress=progress,
+                ),
+            )
+            report["sft_explore"] = explored.to_dict()
+            data_dirs.append(workdir / "sft_explore")
         wm = trained(
             "world model",
             "world_model",

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,12 @@ class RoundConfig:
     judge_finetune_steps: int = 150
     grpo_steps: int = 10
     grpo_overrides: dict = field(default_factory=dict)
+    # Dyna exploration: extra champion runs sampled at the GRPO rollout temperature, for the world
+    # model and the judge only (never counted as an evaluation). Greedy runs show the world model
+    # one action per situation; GRPO then samples around it, where a model that never saw those
+    # actions' consequences is easiest to fool.
+    explore_episodes_per_task: int = 0
+    explore_temperature: float = 1.0
     holdout_fraction: float = 0.15
     promotion_alpha: float = 0.05
     seed: int = 0
@@ -121,6 +128,14 @@ class RoundConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.explore_episodes_per_task < 0:
+            raise ValueError(
+                f"explore_episodes_per_task must be >= 0, got {self.explore_episodes_per_task}"
+            )
+        if self.explore_temperature <= 0:
+            raise ValueError(
+                f"explore_temperature must be > 0 (exploration samples), got {self.explore_temperature}"
+            )
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if not 0 < self.promotion_alpha < 1:
@@ -321,6 +336,52 @@ def collect_episodes(
         progress=progress,
     )
     return _evaluation(result)
+
+
+EXPLORE_SEED_OFFSET = 20_000  # disjoint from the greedy collection's seeds (seed + 0..)
+
+
+def explore_on_station(
+    station: StationClient,
+    policy_dir: Path,
+    dest: Path,
+    sampled_dir: Path,
+    cfg: RoundConfig,
+    *,
+    seed: int | None = None,
+    progress: bool = True,
+) -> Evaluation | None:
+    """Dyna exploration: the policy sampled at ``cfg.explore_temperature`` on the station, through
+    a copy of the checkpoint (``sampled_dir``) that decodes so; ``None`` when the config asks for
+    none. Seeds are disjoint from the greedy collection's."""
+    if cfg.explore_episodes_per_task == 0:
+        return None
+    sampled = sampling_checkpoint(Path(policy_dir), Path(sampled_dir), cfg.explore_temperature)
+    return collect_episodes(
+        station,
+        sampled,
+        dest,
+        cfg,
+        episodes_per_task=cfg.explore_episodes_per_task,
+        seed=(cfg.seed if seed is None else seed) + EXPLORE_SEED_OFFSET,
+        progress=progress,
+    )
+
+
+def sampling_checkpoint(src: Path, dst: Path, temperature: float) -> Path:
+    """A copy of a policy checkpoint whose station jobs decode at ``temperature`` (same weights)."""
+    meta = json.loads((Path(src) / "config.json").read_text())
+    if meta.get("policy_type") != "vla":
+        raise ValueError(
+            f"exploration samples a VLA policy at a temperature; {src} is a "
+            f"{meta.get('policy_type')!r} policy (set explore_episodes_per_task=0 for it)"
+        )
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    meta["station_temperature"] = float(temperature)
+    (dst / "config.json").write_text(json.dumps(meta, indent=2))
+    return dst
 
 
 def evaluate_on_station(

@@ -6,7 +6,8 @@ actions at temperature 1.6, the world model imagines one frame per action, ``hor
 times. The judge scores every rollout (0/1 by majority vote); advantages are the group z-score of
 the outcome; groups whose success rate is outside [0.1, 0.9] carry no signal and are dropped
 (dynamic sampling); the loss is PPO's clipped surrogate with an asymmetric clip (0.2 low / 0.28
-high), averaged over action tokens, with no KL and no entropy term by default.
+high), averaged over action tokens, with no KL and no entropy term by default (``kl_coef`` anchors
+to a frozen copy of the starting policy).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ class GRPOConfig:
     grad_clip: float = 1.0
     ppo_epochs: int = 1
     minibatch_size: int = 64  # rollout-chunks per optimizer micro-batch (gradients accumulate)
-    kl_coef: float = 0.0  # > 0 adds the k3 estimator of KL to the policy at the step's start
+    # > 0 adds kl_coef * KL(pi || pi_ref) (k3 estimator, per token), pi_ref = the policy GRPO
+    # started from, frozen: an anchor to the SFT policy the world model has seen the actions of
+    kl_coef: float = 0.0
     entropy_coef: float = 0.0
     filter_low: float = 0.1  # keep groups with success rate in [filter_low, filter_high]
     filter_high: float = 0.9
@@ -175,6 +178,15 @@ def clipped_surrogate(
     return loss, {"clipfrac": float(clipfrac), "approx_kl": float(approx_kl)}
 
 
+def reference_kl(reference, images, instructions, tokens, logprobs, temperature) -> torch.Tensor:
+    """k3 estimate of KL(pi || pi_ref) on the sampled tokens, token-mean (differentiable in
+    ``logprobs``; the reference is frozen)."""
+    with torch.no_grad():
+        ref = reference.token_stats(images, instructions, tokens, temperature=temperature).logprobs
+    logratio = ref.to(logprobs.dtype) - logprobs
+    return (logratio.exp() - 1 - logratio).mean()
+
+
 # --- rollouts -------------------------------------------------------------------------------------
 
 
@@ -259,8 +271,14 @@ def grpo_update(
     rollouts: Rollouts,
     rewards: torch.Tensor,
     config: GRPOConfig,
+    reference=None,
 ) -> dict:
-    """PPO epochs over the kept groups; returns loss statistics (NaN loss raises)."""
+    """PPO epochs over the kept groups; returns loss statistics (NaN loss raises).
+
+    ``reference``: the frozen starting policy, needed when ``config.kl_coef > 0``.
+    """
+    if config.kl_coef > 0 and reference is None:
+        raise ValueError("kl_coef > 0 needs the frozen reference policy (train_grpo makes one)")
     n_starts = int(rollouts.group.max()) + 1
     per_group = rewards.view(n_starts, config.group_size)  # (P, G)
     keep = keep_groups(per_group, config.filter_low, config.filter_high)  # (P,)
@@ -279,6 +297,8 @@ def grpo_update(
     m = len(instr)
     policy.train()
     totals = {"loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+    if config.kl_coef > 0:
+        totals["ref_kl"] = 0.0
     updates = 0
     for _ in range(config.ppo_epochs):
         perm = torch.randperm(m)
@@ -295,11 +315,16 @@ def grpo_update(
                 ts.logprobs, old[idx], adv[idx], config.clip_low, config.clip_high
             )
             if config.kl_coef > 0:
-                loss = (
-                    loss
-                    + config.kl_coef
-                    * ((old[idx] - ts.logprobs).exp() - 1 - (old[idx] - ts.logprobs)).mean()
+                ref_kl = reference_kl(
+                    reference,
+                    obs[idx],
+                    [instr[i] for i in idx.tolist()],
+                    tokens[idx],
+                    ts.logprobs,
+                    config.temperature,
                 )
+                loss = loss + config.kl_coef * ref_kl
+                totals["ref_kl"] += float(ref_kl.detach()) * len(idx) / m
             if config.entropy_coef > 0:
                 loss = loss - config.entropy_coef * ts.entropy.mean()
             if not torch.isfinite(loss):
@@ -339,6 +364,7 @@ def train_grpo(
     generator = torch.Generator(device=policy.device).manual_seed(config.seed)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    reference = _frozen_copy(policy) if config.kl_coef > 0 else None
     history: list[GRPOStats] = []
     bar = _progress(config.steps, progress)
     for step in range(config.steps):
@@ -346,7 +372,7 @@ def train_grpo(
         batch = _draw_starts(starts, config, rng)
         rollouts = imagine_rollouts(policy, world_model, batch, config, generator)
         rewards = score_rollouts(judge, rollouts, config)
-        update = grpo_update(policy, optimizer, rollouts, rewards, config)
+        update = grpo_update(policy, optimizer, rollouts, rewards, config, reference)
         stats = GRPOStats(
             step=step,
             success_rate=float(rewards.mean()),
@@ -359,6 +385,7 @@ def train_grpo(
             grad_norm=update.get("grad_norm", math.nan),
             seconds=time.perf_counter() - t0,
             imagined_frames=int(rollouts.videos.shape[0] * (rollouts.videos.shape[1] - 1)),
+            extra={"ref_kl": update["ref_kl"]} if "ref_kl" in update else {},
         )
         history.append(stats)
         bar.set_postfix(
@@ -373,6 +400,15 @@ def train_grpo(
             on_step(stats)
     bar.close()
     return history
+
+
+def _frozen_copy(policy):
+    import copy
+
+    reference = copy.deepcopy(policy).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
 
 
 def _draw_starts(

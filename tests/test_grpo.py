@@ -355,6 +355,34 @@ def test_grpo_update_with_every_group_dropped_changes_nothing(rollouts, cfg):
     assert not changed(policy, before)
 
 
+def test_kl_coef_anchors_the_policy_to_its_frozen_start(rollouts, cfg):
+    """With kl_coef > 0 the update pays for drifting from the starting policy (a frozen copy, not
+    the policy at each step's start): after the same updates the anchored policy's log-probs stay
+    closer to where they began, and the reported KL grows from 0 as the policy moves."""
+    config = replace(cfg, ppo_epochs=1, lr=3e-3)
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="kl_coef > 0 needs the frozen reference"):
+        grpo_update(fresh_policy(), None, rollouts, rewards, replace(config, kl_coef=1.0))
+    drift = {}
+    for kl_coef in (0.0, 20.0):
+        policy, reference = fresh_policy(), fresh_policy().eval()
+        start = mean_logprob(policy, rollouts, config)
+        opt = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+        anchored = replace(config, kl_coef=kl_coef)
+        reported = []
+        for _ in range(6):
+            stats = grpo_update(policy, opt, rollouts, rewards, anchored, reference)
+            reported.append(stats.get("ref_kl"))
+        drift[kl_coef] = float((mean_logprob(policy, rollouts, config) - start).abs().mean())
+        if kl_coef:
+            assert reported[0] == pytest.approx(0.0, abs=1e-7)  # no drift before the first step
+            assert reported[-1] > 0
+            assert not changed(reference, snapshot(fresh_policy()))  # the reference is frozen
+        else:
+            assert reported == [None] * 6
+    assert 0 < drift[20.0] < 0.5 * drift[0.0], drift
+
+
 # --- bad input ------------------------------------------------------------------------------------
 
 

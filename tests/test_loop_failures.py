@@ -138,6 +138,40 @@ def test_estop_mid_collection_fails_keeps_episodes_and_rerun_skips_them(
     assert record.evaluation.per_task["open_drawer"].episodes == 6
 
 
+@pytest.mark.timeout(300)
+def test_exploration_episodes_are_collected_and_feed_this_rounds_training(
+    loop, tmp_path, monkeypatch
+):
+    from pipeline.assets import training_dirs
+    from policy.config import VLAConfig
+    from policy.vla import VLAPolicy
+
+    home, _, r2, _ = loop
+    r1 = RoundStore(home).rounds()[0]
+    vla = VLAPolicy.build(VLAConfig.from_preset("tiny")).save_pretrained(tmp_path / "vla")
+    sha = checkpoint_sha256(vla)
+    decision = PromotionDecision(True, "seeded", 0.0, 0.0, 1.0, {}, {}, "seeded by the test")
+    RoundStore(home).save(
+        "champion", r1, ChampionRecord(ModelArtifact(vla, sha, {}), True, decision, "")
+    )
+    overrides = {**SMOKE_ROUND, "tasks": ["open_drawer"], "collect_episodes_per_task": 2}
+    monkeypatch.setenv(
+        "GYMNAST_ROUND_OVERRIDES", json.dumps({**overrides, "explore_episodes_per_task": 3})
+    )
+    with StationProcess("sim", episodes_dir=tmp_path / "station") as station:
+        assert _collect(r2, station.endpoint, monkeypatch).success
+    here = home / "rounds" / r2 / "episodes"
+    champion = [read_episode(p) for p in list_episodes(here / "champion")]
+    explored = [read_episode(p) for p in list_episodes(here / "explore")]
+    assert len(champion) == 2 and {e.policy_sha256 for e in champion} == {sha}
+    assert len(explored) == 3 and sha not in {e.policy_sha256 for e in explored}
+    assert not {e.seed for e in explored} & {e.seed for e in champion}
+    assert here / "explore" in training_dirs(RoundStore(home), r2)
+    # the champion's evaluation this round is its greedy runs alone
+    record = RoundStore(home).load("real_episodes", r2)
+    assert record.evaluation.per_task["open_drawer"].episodes == 2
+
+
 def _ran_to_the_end(path) -> bool:
     from robot_bridge.dispatch import RAN_TO_THE_END
 

@@ -399,3 +399,72 @@ def test_learning_bench_reuses_a_stage_only_with_the_same_settings_and_checkpoin
     (ckpt / "weights.safetensors").write_bytes(b"v2")
     assert not reuse_or_train(record, "world_model", RoundConfig(world_model_steps=7), train)[1]
     assert len(calls) == 3
+
+
+@pytest.mark.timeout(300)
+def test_exploration_samples_the_policy_on_seeds_of_its_own(tmp_path):
+    """Dyna exploration runs a copy of the checkpoint that decodes at the exploration temperature
+    (the weights are the same file contents), on seeds disjoint from the greedy collection's; on
+    the same seed the greedy policy acts differently, so the world model sees new actions."""
+    import numpy as np
+
+    from pipeline.stages import (
+        EXPLORE_SEED_OFFSET,
+        RoundConfig,
+        collect_episodes,
+        explore_on_station,
+        sampling_checkpoint,
+    )
+    from policy.config import VLAConfig
+    from policy.vla import VLAPolicy
+    from robot_bridge.client import StationClient
+    from robot_bridge.episodes import read_episode
+    from robot_bridge.launch import StationProcess
+
+    with pytest.raises(ValueError, match="explore_temperature must be > 0"):
+        RoundConfig(explore_temperature=0.0)
+    with pytest.raises(ValueError, match="explore_episodes_per_task must be >= 0"):
+        RoundConfig(explore_episodes_per_task=-1)
+    from robot_bridge.policies import write_policy_config
+
+    expert = write_policy_config(tmp_path / "expert", "scripted_expert")
+    with pytest.raises(ValueError, match="exploration samples a VLA policy.*'scripted_expert'"):
+        sampling_checkpoint(expert, tmp_path / "expert_sampled", 1.0)
+    ckpt = VLAPolicy.build(VLAConfig.from_preset("tiny")).save_pretrained(tmp_path / "vla")
+    cfg = RoundConfig.from_preset(
+        "smoke", tasks=["open_drawer"], explore_episodes_per_task=2, explore_temperature=1.0
+    )
+    with (
+        StationProcess("sim", episodes_dir=tmp_path / "station") as station,
+        StationClient(station.endpoint, timeout_s=60) as client,
+    ):
+        none = explore_on_station(
+            client,
+            ckpt,
+            tmp_path / "none",
+            tmp_path / "none_policy",
+            RoundConfig.from_preset("smoke"),
+            seed=7,
+        )
+        explored = explore_on_station(
+            client, ckpt, tmp_path / "explore", tmp_path / "explore_policy", cfg, seed=7
+        )
+        greedy = collect_episodes(
+            client,
+            ckpt,
+            tmp_path / "greedy",
+            cfg,
+            episodes_per_task=2,
+            seed=7 + EXPLORE_SEED_OFFSET,
+        )
+    assert none is None and not (tmp_path / "none").exists()
+    sampled_eps = sorted((read_episode(p) for p in explored.episodes), key=lambda e: e.seed)
+    greedy_eps = sorted((read_episode(p) for p in greedy.episodes), key=lambda e: e.seed)
+    assert [e.seed for e in sampled_eps] == [7 + EXPLORE_SEED_OFFSET + i for i in range(2)]
+    assert [e.seed for e in greedy_eps] == [e.seed for e in sampled_eps]
+    assert explored.checkpoint_sha256 != greedy.checkpoint_sha256  # a copy that decodes sampled
+    meta = json.loads((tmp_path / "explore_policy" / "config.json").read_text())
+    assert meta["station_temperature"] == 1.0
+    for s, g in zip(sampled_eps, greedy_eps, strict=True):
+        n = min(len(s.actions), len(g.actions))
+        assert not np.allclose(np.asarray(s.actions)[:n], np.asarray(g.actions)[:n])
