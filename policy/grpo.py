@@ -35,7 +35,8 @@ class GRPOConfig:
     lr: float = 5e-6
     grad_clip: float = 1.0
     ppo_epochs: int = 1
-    minibatch_size: int = 64  # rollout-chunks per optimizer micro-batch (gradients accumulate)
+    minibatch_size: int = 64  # rollout-chunks per micro-batch (gradients accumulate: memory)
+    updates_per_epoch: int = 1  # optimizer steps per PPO epoch (the epoch's shuffled minibatches)
     # > 0 adds kl_coef * KL(pi || pi_ref) (k3 estimator, per token), pi_ref = the policy GRPO
     # started from, frozen: an anchor to the SFT policy the world model has seen the actions of
     kl_coef: float = 0.0
@@ -54,6 +55,7 @@ class GRPOConfig:
             "horizon_chunks",
             "ppo_epochs",
             "minibatch_size",
+            "updates_per_epoch",
             "steps",
             "judge_samples",
         ):
@@ -296,53 +298,56 @@ def grpo_update(
     instr = [rollouts.instructions[i] for i in rows.tolist() for _ in range(c)]
     m = len(instr)
     policy.train()
-    totals = {"loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "grad_norm": 0.0}
-    if config.kl_coef > 0:
-        totals["ref_kl"] = 0.0
-    updates = 0
+    totals: dict[str, float] = {}  # per-sample means, summed over epochs
+    grad_norms = []
     for _ in range(config.ppo_epochs):
-        perm = torch.randperm(m)
-        optimizer.zero_grad(set_to_none=True)
-        for lo in range(0, m, config.minibatch_size):
-            idx = perm[lo : lo + config.minibatch_size]
-            ts = policy.token_stats(
-                obs[idx],
-                [instr[i] for i in idx.tolist()],
-                tokens[idx],
-                temperature=config.temperature,
-            )
-            loss, s = clipped_surrogate(
-                ts.logprobs, old[idx], adv[idx], config.clip_low, config.clip_high
-            )
-            if config.kl_coef > 0:
-                ref_kl = reference_kl(
+        # PPO minibatches: the shuffled epoch split into ``updates_per_epoch`` optimizer steps, each
+        # accumulating micro-batches of ``minibatch_size`` (memory)
+        for part in torch.randperm(m).tensor_split(min(config.updates_per_epoch, m)):
+            optimizer.zero_grad(set_to_none=True)
+            for lo in range(0, len(part), config.minibatch_size):
+                idx = part[lo : lo + config.minibatch_size]
+                loss, s = _minibatch_loss(
+                    policy,
                     reference,
                     obs[idx],
                     [instr[i] for i in idx.tolist()],
                     tokens[idx],
-                    ts.logprobs,
-                    config.temperature,
+                    old[idx],
+                    adv[idx],
+                    config,
                 )
-                loss = loss + config.kl_coef * ref_kl
-                totals["ref_kl"] += float(ref_kl.detach()) * len(idx) / m
-            if config.entropy_coef > 0:
-                loss = loss - config.entropy_coef * ts.entropy.mean()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"GRPO loss is {float(loss)} (non-finite) on a minibatch of {len(idx)}"
-                )
-            weight = len(idx) / m
-            (loss * weight).backward()
-            totals["loss"] += float(loss.detach()) * weight
-            totals["clipfrac"] += s["clipfrac"] * weight
-            totals["approx_kl"] += s["approx_kl"] * weight
-            totals["entropy"] += float(ts.entropy.detach().mean()) * weight
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
-        optimizer.step()
-        totals["grad_norm"] += float(grad_norm)
-        updates += 1
+                (loss * (len(idx) / len(part))).backward()
+                for k, v in s.items():
+                    totals[k] = totals.get(k, 0.0) + v * len(idx) / m
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+            optimizer.step()
+            grad_norms.append(float(grad_norm))
     policy.eval()
-    return {**stats, **{k: v / updates for k, v in totals.items()}}
+    return {
+        **stats,
+        **{k: v / config.ppo_epochs for k, v in totals.items()},
+        "grad_norm": float(np.mean(grad_norms)),
+        "optimizer_steps": len(grad_norms),
+    }
+
+
+def _minibatch_loss(policy, reference, obs, instr, tokens, old, adv, config: GRPOConfig):
+    """The clipped surrogate (+ KL to the reference, - entropy bonus) on one micro-batch."""
+    ts = policy.token_stats(obs, instr, tokens, temperature=config.temperature)
+    loss, s = clipped_surrogate(ts.logprobs, old, adv, config.clip_low, config.clip_high)
+    s = {**s, "entropy": float(ts.entropy.detach().mean())}
+    if config.kl_coef > 0:
+        ref_kl = reference_kl(reference, obs, instr, tokens, ts.logprobs, config.temperature)
+        loss = loss + config.kl_coef * ref_kl
+        s["ref_kl"] = float(ref_kl.detach())
+    if config.entropy_coef > 0:
+        loss = loss - config.entropy_coef * ts.entropy.mean()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"GRPO loss is {float(loss)} (non-finite) on a minibatch of {len(adv)}"
+        )
+    return loss, {**s, "loss": float(loss.detach())}
 
 
 def train_grpo(

@@ -355,6 +355,24 @@ def test_grpo_update_with_every_group_dropped_changes_nothing(rollouts, cfg):
     assert not changed(policy, before)
 
 
+def test_updates_per_epoch_takes_that_many_optimizer_steps_on_shuffled_minibatches(rollouts, cfg):
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0])  # both groups kept
+    m = 8 * cfg.horizon_chunks  # rollout-chunk samples
+    moved = {}
+    for k in (1, 4, 10_000):
+        config = replace(cfg, ppo_epochs=2, updates_per_epoch=k, minibatch_size=3)
+        policy = fresh_policy()
+        start = mean_logprob(policy, rollouts, config)
+        opt = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+        calls = []
+        opt.register_step_post_hook(lambda *_, calls=calls: calls.append(1))
+        stats = grpo_update(policy, opt, rollouts, rewards, config)
+        assert stats["optimizer_steps"] == len(calls) == 2 * min(k, m)
+        assert math.isfinite(stats["loss"]) and stats["grad_norm"] > 0
+        moved[k] = float((mean_logprob(policy, rollouts, config) - start).abs().mean())
+    assert moved[4] > moved[1]  # more steps on the same rollouts: more learning per imagined frame
+
+
 def test_kl_coef_anchors_the_policy_to_its_frozen_start(rollouts, cfg):
     """With kl_coef > 0 the update pays for drifting from the starting policy (a frozen copy, not
     the policy at each step's start): after the same updates the anchored policy's log-probs stay
