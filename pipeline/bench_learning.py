@@ -41,6 +41,7 @@ from robot_bridge.dispatch import wilson_interval
 from robot_bridge.episodes import read_episode
 
 EVAL_SEED = 50_000  # disjoint from demonstration (10_000+) and training-collection (0+) seeds
+DYNA_SEED = 30_000  # + 1000 per iteration; exploration uses 20_000+
 
 # The RoundConfig fields each trained stage depends on (cumulative). The benchmark takes an hour,
 # so a re-run in the same workdir reuses a stage's checkpoint when these are unchanged (and the
@@ -162,7 +163,16 @@ def imagination_throughput(
     return batch * steps / (time.perf_counter() - t0)
 
 
-def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = True) -> dict:
+def run(
+    workdir: Path,
+    cfg: RoundConfig,
+    eval_episodes: int,
+    progress: bool = True,
+    dyna_iterations: int = 0,
+) -> dict:
+    """The benchmark; ``dyna_iterations`` > 0 then runs each RL policy on the station (training
+    seeds), finetunes the world model and judge with those episodes, and trains GRPO again from
+    the SFT policy, as the nightly loop does when the challenger loses."""
     from robot_bridge.client import StationClient
     from robot_bridge.launch import StationProcess
 
@@ -241,8 +251,14 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
                 sft.path, wm.path, judge.path, data_dirs, workdir / "rl_policy", cfg, progress
             ),
         )
+        policies = [("SFT", sft), ("RL", rl)]
+        for k in range(1, dyna_iterations + 1):
+            wm, judge, rl, data_dirs = dyna_iteration(
+                k, client, workdir, cfg, sft, wm, judge, rl, data_dirs, timed, report, progress
+            )
+            policies.append((f"RL+Dyna{k}", rl))
         evals = {}
-        for name, art in (("SFT", sft), ("RL", rl)):
+        for name, art in policies:
             evals[name] = timed(
                 f"real eval {name}",
                 lambda art=art, name=name: collect_episodes(
@@ -270,12 +286,16 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
                 seed=cfg.seed,
             ),
         )
-        for name, art in (("SFT", sft), ("RL", rl))
+        for name, art in policies
     }
     judge_imagined = timed(
         "judge on imagined replays",
         lambda: world_model_exploitation(
-            wm.path, judge.path, eval_eps["SFT"] + eval_eps["RL"], max_episodes=64, seed=cfg.seed
+            wm.path,
+            judge.path,
+            eval_eps["SFT"] + eval_eps[policies[-1][0]],
+            max_episodes=64,
+            seed=cfg.seed,
         ),
     )
     real = {name: {t: r.success_rate for t, r in ev.per_task.items()} for name, ev in evals.items()}
@@ -302,16 +322,60 @@ def run(workdir: Path, cfg: RoundConfig, eval_episodes: int, progress: bool = Tr
     return report
 
 
+def dyna_iteration(k, client, workdir, cfg, sft, wm, judge, rl, data_dirs, timed, report, progress):
+    """One Dyna step: the RL policy's real runs (greedy, training seeds) join the data; the world
+    model and the judge are finetuned from their last checkpoints; GRPO starts again from SFT."""
+    d = workdir / f"dyna{k}"
+    got = timed(
+        f"Dyna {k}: RL runs on station",
+        lambda: collect_episodes(
+            client,
+            rl.path,
+            d / "episodes",
+            cfg,
+            seed=cfg.seed + DYNA_SEED + 1000 * (k - 1),
+            progress=progress,
+        ),
+    )
+    report[f"dyna{k}_episodes"] = got.to_dict()
+    data_dirs = [*data_dirs, d / "episodes"]
+    wm = timed(
+        f"Dyna {k}: world model",
+        lambda: refresh_world_model(data_dirs, wm.path, d / "world_model", cfg, progress),
+    )
+    judge = timed(
+        f"Dyna {k}: judge",
+        lambda: refresh_judge(data_dirs, judge.path, d / "judge", cfg, progress),
+    )
+    report[f"dyna{k}_world_model"], report[f"dyna{k}_judge"] = wm.metrics, judge.metrics
+    rl = timed(
+        f"Dyna {k}: GRPO",
+        lambda: train_challenger(
+            sft.path, wm.path, judge.path, data_dirs, d / "rl_policy", cfg, progress
+        ),
+    )
+    return wm, judge, rl, data_dirs
+
+
 def format_report(r: dict) -> str:
+    names = list(r["real"])  # SFT, RL, then RL after each Dyna iteration
+    last = names[-1]
     lines = [
-        "| task | SFT real | RL real | RL - SFT | SFT imagined | RL imagined |",
-        "|---|---|---|---|---|---|",
+        "| task | "
+        + " | ".join(f"{n} real" for n in names)
+        + f" | {last} - SFT | "
+        + " | ".join(f"{n} imagined" for n in names)
+        + " |",
+        "|---|" + "---|" * (2 * len(names) + 1),
     ]
     for task, s in r["real"]["SFT"]["per_task"].items():
-        q = r["real"]["RL"]["per_task"][task]
+        q = r["real"][last]["per_task"][task]
         lines.append(
-            f"| {task} | {_ci(s)} | {_ci(q)} | {100 * (q['success_rate'] - s['success_rate']):+.0f} | "
-            f"{100 * r['imagined']['SFT'].get(task, float('nan')):.0f}% | {100 * r['imagined']['RL'].get(task, float('nan')):.0f}% |"
+            f"| {task} | "
+            + " | ".join(_ci(r["real"][n]["per_task"][task]) for n in names)
+            + f" | {100 * (q['success_rate'] - s['success_rate']):+.0f} | "
+            + " | ".join(f"{100 * r['imagined'][n].get(task, float('nan')):.0f}%" for n in names)
+            + " |"
         )
     lines += [
         "",
@@ -349,6 +413,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--eval-episodes", type=int, default=50, help="real evaluation episodes per task and policy"
     )
     p.add_argument(
+        "--dyna",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Dyna iterations: RL runs on the station refresh the world model and judge, GRPO again",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -359,5 +430,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
-    run(args.workdir, RoundConfig.from_preset(args.preset, **overrides), args.eval_episodes)
+    run(
+        args.workdir,
+        RoundConfig.from_preset(args.preset, **overrides),
+        args.eval_episodes,
+        dyna_iterations=args.dyna,
+    )
     return 0

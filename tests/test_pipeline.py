@@ -369,6 +369,33 @@ def test_every_benchmark_is_reachable_from_the_cli():
     for argv in (["bench", "bridge"], ["bench", "learning"], ["bench", "loop", "--rounds", "1"]):
         args = parser.parse_args(argv)
         assert args.func.__name__ == "cmd_bench" and args.bench_command == argv[1]
+    assert parser.parse_args(["bench", "learning", "--dyna", "2"]).dyna == 2
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_learning_bench_end_to_end_at_smoke_size_with_a_dyna_iteration(tmp_path):
+    """The whole bench through the CLI: SFT, exploration, world model, judge, GRPO, one Dyna
+    iteration (RL runs on training seeds -> finetuned world model and judge -> GRPO again), then
+    the real and imagined evaluation of all three policies on the same seeds."""
+    from robot_bridge.episodes import list_episodes, read_episode
+
+    work = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "pipeline.cli", "bench", "learning", "--workdir", str(work)]
+    cmd += ["--preset", "smoke", "--eval-episodes", "1", "--dyna", "1"]
+    cmd += ["--set", "explore_episodes_per_task=1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1700, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((work / "bench_learning.json").read_text())
+    assert list(report["real"]) == ["SFT", "RL", "RL+Dyna1"]
+    assert "| task | SFT real | RL real | RL+Dyna1 real | RL+Dyna1 - SFT |" in done.stdout
+    shas = {report["real"][n]["checkpoint_sha256"] for n in report["real"]}
+    assert len(shas) == 3
+    dyna = [read_episode(p) for p in list_episodes(work / "dyna1" / "episodes")]
+    assert len(dyna) == len(TINY["tasks"]) * TINY["collect_episodes_per_task"]
+    assert all(30_000 <= e.seed < 50_000 for e in dyna)  # training seeds, not the evaluation's
+    assert {e.policy_sha256 for e in dyna} == {report["real"]["RL"]["checkpoint_sha256"]}
+    assert report["dyna1_world_model"]["steps"] == 3  # warm start: the finetune step count
 
 
 def test_learning_bench_reuses_a_stage_only_with_the_same_settings_and_checkpoint(tmp_path):
