@@ -176,7 +176,7 @@ def clipped_surrogate(
     loss = torch.maximum(unclipped, clipped).mean()
     with torch.no_grad():
         clipfrac = ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float().mean()
-        approx_kl = ((ratio - 1) - logratio).mean()  # k3 estimator, >= 0
+        approx_kl = k3(logratio).mean()  # KL(pi_old || pi), >= 0
     return loss, {"clipfrac": float(clipfrac), "approx_kl": float(approx_kl)}
 
 
@@ -185,8 +185,12 @@ def reference_kl(reference, images, instructions, tokens, logprobs, temperature)
     ``logprobs``; the reference is frozen)."""
     with torch.no_grad():
         ref = reference.token_stats(images, instructions, tokens, temperature=temperature).logprobs
-    logratio = ref.to(logprobs.dtype) - logprobs
-    return (logratio.exp() - 1 - logratio).mean()
+    return k3(ref.to(logprobs.dtype) - logprobs).mean()
+
+
+def k3(logratio: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL from per-sample log-ratios log(q/p) under p: r - 1 - log r >= 0."""
+    return logratio.exp() - 1 - logratio
 
 
 # --- rollouts -------------------------------------------------------------------------------------
