@@ -38,7 +38,7 @@ from pipeline.stages import (
     world_model_exploitation,
 )
 from robot_bridge.dispatch import wilson_interval
-from robot_bridge.episodes import read_episode
+from robot_bridge.episodes import read_episode_header
 
 EVAL_SEED = 50_000  # disjoint from demonstration (10_000+) and training-collection (0+) seeds
 DYNA_SEED = 30_000  # + 1000 per iteration; exploration uses 20_000+
@@ -271,8 +271,9 @@ def run(
                     progress=progress,
                 ),
             )
-    # this run's policies only (an earlier GRPO variant's episodes may share the folder)
-    eval_eps = {name: [read_episode(p) for p in ev.episodes] for name, ev in evals.items()}
+    # this run's policies only (an earlier GRPO variant's episodes may share the folder); paths,
+    # not episodes: three policies' 200 episodes each held 10 GB of frames
+    eval_eps = {name: list(ev.episodes) for name, ev in evals.items()}
     imag = {
         name: timed(
             f"imagined eval {name}",
@@ -280,7 +281,10 @@ def run(
                 art.path,
                 wm.path,
                 judge.path,
-                eval_eps[name][:: max(1, len(eval_eps[name]) // 16)],
+                [
+                    read_episode_header(p)
+                    for p in eval_eps[name][:: max(1, len(eval_eps[name]) // 16)]
+                ],
                 group=4,
                 horizon_chunks=cfg.grpo_overrides.get("horizon_chunks", 8),
                 seed=cfg.seed,
@@ -312,7 +316,9 @@ def run(
         pearson_r=float(np.corrcoef(xs, ys)[0, 1])
         if np.std(xs) > 0 and np.std(ys) > 0
         else float("nan"),
-        imagined_fps_b8=imagination_throughput(wm.path, eval_eps["SFT"][0].frames[0]),
+        imagined_fps_b8=imagination_throughput(
+            wm.path, read_episode_header(eval_eps["SFT"][0]).first_frame
+        ),
         timings_s=timings,
         reused_stages=reused,
         peak_rss_gb=peak_rss_gb(),

@@ -8,7 +8,7 @@ import dagster as dg
 from pipeline.assets import ROUNDS, judge, real_episodes, real_evaluation, world_model
 from pipeline.resources import ChallengerEvaluation, LoopSettings, RoundEpisodes
 from pipeline.stages import Evaluation, ModelArtifact
-from robot_bridge.episodes import list_episodes, read_episode, validate_episode
+from robot_bridge.episodes import list_episodes, read_episode_header, validate_episode
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 
@@ -29,7 +29,7 @@ def episode_problems(
         problems.append(f"partial files in {folder}: {partial}")
     for p in ev.episodes:
         problems += [f"{Path(p).name}: {m}" for m in validate_episode(p)]
-        ep = read_episode(p)
+        ep = read_episode_header(p)
         if ep.success is None or ep.success_source == "none":
             problems.append(f"{Path(p).name}: no success label")
     return problems
@@ -221,8 +221,7 @@ def world_model_exploitation(
 ) -> dg.AssetCheckResult:
     from pipeline.stages import world_model_exploitation as measure
 
-    episodes = [read_episode(p) for p in real_evaluation.evaluation.episodes]
-    m = measure(world_model.path, judge.path, episodes)
+    m = measure(world_model.path, judge.path, real_evaluation.evaluation.episodes)
     rate = m["false_success_rate"]
     return dg.AssetCheckResult(
         passed=rate is None or rate <= settings.exploitation_tolerance,

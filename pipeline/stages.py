@@ -21,7 +21,13 @@ import numpy as np
 from robot_bridge.checkpoints import build_manifest
 from robot_bridge.client import StationClient
 from robot_bridge.dispatch import DispatchResult, TaskResult, run_on_station
-from robot_bridge.episodes import Episode, list_episodes, read_episode
+from robot_bridge.episodes import (
+    Episode,
+    EpisodeHeader,
+    list_episodes,
+    read_episode,
+    read_episode_header,
+)
 from robot_bridge.policies import write_policy_config
 from robot_bridge.spec import TASKS
 
@@ -236,10 +242,19 @@ def checkpoint_sha256(path: Path) -> str:
     return build_manifest(path)[0]
 
 
+def episode_paths(dirs: Sequence[str | Path]) -> list[Path]:
+    """Every complete episode file under the given folders, in a stable order."""
+    return sorted({p for d in dirs for p in list_episodes(d)}, key=lambda p: p.name)
+
+
 def load_episodes(dirs: Sequence[str | Path]) -> list[Episode]:
     """Every complete episode under the given folders, in a stable order."""
-    paths = sorted({p for d in dirs for p in list_episodes(d)}, key=lambda p: p.name)
-    return [read_episode(p) for p in paths]
+    return [read_episode(p) for p in episode_paths(dirs)]
+
+
+def load_episode_headers(dirs: Sequence[str | Path]) -> list[EpisodeHeader]:
+    """Labels and first frames of every complete episode under the folders (no other frames)."""
+    return [read_episode_header(p) for p in episode_paths(dirs)]
 
 
 def split_holdout(
@@ -273,7 +288,7 @@ def split_by_label(
 def _evaluation(result: DispatchResult) -> Evaluation:
     outcomes = {}
     for p in result.episodes:
-        ep = read_episode(p)
+        ep = read_episode_header(p)
         if ep.success is not None:
             outcomes[(ep.task, int(ep.seed))] = bool(ep.success)
     return Evaluation(result.checkpoint_sha256, result.episodes, result.per_task, outcomes)
@@ -422,15 +437,15 @@ def build_dataset(episode_dirs: Sequence[Path], out_dir: Path) -> DatasetInfo:
     """Every real episode so far as a LeRobotDataset (v3) plus action statistics."""
     from robot_bridge.lerobot_export import export_lerobot
 
-    paths = sorted({p for d in episode_dirs for p in list_episodes(d)}, key=lambda p: p.name)
+    paths = episode_paths(episode_dirs)
     if not paths:
         raise ValueError(f"no complete episodes under {[str(d) for d in episode_dirs]}")
     out = export_lerobot(paths, out_dir, repo_id="gymnast/rounds", use_videos=True)
     per_task: dict[str, dict] = {}
     n_frames = 0
     for p in paths:
-        ep = read_episode(p)
-        n_frames += ep.frames.shape[0]
+        ep = read_episode_header(p)
+        n_frames += ep.num_frames
         t = per_task.setdefault(ep.task, {"episodes": 0, "successes": 0, "failures": 0})
         t["episodes"] += 1
         t["successes"] += int(ep.success is True)
@@ -520,11 +535,11 @@ def refresh_judge(
     )
 
 
-def initial_frames(episodes: Sequence[Episode]) -> list:
+def initial_frames(episodes: Sequence[Episode | EpisodeHeader]) -> list:
     """GRPO starts: each real episode's first frame with its instruction."""
     from policy.grpo import Start
 
-    return [Start(np.asarray(e.frames[0]), e.instruction, e.task) for e in episodes]
+    return [Start(np.asarray(e.first_frame), e.instruction, e.task) for e in episodes]
 
 
 def train_challenger(
@@ -546,7 +561,7 @@ def train_challenger(
     policy = VLAPolicy.from_pretrained(champion)
     wm = ActionConditionedWorldModel.from_pretrained(world_model)
     judge_model = load_judge(judge)
-    starts = initial_frames(load_episodes(episode_dirs))
+    starts = initial_frames(load_episode_headers(episode_dirs))
     grpo_cfg = GRPOConfig.preset("tiny", steps=cfg.grpo_steps, seed=cfg.seed, **cfg.grpo_overrides)
     history = train_grpo(
         policy, wm, judge_model, starts, grpo_cfg, progress=progress, on_step=on_step
@@ -568,13 +583,13 @@ def train_challenger(
 def world_model_exploitation(
     world_model: Path,
     judge: Path,
-    episodes: Sequence[Episode],
+    episodes: Sequence[Path],
     max_episodes: int = 32,
     seed: int = 0,
 ) -> dict:
     """How often the world model "completes" what failed on the arm.
 
-    Real episodes (up to ``max_episodes``, half successes and half failures where there are
+    Real episode files (up to ``max_episodes``, half successes and half failures where there are
     enough, so a rare class is not drowned) are replayed open-loop in the world model and judged;
     ``false_success_rate`` is the share of real failures judged successes in imagination. GRPO
     climbs exactly that gap (measured: a challenger at 0% real close-drawer success was 13/16
@@ -586,10 +601,12 @@ def world_model_exploitation(
     from world_model.model import ActionConditionedWorldModel
 
     rng = np.random.default_rng(seed)
+    headers = [read_episode_header(p) for p in episodes]
     picked = []
     for label in (True, False):
-        same = [e for e in episodes if e.success is label]
-        picked += [same[i] for i in rng.permutation(len(same))[: max(1, max_episodes // 2)]]
+        same = [h.path for h in headers if h.success is label]
+        chosen = rng.permutation(len(same))[: max(1, max_episodes // 2)]
+        picked += [read_episode(same[i]) for i in chosen]  # only these are read whole
     wm = ActionConditionedWorldModel.from_pretrained(world_model)
     m = evaluate_judge_on_imagined(load_judge(judge), wm, picked, seed=seed)
     failures = m["fp"] + m["tn"]

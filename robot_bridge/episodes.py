@@ -190,6 +190,10 @@ class Episode:
         return int(self.actions.shape[0])
 
     @property
+    def first_frame(self) -> np.ndarray:
+        return self.frames[0]
+
+    @property
     def meta(self) -> EpisodeMeta:
         return EpisodeMeta(
             episode_id=self.episode_id,
@@ -674,6 +678,57 @@ def read_episode(path: str | Path) -> Episode:
         unobserved_final_action=None if dangling is None else np.asarray(dangling, np.float32),
         recovery=recovery,
         extra=meta.extra,
+    )
+
+
+@dataclass(frozen=True)
+class EpisodeHeader:
+    """What most readers need of an episode without decompressing its frames: labels, sizes and
+    the first frame (a GRPO start). ``read_episode_header(path)`` returns it."""
+
+    path: Path
+    task: str
+    instruction: str
+    seed: int | None
+    success: bool | None
+    success_source: str
+    termination: str
+    num_frames: int  # T + 1 committed observations
+    first_frame: np.ndarray | None  # (H, W, 3) uint8; None for an episode with no observation
+
+
+def read_episode_header(path: str | Path) -> EpisodeHeader:
+    """Meta, labels and frame 0 of an episode file: one frame read instead of T + 1, so listing
+    a few hundred episodes for their labels costs megabytes, not gigabytes."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise EpisodeReadError(f"cannot open episode file {path}: {e}") from e
+    with f:
+        try:
+            meta = EpisodeMeta.from_json(f.attrs["meta"])
+            n_obs, _ = _committed_counts(f)
+            labels = json.loads(f.attrs["labels"]) if "labels" in f.attrs else None
+            first = f["frames"][0] if n_obs else None
+        except (KeyError, OSError, ValueError) as e:
+            raise EpisodeReadError(
+                f"{path} lacks the episode layout: {type(e).__name__}: {e}"
+            ) from e
+    if labels is None:
+        crashed = path.name.endswith(CRASHED_SUFFIX)
+        labels = {"success": None, "success_source": "none"}
+        labels["termination"] = "station_crashed" if crashed else UNFINISHED
+    return EpisodeHeader(
+        path=path,
+        task=meta.task,
+        instruction=meta.instruction,
+        seed=meta.seed,
+        success=labels["success"],
+        success_source=labels["success_source"],
+        termination=labels["termination"],
+        num_frames=n_obs,
+        first_frame=first,
     )
 
 

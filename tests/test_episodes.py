@@ -26,6 +26,7 @@ from robot_bridge.episodes import (
     list_corrupt,
     list_episodes,
     read_episode,
+    read_episode_header,
     recover_partials,
     summarize,
     validate_episode,
@@ -140,6 +141,44 @@ def test_abort_keeps_episode_and_the_unobserved_last_action(tmp_path):
     assert ep.frames.shape[0] == 3 and ep.num_steps == 2
     np.testing.assert_array_equal(ep.unobserved_final_action, executed(2))
     assert validate_episode(path) == []
+
+
+def _header_matches(path: Path) -> None:
+    """The header reader agrees with the full reader on labels, sizes and frame 0."""
+    ep, head = read_episode(path), read_episode_header(path)
+    got = (head.task, head.instruction, head.seed, head.success, head.success_source)
+    assert got == (ep.task, ep.instruction, ep.seed, ep.success, ep.success_source)
+    assert (head.termination, head.num_frames, head.path) == (
+        ep.termination,
+        ep.frames.shape[0],
+        path,
+    )
+    np.testing.assert_array_equal(head.first_frame, ep.first_frame)
+
+
+def test_header_reads_labels_and_first_frame_of_finished_aborted_and_unfinished_files(tmp_path):
+    done = write_episode(tmp_path / "done", steps=5, success=False, termination="max_steps")
+    _header_matches(done)
+    assert read_episode_header(done).success is False and read_episode_header(done).num_frames == 6
+
+    w = EpisodeWriter(tmp_path / "aborted", make_meta(), image_shape=SHAPE)
+    for t in range(3):
+        w.append(obs(t), executed(t), requested_action=requested(t))
+    aborted = w.abort("lease_expired")
+    _header_matches(aborted)
+    assert read_episode_header(aborted).termination == "lease_expired"
+
+    live = EpisodeWriter(tmp_path / "live", make_meta("ep-live"), image_shape=SHAPE)
+    live.append(obs(0), executed(0), requested_action=requested(0))
+    live.append(obs(1), executed(1), requested_action=requested(1))
+    partial = live.partial_path
+    _header_matches(partial)  # only committed steps, no labels yet
+    assert read_episode_header(partial).success is None
+    live.abort("error")
+
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(EpisodeReadError, match="cannot open"):
+        read_episode_header(tmp_path / "junk.h5")
 
 
 def test_exception_inside_with_block_aborts_with_error(tmp_path):
@@ -283,6 +322,7 @@ def test_kill_9_mid_episode_leaves_a_partial_file_that_is_kept_and_flagged(tmp_p
         ep = read_episode(recovered[0])
         assert (ep.complete, ep.termination, ep.success) == (False, "station_crashed", None)
         assert ep.recovery["recovered_by_station"] == "station-a"
+        _header_matches(recovered[0])
         t_obs = ep.frames.shape[0]
         assert t_obs >= n and ep.num_steps == t_obs - 1
         np.testing.assert_array_equal(ep.frames, np.stack([frame(t) for t in range(t_obs)]))
