@@ -312,7 +312,7 @@ def bootstrap_champion(
         mistake_prob=cfg.demo_mistake_prob,
         seed=cfg.seed,
     )
-    run_on_station(
+    ran = run_on_station(
         station,
         expert,
         cfg.tasks,
@@ -321,7 +321,8 @@ def bootstrap_champion(
         seed=cfg.seed + 10_000,
         progress=progress,
     )
-    demos = load_episodes([workdir / "demos"])
+    # this configuration's demonstrations only: the folder may hold more from an earlier, larger run
+    demos = [read_episode(p) for p in ran.episodes]
     successful = [e for e in demos if e.success]
     if not successful:
         raise RuntimeError(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from robot_bridge.client import StationClient, StationError
-from robot_bridge.episodes import list_episodes, read_episode
+from robot_bridge.episodes import list_episodes, read_episode_header
 
 
 class DispatchError(RuntimeError):
@@ -70,7 +70,7 @@ def already_collected(dest: Path, checkpoint_sha256: str) -> dict[str, list[int]
     """(task -> seeds) of this checkpoint's episodes in ``dest`` that ran to their natural end."""
     done: dict[str, list[int]] = {}
     for path in list_episodes(dest):
-        ep = read_episode(path)
+        ep = read_episode_header(path)
         if (
             ep.policy_sha256 == checkpoint_sha256
             and ep.seed is not None
@@ -130,7 +130,7 @@ def summarize_dispatch(
     for t in tasks:
         result.per_task[t] = TaskResult(t, 0, 0, 0)
     for path in list_episodes(dest):
-        ep = read_episode(path)
+        ep = read_episode_header(path)
         if (
             ep.policy_sha256 != sha
             or (ep.task, ep.seed) not in wanted

@@ -690,6 +690,7 @@ class EpisodeHeader:
     task: str
     instruction: str
     seed: int | None
+    policy_sha256: str
     success: bool | None
     success_source: str
     termination: str
@@ -724,6 +725,7 @@ def read_episode_header(path: str | Path) -> EpisodeHeader:
         task=meta.task,
         instruction=meta.instruction,
         seed=meta.seed,
+        policy_sha256=meta.policy_sha256,
         success=labels["success"],
         success_source=labels["success_source"],
         termination=labels["termination"],

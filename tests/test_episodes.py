@@ -146,8 +146,9 @@ def test_abort_keeps_episode_and_the_unobserved_last_action(tmp_path):
 def _header_matches(path: Path) -> None:
     """The header reader agrees with the full reader on labels, sizes and frame 0."""
     ep, head = read_episode(path), read_episode_header(path)
-    got = (head.task, head.instruction, head.seed, head.success, head.success_source)
-    assert got == (ep.task, ep.instruction, ep.seed, ep.success, ep.success_source)
+    got = (head.task, head.instruction, head.seed, head.policy_sha256, head.success)
+    assert got == (ep.task, ep.instruction, ep.seed, ep.policy_sha256, ep.success)
+    assert head.success_source == ep.success_source
     assert (head.termination, head.num_frames, head.path) == (
         ep.termination,
         ep.frames.shape[0],

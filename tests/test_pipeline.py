@@ -495,3 +495,24 @@ def test_exploration_samples_the_policy_on_seeds_of_its_own(tmp_path):
     for s, g in zip(sampled_eps, greedy_eps, strict=True):
         n = min(len(s.actions), len(g.actions))
         assert not np.allclose(np.asarray(s.actions)[:n], np.asarray(g.actions)[:n])
+
+
+def test_bootstrap_trains_on_this_configurations_demonstrations_only(tmp_path):
+    """A demos folder left by a larger earlier run must not leak into a smaller run's SFT (it did:
+    a bench run configured for 16 demonstrations per task trained on the 24 already there)."""
+    from pipeline.stages import RoundConfig, bootstrap_champion
+    from robot_bridge.client import StationClient
+    from robot_bridge.episodes import list_episodes
+    from robot_bridge.launch import StationProcess
+
+    def cfg(n):
+        return RoundConfig.from_preset("smoke", tasks=["close_drawer"], demo_episodes_per_task=n)
+
+    with (
+        StationProcess("sim", episodes_dir=tmp_path / "station") as station,
+        StationClient(station.endpoint, timeout_s=60) as client,
+    ):
+        big = bootstrap_champion(client, tmp_path / "boot", cfg(3), progress=False)
+        small = bootstrap_champion(client, tmp_path / "boot", cfg(2), progress=False)
+    assert len(list_episodes(tmp_path / "boot" / "demos")) == 3  # nothing deleted
+    assert (big.metrics["demos"], small.metrics["demos"]) == (3, 2)
