@@ -42,6 +42,7 @@ from robot_bridge.episodes import read_episode_header
 
 EVAL_SEED = 50_000  # disjoint from demonstration (10_000+) and training-collection (0+) seeds
 DYNA_SEED = 30_000  # + 1000 per iteration; exploration uses 20_000+
+DYNA_FROM = ("sft", "rl")
 
 # The RoundConfig fields each trained stage depends on (cumulative). The benchmark takes an hour,
 # so a re-run in the same workdir reuses a stage's checkpoint when these are unchanged (and the
@@ -169,10 +170,14 @@ def run(
     eval_episodes: int,
     progress: bool = True,
     dyna_iterations: int = 0,
+    dyna_from: str = "sft",
 ) -> dict:
     """The benchmark; ``dyna_iterations`` > 0 then runs each RL policy on the station (training
-    seeds), finetunes the world model and judge with those episodes, and trains GRPO again from
-    the SFT policy, as the nightly loop does when the challenger loses."""
+    seeds), finetunes the world model and judge with those episodes, and trains GRPO again:
+    ``dyna_from="sft"`` from the SFT policy, as the nightly loop does when the challenger loses;
+    ``"rl"`` from the last RL policy (also its KL anchor), as the loop does once it has won."""
+    if dyna_from not in DYNA_FROM:
+        raise ValueError(f"dyna_from must be one of {DYNA_FROM}, got {dyna_from!r}")
     from robot_bridge.client import StationClient
     from robot_bridge.launch import StationProcess
 
@@ -254,7 +259,18 @@ def run(
         policies = [("SFT", sft), ("RL", rl)]
         for k in range(1, dyna_iterations + 1):
             wm, judge, rl, data_dirs = dyna_iteration(
-                k, client, workdir, cfg, sft, wm, judge, rl, data_dirs, timed, report, progress
+                k,
+                client,
+                workdir,
+                cfg,
+                sft if dyna_from == "sft" else rl,
+                wm,
+                judge,
+                rl,
+                data_dirs,
+                timed,
+                report,
+                progress,
             )
             policies.append((f"RL+Dyna{k}", rl))
         evals = {}
@@ -328,9 +344,12 @@ def run(
     return report
 
 
-def dyna_iteration(k, client, workdir, cfg, sft, wm, judge, rl, data_dirs, timed, report, progress):
+def dyna_iteration(
+    k, client, workdir, cfg, start, wm, judge, rl, data_dirs, timed, report, progress
+):
     """One Dyna step: the RL policy's real runs (greedy, training seeds) join the data; the world
-    model and the judge are finetuned from their last checkpoints; GRPO starts again from SFT."""
+    model and the judge are finetuned from their last checkpoints; GRPO starts again from
+    ``start`` (the SFT policy or the last RL one)."""
     d = workdir / f"dyna{k}"
     got = timed(
         f"Dyna {k}: RL runs on station",
@@ -357,7 +376,7 @@ def dyna_iteration(k, client, workdir, cfg, sft, wm, judge, rl, data_dirs, timed
     rl = timed(
         f"Dyna {k}: GRPO",
         lambda: train_challenger(
-            sft.path, wm.path, judge.path, data_dirs, d / "rl_policy", cfg, progress
+            start.path, wm.path, judge.path, data_dirs, d / "rl_policy", cfg, progress
         ),
     )
     return wm, judge, rl, data_dirs
@@ -426,6 +445,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Dyna iterations: RL runs on the station refresh the world model and judge, GRPO again",
     )
     p.add_argument(
+        "--dyna-from",
+        choices=DYNA_FROM,
+        default="sft",
+        help="each Dyna iteration's GRPO starts from (and is anchored to) the SFT policy or the "
+        "last RL policy",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -441,5 +467,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         RoundConfig.from_preset(args.preset, **overrides),
         args.eval_episodes,
         dyna_iterations=args.dyna,
+        dyna_from=args.dyna_from,
     )
     return 0

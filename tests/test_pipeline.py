@@ -369,7 +369,8 @@ def test_every_benchmark_is_reachable_from_the_cli():
     for argv in (["bench", "bridge"], ["bench", "learning"], ["bench", "loop", "--rounds", "1"]):
         args = parser.parse_args(argv)
         assert args.func.__name__ == "cmd_bench" and args.bench_command == argv[1]
-    assert parser.parse_args(["bench", "learning", "--dyna", "2"]).dyna == 2
+    args = parser.parse_args(["bench", "learning", "--dyna", "2", "--dyna-from", "rl"])
+    assert (args.dyna, args.dyna_from) == (2, "rl")
 
 
 @pytest.mark.slow
