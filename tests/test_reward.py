@@ -227,20 +227,16 @@ def test_config_errors_say_expected_and_received():
 # ----------------------------------------------------------------------------- tiny VLM
 
 
-def test_tiny_builds_saves_and_reloads_offline_fast(tmp_path, tiny):
+def test_tiny_builds_saves_and_reloads_offline(tmp_path, tiny):
     from reward.vlm import VLMJudge
 
+    # how fast: benchmarks/bench_tiny_build.py (a timed assertion here would flake under load)
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
-    timings = []
-    for _ in range(2):  # best of two: the CI machine is shared
-        t0 = time.perf_counter()
-        judge = VLMJudge.from_config(
-            VLMJudgeConfig(), instructions=["put the red block in the green zone"]
-        )
-        judge.save_pretrained(tmp_path / "j")
-        loaded = load_judge(tmp_path / "j")
-        timings.append(time.perf_counter() - t0)
-    assert min(timings) < 1.0, f"tiny build + save + load took {timings} s"
+    judge = VLMJudge.from_config(
+        VLMJudgeConfig(), instructions=["put the red block in the green zone"]
+    )
+    judge.save_pretrained(tmp_path / "j")
+    loaded = load_judge(tmp_path / "j")
     assert {"config.json", "model.safetensors", "tokenizer.json", "judge_config.json"} <= {
         p.name for p in (tmp_path / "j").iterdir()
     }
