@@ -70,6 +70,7 @@ ROUND_PRESETS: dict[str, dict] = {
         "world_model_finetune_steps": 500,  # Dyna iterations (`--dyna`)
         "judge_steps": 600,
         "judge_finetune_steps": 300,
+        # 60, not more: run H's 90 steps (and run G's 60 + 60) lost the open-drawer gain again
         "grpo_steps": 60,
         # run F (README): open drawer 12% -> 48% on the station, 1 false success in 32 replays.
         # Horizon 3 chunks covers the SFT policy's successes (3-8 steps); KL to SFT 0.2 sits
