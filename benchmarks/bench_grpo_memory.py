@@ -26,22 +26,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args()
 
-    from pipeline.stages import RoundConfig, initial_frames, load_episode_headers
+    from pipeline.stages import initial_frames, load_episode_headers
     from policy.grpo import GRPOConfig, train_grpo
     from policy.vla import VLAPolicy
     from reward.judge import load_judge
     from world_model.model import ActionConditionedWorldModel
 
     w = args.workdir
-    record = json.loads((w / "grpo.stage.json").read_text())["inputs"]
-    cfg = RoundConfig.from_preset("bench", grpo_overrides=record["grpo_overrides"])
+    overrides = json.loads((w / "grpo.stage.json").read_text())["inputs"]["grpo_overrides"]
     dirs = [w / "bootstrap" / "demos", w / "sft_attempts", w / "sft_explore"]
     starts = initial_frames(load_episode_headers([d for d in dirs if d.is_dir()]))
     policy = VLAPolicy.from_pretrained(w / "bootstrap" / "policy")
     wm = ActionConditionedWorldModel.from_pretrained(w / "world_model")
     judge = load_judge(w / "judge")
     loaded = peak_rss_gb()
-    grpo = GRPOConfig.preset("tiny", steps=args.steps, seed=0, **cfg.grpo_overrides)
+    grpo = GRPOConfig.preset("tiny", steps=args.steps, seed=0, **overrides)
     t0 = time.perf_counter()
     train_grpo(policy, wm, judge, starts, grpo, progress=False)
     print(

@@ -605,52 +605,66 @@ def _note_path(path: Path) -> Path:
     return path.with_name(path.name[: -len(".h5")] + ".json")
 
 
-def read_episode(path: str | Path) -> Episode:
-    """Read a complete, partial or crashed episode file (only committed steps of unfinished ones)."""
-    path = Path(path)
+def _read_layout(path: Path, read):
+    """``read(f)`` on the open episode file; a file HDF5 cannot open, or one without the store's
+    layout, is an ``EpisodeReadError`` naming it."""
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise EpisodeReadError(f"cannot open episode file {path}: {e}") from e
     with f:
         try:
-            meta = EpisodeMeta.from_json(f.attrs["meta"])
-            n_obs, n_act = _committed_counts(f)
-            labels = json.loads(f.attrs["labels"]) if "labels" in f.attrs else None
-            data = {
-                name: f[name][:n]
-                for name, n in (
-                    ("frames", n_obs),
-                    ("states", n_obs),
-                    ("timestamps", n_obs),
-                    ("seqs", n_obs),
-                    ("actions", n_act),
-                    ("actions_requested", n_act),
-                )
-            }
-            complete = bool(f.attrs["complete"])
-            attrs = {
-                k: f.attrs[k]
-                for k in ("started_at", "schema_version", "content_sha256")
-                if k in f.attrs
-            }
-            dangling = f.attrs.get("unobserved_final_action")
+            return read(f)
         except (KeyError, OSError, ValueError) as e:
             raise EpisodeReadError(
                 f"{path} lacks the episode layout: {type(e).__name__}: {e}"
             ) from e
+
+
+def _labels(f: h5py.File, path: Path) -> dict:
+    """The labels ``finish``/``abort`` wrote; an unfinished or crashed file has none yet."""
+    if "labels" in f.attrs:
+        return json.loads(f.attrs["labels"])
+    crashed = path.name.endswith(CRASHED_SUFFIX)
+    return {
+        "success": None,
+        "success_source": "none",
+        "termination": "station_crashed" if crashed else UNFINISHED,
+        "finished_at": None,
+    }
+
+
+def read_episode(path: str | Path) -> Episode:
+    """Read a complete, partial or crashed episode file (only committed steps of unfinished ones)."""
+    path = Path(path)
+
+    def read(f: h5py.File):
+        n_obs, n_act = _committed_counts(f)
+        data = {
+            name: f[name][:n]
+            for name, n in (
+                ("frames", n_obs),
+                ("states", n_obs),
+                ("timestamps", n_obs),
+                ("seqs", n_obs),
+                ("actions", n_act),
+                ("actions_requested", n_act),
+            )
+        }
+        attrs = {
+            k: f.attrs[k]
+            for k in ("started_at", "schema_version", "content_sha256")
+            if k in f.attrs
+        }
+        meta = EpisodeMeta.from_json(f.attrs["meta"])
+        complete = bool(f.attrs["complete"])
+        return meta, _labels(f, path), data, complete, attrs, f.attrs.get("unobserved_final_action")
+
+    meta, labels, data, complete, attrs, dangling = _read_layout(path, read)
     recovery = None
     if path.name.endswith(CRASHED_SUFFIX):
         note = _note_path(path)
         recovery = json.loads(note.read_text()) if note.exists() else {}
-    if labels is None:
-        termination = "station_crashed" if recovery is not None else UNFINISHED
-        labels = {
-            "success": None,
-            "success_source": "none",
-            "termination": termination,
-            "finished_at": None,
-        }
     return Episode(
         episode_id=meta.episode_id,
         task=meta.task,
@@ -702,24 +716,13 @@ def read_episode_header(path: str | Path) -> EpisodeHeader:
     """Meta, labels and frame 0 of an episode file: one frame read instead of T + 1, so listing
     a few hundred episodes for their labels costs megabytes, not gigabytes."""
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise EpisodeReadError(f"cannot open episode file {path}: {e}") from e
-    with f:
-        try:
-            meta = EpisodeMeta.from_json(f.attrs["meta"])
-            n_obs, _ = _committed_counts(f)
-            labels = json.loads(f.attrs["labels"]) if "labels" in f.attrs else None
-            first = f["frames"][0] if n_obs else None
-        except (KeyError, OSError, ValueError) as e:
-            raise EpisodeReadError(
-                f"{path} lacks the episode layout: {type(e).__name__}: {e}"
-            ) from e
-    if labels is None:
-        crashed = path.name.endswith(CRASHED_SUFFIX)
-        labels = {"success": None, "success_source": "none"}
-        labels["termination"] = "station_crashed" if crashed else UNFINISHED
+
+    def read(f: h5py.File):
+        n_obs, _ = _committed_counts(f)
+        first = f["frames"][0] if n_obs else None
+        return EpisodeMeta.from_json(f.attrs["meta"]), _labels(f, path), n_obs, first
+
+    meta, labels, n_obs, first = _read_layout(path, read)
     return EpisodeHeader(
         path=path,
         task=meta.task,
