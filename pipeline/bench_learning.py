@@ -5,7 +5,8 @@ End to end on the simulated station, tiny presets, CPU:
 1. scripted-expert demonstrations over ZMQ -> SFT policy (the starting point);
 2. the SFT policy's own attempts on the station (failures included) + the demonstrations ->
    world model and success judge;
-3. GRPO of the SFT policy in the world model, rewarded by the judge, from real initial frames;
+3. GRPO of the SFT policy in the world model, rewarded by the judge, from real initial frames
+   (with ``challenger_snapshots`` > 1: the snapshot with the most real successes on check seeds);
 4. real evaluation of SFT and RL on held-out seeds, N episodes per task, 95% Wilson intervals;
 5. judge F1 on held-out real episodes; agreement between success in imagination and real success
    across several policies (Pearson r); imagined frames/s, seconds per GRPO step, peak memory.
@@ -34,6 +35,7 @@ from pipeline.stages import (
     initial_frames,
     refresh_judge,
     refresh_world_model,
+    select_challenger,
     train_challenger,
     world_model_exploitation,
 )
@@ -78,6 +80,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "judge_steps",
         "grpo_steps",
         "grpo_overrides",
+        "challenger_snapshots",
     ),
 }
 
@@ -256,6 +259,9 @@ def run(
                 sft.path, wm.path, judge.path, data_dirs, workdir / "rl_policy", cfg, progress
             ),
         )
+        rl = checked_snapshot(
+            client, rl, workdir / "snapshot_check", cfg, timed, report, "", progress
+        )
         policies = [("SFT", sft), ("RL", rl)]
         for k in range(1, dyna_iterations + 1):
             wm, judge, rl, data_dirs = dyna_iteration(
@@ -379,7 +385,26 @@ def dyna_iteration(
             start.path, wm.path, judge.path, data_dirs, d / "rl_policy", cfg, progress
         ),
     )
+    rl = checked_snapshot(
+        client, rl, d / "snapshot_check", cfg, timed, report, f"dyna{k}_", progress
+    )
     return wm, judge, rl, data_dirs
+
+
+def checked_snapshot(client, rl, dest, cfg, timed, report, prefix, progress) -> ModelArtifact:
+    """``rl`` itself, or with ``cfg.challenger_snapshots`` > 1 the GRPO snapshot that did best on
+    the station's check seeds (recorded in the report)."""
+    if cfg.challenger_snapshots == 1:
+        return rl
+    chosen, check = timed(
+        f"{prefix}snapshot check on station",
+        lambda: select_challenger(client, rl.path, dest, cfg, progress=progress),
+    )
+    report[f"{prefix}snapshot_check"] = check
+    print(f"[{prefix}snapshot check] {check}", flush=True)
+    return ModelArtifact(
+        chosen, checkpoint_sha256(chosen), rl.metrics | {"snapshot": check["chosen"]}
+    )
 
 
 def format_report(r: dict) -> str:
@@ -411,6 +436,12 @@ def format_report(r: dict) -> str:
         f"imagined vs real success, Pearson r over (policy, task): {r['pearson_r']:.3f}",
         f"imagined frames/s (batch 8): {r['imagined_fps_b8']:.1f}",
         f"GRPO seconds/step: {r['grpo']['seconds_per_step']:.1f}",
+        *(
+            f"{k.replace('_', ' ')} (real successes per task on check seeds; chosen "
+            f"{v['chosen']}): {v['candidates']}"
+            for k, v in r.items()
+            if k.endswith("snapshot_check")
+        ),
         f"peak RSS: {r['peak_rss_gb']:.2f} GB",
         "stage wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in r["timings_s"].items()),
         "reused from an earlier run (same settings): " + (", ".join(r["reused_stages"]) or "none"),

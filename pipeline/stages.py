@@ -122,6 +122,12 @@ class RoundConfig:
     judge_finetune_steps: int = 150
     grpo_steps: int = 10
     grpo_overrides: dict = field(default_factory=dict)
+    # > 1: GRPO also saves the policy at that many evenly spaced steps (the last is the final
+    # policy) and ``select_challenger`` keeps the one with the most real successes on
+    # check seeds: the policy climbs imagined reward past the point where real success peaks
+    # (README, runs F and H), and a few real runs find that point
+    challenger_snapshots: int = 1
+    snapshot_check_episodes_per_task: int = 10
     # Dyna exploration: extra champion runs sampled at the GRPO rollout temperature, for the world
     # model and the judge only (never counted as an evaluation). Greedy runs show the world model
     # one action per situation; GRPO then samples around it, where a model that never saw those
@@ -148,9 +154,16 @@ class RoundConfig:
             "judge_steps",
             "judge_finetune_steps",
             "grpo_steps",
+            "challenger_snapshots",
+            "snapshot_check_episodes_per_task",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.challenger_snapshots > self.grpo_steps:
+            raise ValueError(
+                f"challenger_snapshots ({self.challenger_snapshots}) cannot exceed grpo_steps "
+                f"({self.grpo_steps}): there is one policy per step"
+            )
         if self.explore_episodes_per_task < 0:
             raise ValueError(
                 f"explore_episodes_per_task must be >= 0, got {self.explore_episodes_per_task}"
@@ -568,8 +581,19 @@ def train_challenger(
     judge_model = load_judge(judge)
     starts = initial_frames(load_episode_headers(episode_dirs))
     grpo_cfg = GRPOConfig.preset("tiny", steps=cfg.grpo_steps, seed=cfg.seed, **cfg.grpo_overrides)
+    snapshots = snapshots_dir(Path(out_dir))
+    if snapshots.exists():
+        shutil.rmtree(snapshots)  # an earlier run's: they would pass for this one's
+    at = snapshot_steps(cfg)
+
+    def step_done(stats) -> None:
+        if stats.step + 1 in at and stats.step + 1 < cfg.grpo_steps:
+            policy.save_pretrained(snapshots / f"step_{stats.step + 1:04d}")
+        if on_step is not None:
+            on_step(stats)
+
     history = train_grpo(
-        policy, wm, judge_model, starts, grpo_cfg, progress=progress, on_step=on_step
+        policy, wm, judge_model, starts, grpo_cfg, progress=progress, on_step=step_done
     )
     out = Path(policy.save_pretrained(out_dir))
     metrics = {
@@ -583,6 +607,58 @@ def train_challenger(
         json.dumps([dataclasses.asdict(h) for h in history], indent=1)
     )
     return ModelArtifact(out, checkpoint_sha256(out), metrics)
+
+
+def snapshot_steps(cfg: RoundConfig) -> list[int]:
+    """The GRPO steps whose policies are candidates: ``challenger_snapshots`` evenly spaced,
+    ending at the last step."""
+    k = cfg.challenger_snapshots
+    return sorted({round(cfg.grpo_steps * i / k) for i in range(1, k + 1)})
+
+
+def snapshots_dir(challenger_dir: Path) -> Path:
+    """Beside the challenger, not in it: its checksum and its dispatch stay the final policy's."""
+    return challenger_dir.with_name(challenger_dir.name + "_snapshots")
+
+
+def challenger_candidates(challenger_dir: Path) -> list[Path]:
+    """The earlier snapshots train_challenger saved, oldest first, then the final policy."""
+    return [*sorted(snapshots_dir(Path(challenger_dir)).glob("step_*")), Path(challenger_dir)]
+
+
+SNAPSHOT_CHECK_SEED_OFFSET = 40_000  # disjoint from collection, exploration, Dyna, evaluation
+
+
+def select_challenger(
+    station: StationClient,
+    challenger_dir: Path,
+    dest: Path,
+    cfg: RoundConfig,
+    *,
+    progress: bool = True,
+) -> tuple[Path, dict]:
+    """The GRPO snapshot with the most real successes on check seeds (ties: the earliest, the
+    one nearest the champion); returns its path and every candidate's successes per task.
+
+    The check seeds are the same for every candidate (paired) and disjoint from every other
+    seed range, so the real evaluation that follows is not the data the choice was made on."""
+    candidates = challenger_candidates(Path(challenger_dir))
+    names = [p.name for p in candidates[:-1]] + ["final"]
+    table: dict[str, dict[str, int]] = {}
+    for path, name in zip(candidates, names, strict=True):
+        ev = collect_episodes(
+            station,
+            path,
+            Path(dest) / name,
+            cfg,
+            episodes_per_task=cfg.snapshot_check_episodes_per_task,
+            seed=cfg.seed + SNAPSHOT_CHECK_SEED_OFFSET,
+            progress=progress,
+        )
+        table[name] = {t: r.successes for t, r in ev.per_task.items()}
+    totals = [sum(table[n].values()) for n in names]
+    best = totals.index(max(totals))  # the first of the best: the earliest
+    return candidates[best], {"candidates": table, "chosen": names[best]}
 
 
 def world_model_exploitation(

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 PRESETS = ("tiny", "paper")
+TASK_SAMPLING = ("uniform", "signal")
 
 
 @dataclass
@@ -46,6 +47,11 @@ class GRPOConfig:
     steps: int = 100
     judge_samples: int = 5
     distractor_prob: float = 0.0  # chance a start frame gets pasted distractor objects
+    # how a step's starts are drawn: "uniform" over all starts, or "signal": task first, each task
+    # weighted by the share of its groups that carried signal (were kept; Laplace-smoothed), then
+    # a start of that task uniformly. A task the policy never (or always) solves in imagination
+    # then stops filling the batch with groups that dynamic sampling drops anyway.
+    task_sampling: str = "uniform"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,6 +81,10 @@ class GRPOConfig:
             )
         if not 0 <= self.distractor_prob <= 1:
             raise ValueError(f"distractor_prob must be in [0, 1], got {self.distractor_prob}")
+        if self.task_sampling not in TASK_SAMPLING:
+            raise ValueError(
+                f"task_sampling must be one of {TASK_SAMPLING}, got {self.task_sampling!r}"
+            )
 
     @classmethod
     def preset(cls, name: str, **overrides) -> GRPOConfig:
@@ -375,13 +385,16 @@ def train_grpo(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     reference = _frozen_copy(policy) if config.kl_coef > 0 else None
     history: list[GRPOStats] = []
+    signal = TaskSignal(starts)
     bar = _progress(config.steps, progress)
     for step in range(config.steps):
         t0 = time.perf_counter()
-        batch = _draw_starts(starts, config, rng)
+        weights = signal.start_weights() if config.task_sampling == "signal" else None
+        batch = _draw_starts(starts, config, rng, weights)
         rollouts = imagine_rollouts(policy, world_model, batch, config, generator)
         rewards = score_rollouts(judge, rollouts, config)
         update = grpo_update(policy, optimizer, rollouts, rewards, config, reference)
+        per_task = signal.record(batch, rewards.view(len(batch), config.group_size), config)
         stats = GRPOStats(
             step=step,
             success_rate=float(rewards.mean()),
@@ -394,7 +407,7 @@ def train_grpo(
             grad_norm=update.get("grad_norm", math.nan),
             seconds=time.perf_counter() - t0,
             imagined_frames=int(rollouts.videos.shape[0] * (rollouts.videos.shape[1] - 1)),
-            extra={"ref_kl": update["ref_kl"]} if "ref_kl" in update else {},
+            extra=({"ref_kl": update["ref_kl"]} if "ref_kl" in update else {}) | per_task,
         )
         history.append(stats)
         bar.set_postfix(
@@ -420,11 +433,52 @@ def _frozen_copy(policy):
     return reference
 
 
+def task_key(start: Start) -> str:
+    """The task a start counts under: its task name, else its instruction (novel ones)."""
+    return start.task or start.instruction
+
+
+class TaskSignal:
+    """Per task: groups drawn and groups kept (carried signal) so far."""
+
+    def __init__(self, starts: Sequence[Start]) -> None:
+        self.task_of = [task_key(s) for s in starts]
+        self.drawn = dict.fromkeys(self.task_of, 0)
+        self.kept = dict.fromkeys(self.task_of, 0)
+
+    def kept_share(self, task: str) -> float:
+        return (self.kept[task] + 1) / (self.drawn[task] + 2)  # Laplace: 1/2 before any draw
+
+    def start_weights(self) -> np.ndarray:
+        """(len(starts),) probabilities: task by its kept share, then uniform within the task."""
+        per_task = {t: self.task_of.count(t) for t in self.drawn}
+        w = np.array([self.kept_share(t) / per_task[t] for t in self.task_of])
+        return w / w.sum()
+
+    def record(self, batch: Sequence[Start], rewards: torch.Tensor, config: GRPOConfig) -> dict:
+        """Count this step's (P, G) rewards; returns per-task imagined success and kept groups."""
+        keep = keep_groups(rewards, config.filter_low, config.filter_high)
+        out: dict[str, float] = {}
+        for task in dict.fromkeys(task_key(s) for s in batch):
+            rows = [i for i, s in enumerate(batch) if task_key(s) == task]
+            self.drawn[task] = self.drawn.get(task, 0) + len(rows)
+            self.kept[task] = self.kept.get(task, 0) + int(keep[rows].sum())
+            out[f"success/{task}"] = float(rewards[rows].mean())
+            out[f"kept/{task}"] = int(keep[rows].sum())
+        return out
+
+
 def _draw_starts(
-    starts: Sequence[Start], config: GRPOConfig, rng: np.random.Generator
+    starts: Sequence[Start],
+    config: GRPOConfig,
+    rng: np.random.Generator,
+    weights: np.ndarray | None = None,
 ) -> list[Start]:
     idx = rng.choice(
-        len(starts), size=config.starts_per_step, replace=len(starts) < config.starts_per_step
+        len(starts),
+        size=config.starts_per_step,
+        replace=len(starts) < config.starts_per_step,
+        p=weights,
     )
     batch = [starts[i] for i in idx]
     if config.distractor_prob > 0:

@@ -21,12 +21,15 @@ from policy.grpo import (
     GRPOConfig,
     Rollouts,
     Start,
+    TaskSignal,
+    _draw_starts,
     clipped_surrogate,
     group_advantages,
     grpo_update,
     imagine_rollouts,
     keep_groups,
     score_rollouts,
+    task_key,
     train_grpo,
 )
 from policy.vla import VLAPolicy
@@ -472,8 +475,43 @@ def test_train_grpo_two_steps_with_a_novel_instruction_and_distractors(world_mod
         assert (h.kept_groups, h.total_groups) == (2, 2) and h.success_rate == 0.5
         assert all(math.isfinite(v) for v in (h.loss, h.clipfrac, h.approx_kl, h.entropy))
         assert h.grad_norm > 0
+        # per-task imagined success and kept groups, keyed by task (the instruction if novel)
+        drawn = {k.split("/", 1)[1] for k in h.extra if k.startswith("success/")}
+        assert drawn == {"close_drawer", NOVEL}
+        assert all(h.extra[f"success/{t}"] == 0.5 and h.extra[f"kept/{t}"] == 1 for t in drawn)
     assert NOVEL in judge.seen and "close the drawer" in judge.seen
     assert changed(policy, before)
+
+
+def test_signal_sampling_draws_tasks_by_the_share_of_their_groups_that_were_kept():
+    starts = [Start(frame(i), "open the drawer", "open_drawer") for i in range(3)] + [
+        Start(frame(9), "put the eggplant in the sink", "eggplant_in_sink")
+    ]
+    config = GRPOConfig(group_size=4, starts_per_step=2, task_sampling="signal")
+    signal = TaskSignal(starts)
+    # before any draw every task weighs the same, however many starts it has
+    w = signal.start_weights()
+    assert w[:3].sum() == pytest.approx(0.5) and w[3] == pytest.approx(0.5)
+    # ten steps: the open-drawer groups are mixed (kept), the eggplant groups all fail (dropped)
+    for _ in range(10):
+        batch = [starts[0], starts[3]]
+        stats = signal.record(batch, torch.tensor([[1.0, 0, 0, 1], [0, 0, 0, 0]]), config)
+        assert stats == {
+            "success/open_drawer": 0.5,
+            "kept/open_drawer": 1,
+            "success/eggplant_in_sink": 0.0,
+            "kept/eggplant_in_sink": 0,
+        }
+    assert signal.kept_share("open_drawer") == pytest.approx(11 / 12)
+    assert signal.kept_share("eggplant_in_sink") == pytest.approx(1 / 12)
+    w = signal.start_weights()
+    assert w.sum() == pytest.approx(1) and w[3] == pytest.approx(1 / 12)
+    assert np.allclose(w[:3], 11 / 36)  # uniform within the task
+    rng = np.random.default_rng(0)
+    drawn = [task_key(s) for _ in range(200) for s in _draw_starts(starts, config, rng, w)]
+    assert 0.85 < drawn.count("open_drawer") / len(drawn) < 0.98
+    with pytest.raises(ValueError, match="task_sampling must be one of"):
+        GRPOConfig(task_sampling="greedy")
 
 
 def test_tiny_vlm_judge_scores_rollouts_and_drives_a_step(world_model, rollouts, starts, cfg):

@@ -378,25 +378,53 @@ def test_every_benchmark_is_reachable_from_the_cli():
 def test_learning_bench_end_to_end_at_smoke_size_with_a_dyna_iteration(tmp_path):
     """The whole bench through the CLI: SFT, exploration, world model, judge, GRPO, one Dyna
     iteration (RL runs on training seeds -> finetuned world model and judge -> GRPO again), then
-    the real and imagined evaluation of all three policies on the same seeds."""
+    the real and imagined evaluation of all three policies on the same seeds. GRPO keeps two
+    snapshots and the real check on the station picks one, each time."""
+    from pipeline.stages import checkpoint_sha256
     from robot_bridge.episodes import list_episodes, read_episode
 
     work = tmp_path / "bench"
     cmd = [sys.executable, "-m", "pipeline.cli", "bench", "learning", "--workdir", str(work)]
     cmd += ["--preset", "smoke", "--eval-episodes", "1", "--dyna", "1"]
-    cmd += ["--set", "explore_episodes_per_task=1"]
+    cmd += ["--set", "explore_episodes_per_task=1", "--set", "grpo_steps=2"]
+    cmd += ["--set", "challenger_snapshots=2", "--set", "snapshot_check_episodes_per_task=1"]
+    overrides = {**TINY["grpo_overrides"], "task_sampling": "signal"}
+    cmd += ["--set", f"grpo_overrides={json.dumps(overrides)}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1700, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((work / "bench_learning.json").read_text())
     assert list(report["real"]) == ["SFT", "RL", "RL+Dyna1"]
     assert "| task | SFT real | RL real | RL+Dyna1 real | RL+Dyna1 - SFT |" in done.stdout
-    shas = {report["real"][n]["checkpoint_sha256"] for n in report["real"]}
-    assert len(shas) == 3
+    sft_sha = checkpoint_sha256(work / "bootstrap" / "policy")
+    assert report["real"]["SFT"]["checkpoint_sha256"] == sft_sha
     dyna = [read_episode(p) for p in list_episodes(work / "dyna1" / "episodes")]
     assert len(dyna) == len(TINY["tasks"]) * TINY["collect_episodes_per_task"]
     assert all(30_000 <= e.seed < 50_000 for e in dyna)  # training seeds, not the evaluation's
     assert {e.policy_sha256 for e in dyna} == {report["real"]["RL"]["checkpoint_sha256"]}
     assert report["dyna1_world_model"]["steps"] == 3  # warm start: the finetune step count
+    # the snapshot check: step 1 and the final policy, both on the same check seeds; the one
+    # with more real successes (the earlier on a tie) is the policy evaluated
+    for prefix, rl_dir, name in (
+        ("", work / "rl_policy", "RL"),
+        ("dyna1_", work / "dyna1" / "rl_policy", "RL+Dyna1"),
+    ):
+        check = report[f"{prefix}snapshot_check"]
+        assert list(check["candidates"]) == ["step_0001", "final"]
+        totals = {n: sum(c.values()) for n, c in check["candidates"].items()}
+        assert check["chosen"] == max(totals, key=totals.get)  # max keeps the first of ties
+        chosen = (
+            rl_dir.parent / (rl_dir.name + "_snapshots") / "step_0001"
+            if check["chosen"] != "final"
+            else rl_dir
+        )
+        assert report["real"][name]["checkpoint_sha256"] == checkpoint_sha256(chosen)
+        checked = [
+            read_episode(p) for p in list_episodes(rl_dir.parent / "snapshot_check" / "final")
+        ]
+        assert len(checked) == len(TINY["tasks"]) and all(
+            40_000 <= e.seed < 50_000 for e in checked
+        )
+    assert "snapshot check (real successes per task on check seeds; chosen" in done.stdout
 
 
 def test_learning_bench_reuses_a_stage_only_with_the_same_settings_and_checkpoint(tmp_path):
