@@ -435,8 +435,9 @@ def challenger(
             store.fresh_dir(store.model_dir("policy", r)),
             settings.round_config(),
             progress=settings.progress,
-            on_step=lambda s: run.log_metrics(
-                {k: v for k, v in vars(s).items() if k not in ("step", "extra")}, step=s.step
+            on_step=lambda s: run.log_metrics(  # extra: ref_kl, success/<task>, kept/<task>
+                {k: v for k, v in vars(s).items() if k not in ("step", "extra")} | s.extra,
+                step=s.step,
             ),
         )
         version = log_model(tracker, run, "policy", art, r, aliases=("challenger",))
@@ -481,10 +482,15 @@ def real_evaluation(
 ) -> dg.Output[ChallengerEvaluation]:
     r, cfg, store, t0 = context.partition_key, settings.round_config(), settings.store, _started()
     with (
-        tracked_stage(context, settings, tracking, "real_evaluation") as (_, run),
+        tracked_stage(context, settings, tracking, "real_evaluation") as (tracker, run),
         station.client() as client,
         on_the_arm("real evaluation", r),
     ):
+        snapshot = {}
+        if cfg.challenger_snapshots > 1:
+            challenger, snapshot = checked_challenger(
+                client, tracker, run, challenger, cfg, store, r
+            )
         ev = stages.evaluate_on_station(
             client,
             challenger.path,
@@ -502,10 +508,29 @@ def real_evaluation(
         ChallengerEvaluation(challenger, ev, real_episodes.seed),
         metadata={
             **evaluation_metadata(ev),
+            **({"snapshot_check": dg.MetadataValue.json(snapshot)} if snapshot else {}),
             "preview": preview_md(preview, "a real episode of the challenger"),
             **common_metadata(run, t0, challenger.sha256),
         },
     )
+
+
+def checked_challenger(client, tracker, run, challenger, cfg, store, r):
+    """The GRPO snapshot with most real successes on check seeds (``stages.select_challenger``);
+    its check runs join the round's episodes (next round's data). A snapshot other than the final
+    policy is registered and takes the ``challenger`` alias: what is evaluated is what is named."""
+    chosen, check = stages.select_challenger(
+        client, challenger.path, store.round_dir(r) / "episodes", cfg, progress=False
+    )
+    run.log_dict(check, "snapshot_check.json")
+    run.set_tags({"challenger_snapshot": check["chosen"]})
+    if chosen != challenger.path:
+        challenger = ModelArtifact(
+            chosen, stages.checkpoint_sha256(chosen), challenger.metrics, challenger.previews
+        )
+        version = log_model(tracker, run, "policy", challenger, r, aliases=("challenger",))
+        tracker.set_alias("policy", "challenger", version)  # also when it was registered before
+    return challenger, check
 
 
 @dg.asset(

@@ -639,6 +639,7 @@ def select_challenger(
 ) -> tuple[Path, dict]:
     """The GRPO snapshot with the most real successes on check seeds (ties: the earliest, the
     one nearest the champion); returns its path and every candidate's successes per task.
+    Each candidate's episodes go to ``dest/check_<step_NNNN|final>``.
 
     The check seeds are the same for every candidate (paired) and disjoint from every other
     seed range, so the real evaluation that follows is not the data the choice was made on."""
@@ -649,7 +650,7 @@ def select_challenger(
         ev = collect_episodes(
             station,
             path,
-            Path(dest) / name,
+            Path(dest) / f"check_{name}",
             cfg,
             episodes_per_task=cfg.snapshot_check_episodes_per_task,
             seed=cfg.seed + SNAPSHOT_CHECK_SEED_OFFSET,

@@ -188,6 +188,9 @@ class StageRun:
         base = self.tracker.client.get_run(self.run_id).info.artifact_uri
         return f"{base}/{artifact_path}" if artifact_path else base
 
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        self.tracker.client.log_dict(self.run_id, data, artifact_file)
+
     def set_tags(self, tags: Mapping[str, object]) -> None:
         for k, v in tags.items():
             self.tracker.client.set_tag(self.run_id, k, str(v))

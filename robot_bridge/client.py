@@ -287,31 +287,44 @@ class StationClient:
         )
         return result["job_id"]
 
-    def job_status(self, job_id: str) -> dict:
-        return self.call("job_status", {"job_id": job_id})[0]
+    def job_status(self, job_id: str, since: int = 0, limit: int | None = None) -> dict:
+        """The job's counts, and its finished episodes from ``since`` on, a page at a time."""
+        args = {"job_id": job_id, "since": since} | ({} if limit is None else {"limit": limit})
+        return self.call("job_status", args)[0]
 
     def cancel_job(self, job_id: str) -> dict:
         return self.call("job_cancel", {"job_id": job_id})[0]
 
     def wait_job(
-        self, job_id: str, *, poll_s: float = 0.5, progress: bool = False, on_episode: Any = None
+        self,
+        job_id: str,
+        *,
+        poll_s: float = 0.5,
+        progress: bool = False,
+        on_episode: Any = None,
+        page: int | None = None,
     ) -> dict:
-        """Poll until the job ends; ``on_episode(name)`` is called as each episode file appears."""
-        seen: set[str] = set()
+        """Poll until the job ends; ``on_episode(name)`` is called as each episode file appears.
+        Returns the last status with every episode and result of the job (gathered page by page).
+        """
+        episodes: list[str] = []
+        results: list[dict] = []
         bar = None
         while True:
-            status = self.job_status(job_id)
+            status = self.job_status(job_id, since=len(episodes), limit=page)
             if bar is None:
                 bar = _bar(status["total"], f"job {job_id}", progress, unit="ep")
             for name in status["episodes"]:
-                if name not in seen:
-                    seen.add(name)
-                    bar.update(1)
-                    if on_episode is not None:
-                        on_episode(name)
+                bar.update(1)
+                if on_episode is not None:
+                    on_episode(name)
+            episodes += status["episodes"]
+            results += status["results"]
+            if len(episodes) < status["listed"]:
+                continue  # more pages now: no need to wait
             if status["state"] not in ("queued", "running"):
                 bar.close()
-                return status
+                return status | {"since": 0, "episodes": episodes, "results": results}
             time.sleep(poll_s)
 
     def fetch_episode(self, name: str, dest_dir: str | Path, chunk: int = 4 * 1024 * 1024) -> Path:

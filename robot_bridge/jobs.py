@@ -57,6 +57,10 @@ class JobSpec:
         ]
 
 
+# at most this many finished episodes per job_status reply (~200 bytes each, header limit 64 KiB)
+JOB_STATUS_PAGE = 128
+
+
 @dataclass
 class Job:
     job_id: str
@@ -76,7 +80,14 @@ class Job:
             self.error = reason
             self._cancel.set()
 
-    def status(self) -> dict:
+    def status(self, since: int = 0, limit: int = JOB_STATUS_PAGE) -> dict:
+        """Counts and per-task results of the whole job, and the finished episodes (names and
+        results) ``since`` .. ``since + limit``: a reply stays small whatever the job's size (a
+        400-episode job listed in full overflowed the 64 KiB header limit). ``listed`` is how many
+        can be paged; both lists are sliced at the same count, so they stay aligned."""
+        state = self.state  # first: a job that has ended has appended its last episode
+        listed = min(len(self.episode_files), len(self.results))
+        upto = min(listed, since + min(limit, JOB_STATUS_PAGE))
         per_task: dict[str, dict] = {}
         for r in self.results:
             t = per_task.setdefault(r["task"], {"episodes": 0, "successes": 0, "labelled": 0})
@@ -86,13 +97,15 @@ class Job:
                 t["successes"] += int(r["success"])
         return {
             "job_id": self.job_id,
-            "state": self.state,
+            "state": state,
             "error": self.error,
             "done": len(self.results),
             "total": self.total,
             "current": self.current,
-            "episodes": [Path(p).name for p in self.episode_files],
-            "results": self.results,
+            "listed": listed,
+            "since": since,
+            "episodes": [Path(p).name for p in self.episode_files[since:upto]],
+            "results": self.results[since:upto],
             "per_task": per_task,
             "elapsed_s": (self.finished_at or time.monotonic()) - self.started_at
             if self.started_at

@@ -30,7 +30,7 @@ from robot_bridge import protocol
 from robot_bridge.backends.base import BackendError, Observation, RobotBackend
 from robot_bridge.checkpoints import CheckpointError, CheckpointStore, FileEntry, checked_entries
 from robot_bridge.episodes import EpisodeMeta, EpisodeWriteError, EpisodeWriter, recover_partials
-from robot_bridge.jobs import Job, JobRunner, JobSpec
+from robot_bridge.jobs import JOB_STATUS_PAGE, Job, JobRunner, JobSpec
 from robot_bridge.protocol import ProtocolError
 from robot_bridge.protocol import field as arg
 from robot_bridge.spec import (
@@ -617,7 +617,11 @@ class Station:
         return {"job_id": job.job_id}, {}
 
     def _job_status(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
-        return self._job(args).status(), {}
+        since = arg(args, "since", int, default=0, check=lambda n: n >= 0, what="an int >= 0")
+        limit = arg(
+            args, "limit", int, default=JOB_STATUS_PAGE, check=lambda n: n >= 1, what="an int >= 1"
+        )
+        return self._job(args).status(since, limit), {}
 
     def _job_cancel(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
         job = self._job(args)

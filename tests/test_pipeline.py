@@ -242,7 +242,9 @@ def test_gymnast_dispatch_evaluates_on_a_station_and_resumes(tmp_path):
 def stack(tmp_path, monkeypatch):
     from pipeline.demo import local_stack
 
-    monkeypatch.setenv("GYMNAST_ROUND_OVERRIDES", json.dumps(TINY))
+    # two GRPO steps, two candidates: the real evaluation first picks one on check seeds
+    snapshots = {"grpo_steps": 2, "challenger_snapshots": 2, "snapshot_check_episodes_per_task": 1}
+    monkeypatch.setenv("GYMNAST_ROUND_OVERRIDES", json.dumps(TINY | snapshots))
     monkeypatch.setenv("GYMNAST_JUDGE_F1_FLOOR", "0.0")
     monkeypatch.setenv("GYMNAST_PROGRESS", "0")
     with local_stack(tmp_path / "home") as env:
@@ -290,11 +292,27 @@ def test_two_rounds_through_dagster_in_separate_processes(stack):
         assert tracker.client.get_run(parent).info.status == "FINISHED"
     for name in ("world_model", "judge", "policy"):
         assert tracker.alias_version(name, "challenger") is not None
+    # the snapshot check ran on the arm before each real evaluation; what was evaluated is the
+    # chosen candidate, and the registry's challenger alias names it
+    for r in (r1, r2):
+        evaluated = store.load("real_evaluation", r)
+        assert evaluated.evaluation.checkpoint_sha256 == evaluated.challenger.sha256
+        assert evaluated.challenger.path.name in (r, "step_0001")
+        for name in ("check_step_0001", "check_final"):
+            assert len(list((store.round_dir(r) / "episodes" / name).glob("*.h5"))) == 2, name
+    assert tracker.alias_version("policy", "challenger") == tracker.version_for_sha(
+        "policy", evaluated.challenger.sha256
+    )
     assert tracker.alias_version("policy", "champion") is not None
     grpo = tracker.client.search_runs(
         [tracker.experiment_id], filter_string="tags.`gymnast.stage` = 'challenger'"
     )
     assert tracker.client.get_metric_history(grpo[0].info.run_id, "success_rate")
+    per_task = [
+        tracker.client.get_metric_history(grpo[0].info.run_id, f"success/{t}")
+        for t in TINY["tasks"]
+    ]
+    assert sum(len(h) for h in per_task) >= 2  # each of the 2 steps drew at least one task
 
 
 @pytest.mark.slow
@@ -419,7 +437,7 @@ def test_learning_bench_end_to_end_at_smoke_size_with_a_dyna_iteration(tmp_path)
         )
         assert report["real"][name]["checkpoint_sha256"] == checkpoint_sha256(chosen)
         checked = [
-            read_episode(p) for p in list_episodes(rl_dir.parent / "snapshot_check" / "final")
+            read_episode(p) for p in list_episodes(rl_dir.parent / "snapshot_check" / "check_final")
         ]
         assert len(checked) == len(TINY["tasks"]) and all(
             40_000 <= e.seed < 50_000 for e in checked
@@ -545,3 +563,60 @@ def test_bootstrap_trains_on_this_configurations_demonstrations_only(tmp_path):
         small = bootstrap_champion(client, tmp_path / "boot", cfg(2), progress=False)
     assert len(list_episodes(tmp_path / "boot" / "demos")) == 3  # nothing deleted
     assert (big.metrics["demos"], small.metrics["demos"]) == (3, 2)
+
+
+def test_select_challenger_keeps_the_snapshot_with_most_real_successes_earliest_on_ties(tmp_path):
+    """GRPO's snapshots and its final policy run on the same check seeds of their own; the one
+    with most real successes is chosen, and of equals the earliest (the nearest the champion)."""
+    import dataclasses
+
+    from pipeline.stages import (
+        SNAPSHOT_CHECK_SEED_OFFSET,
+        RoundConfig,
+        challenger_candidates,
+        select_challenger,
+        snapshot_steps,
+        snapshots_dir,
+    )
+    from robot_bridge.client import StationClient
+    from robot_bridge.episodes import list_episodes, read_episode
+    from robot_bridge.launch import StationProcess
+    from robot_bridge.policies.base import write_policy_config
+
+    assert snapshot_steps(RoundConfig(grpo_steps=80, challenger_snapshots=4)) == [20, 40, 60, 80]
+    assert snapshot_steps(RoundConfig(grpo_steps=10, challenger_snapshots=3)) == [3, 7, 10]
+    assert snapshot_steps(RoundConfig(grpo_steps=10)) == [10]  # the final policy only
+
+    final = write_policy_config(tmp_path / "rl_policy", "random", seed=1, chunk_size=5)
+    snaps = snapshots_dir(final)
+    write_policy_config(snaps / "step_0002", "random", seed=2, chunk_size=5)
+    write_policy_config(snaps / "step_0004", "scripted_expert")
+    cfg = RoundConfig.from_preset(
+        "smoke", tasks=["open_drawer"], grpo_steps=6, challenger_snapshots=3
+    )
+    cfg = dataclasses.replace(cfg, snapshot_check_episodes_per_task=2, seed=3)
+    assert challenger_candidates(final) == [snaps / "step_0002", snaps / "step_0004", final]
+    with (
+        StationProcess("sim", episodes_dir=tmp_path / "station") as station,
+        StationClient(station.endpoint, timeout_s=60) as client,
+    ):
+        chosen, check = select_challenger(client, final, tmp_path / "check", cfg, progress=False)
+        assert chosen == snaps / "step_0004" and check["chosen"] == "step_0004"
+        assert check["candidates"] == {
+            "step_0002": {"open_drawer": 0},
+            "step_0004": {"open_drawer": 2},
+            "final": {"open_drawer": 0},
+        }
+        # an equally good earlier snapshot wins the tie
+        write_policy_config(snaps / "step_0001", "scripted_expert")
+        chosen, check = select_challenger(client, final, tmp_path / "check", cfg, progress=False)
+        assert chosen == snaps / "step_0001" and check["candidates"]["step_0001"] == {
+            "open_drawer": 2
+        }
+    for name in ("step_0001", "step_0002", "step_0004", "final"):
+        seeds = sorted(
+            read_episode(p).seed for p in list_episodes(tmp_path / "check" / f"check_{name}")
+        )
+        assert seeds == [3 + SNAPSHOT_CHECK_SEED_OFFSET + i for i in range(2)]
+    with pytest.raises(ValueError, match="challenger_snapshots \\(7\\) cannot exceed grpo_steps"):
+        RoundConfig(grpo_steps=6, challenger_snapshots=7)

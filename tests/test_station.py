@@ -277,6 +277,28 @@ def test_job_runs_checkpoint_and_returns_episodes(station, client, tmp_path):
     assert client.wait_job(job2, poll_s=0.05)["total"] == 0
 
 
+def test_job_status_pages_episodes_so_a_long_job_never_overflows_the_header(
+    station, client, tmp_path
+):
+    """A 400-episode job listed every episode in each status reply and broke the 64 KiB header
+    limit mid-evaluation; replies now carry a page, and wait_job gathers them all."""
+    sha = client.upload_checkpoint(write_policy_config(tmp_path / "r", "random", seed=3))
+    job_id = client.submit_job(sha, ["open_drawer"], episodes_per_task=5, seed=7)
+    seen = []
+    status = client.wait_job(job_id, poll_s=0.05, page=2, on_episode=seen.append)
+    assert status["state"] == "done" and status["done"] == status["listed"] == 5
+    assert status["episodes"] == seen and len(set(seen)) == 5  # each once, in order
+    assert [r["seed"] for r in status["results"]] == [7, 8, 9, 10, 11]
+    assert [r["episode"] for r in status["results"]] == seen
+    page = client.job_status(job_id, since=3, limit=2)
+    assert page["episodes"] == seen[3:5] and page["per_task"]["open_drawer"]["episodes"] == 5
+    assert client.job_status(job_id, since=9)["episodes"] == []
+    with pytest.raises(StationError, match="since"):
+        client.job_status(job_id, since=-1)
+    with pytest.raises(StationError, match="limit"):
+        client.job_status(job_id, limit=0)
+
+
 def test_tampered_checkpoint_is_refused(client, tmp_path):
     ckpt = write_policy_config(tmp_path / "p", "random", seed=1)
     from robot_bridge.checkpoints import build_manifest
