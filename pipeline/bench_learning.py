@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.stages import (
+    Evaluation,
     ModelArtifact,
     RoundConfig,
     bootstrap_champion,
@@ -167,6 +168,61 @@ def imagination_throughput(
     return batch * steps / (time.perf_counter() - t0)
 
 
+def eval_counts(tasks, default: int, per_task: dict[str, int] | None = None) -> dict[str, int]:
+    """Real evaluation episodes per task: ``default`` unless ``per_task`` says otherwise (a task
+    whose comparison is close gets more episodes, the one that only ever fails need not)."""
+    per_task = per_task or {}
+    unknown = sorted(set(per_task) - set(tasks))
+    if unknown:
+        raise ValueError(f"evaluation episodes given for tasks not in this run: {unknown}")
+    counts = {t: int(per_task.get(t, default)) for t in tasks}
+    bad = {t: n for t, n in counts.items() if n < 1}
+    if bad:
+        raise ValueError(f"evaluation episodes per task must be >= 1, got {bad}")
+    return counts
+
+
+def evaluate_policy(client, policy_dir: Path, dest: Path, cfg: RoundConfig, counts, progress):
+    """The real evaluation: ``counts[task]`` greedy episodes per task on seeds ``EVAL_SEED``+,
+    the same for every policy (paired); one station job per distinct count, merged."""
+    by_count: dict[int, list[str]] = {}
+    for task, n in counts.items():
+        by_count.setdefault(n, []).append(task)
+    parts = [
+        collect_episodes(
+            client,
+            policy_dir,
+            dest,
+            dataclasses.replace(cfg, tasks=tuple(tasks)),
+            episodes_per_task=n,
+            seed=EVAL_SEED,
+            progress=progress,
+        )
+        for n, tasks in by_count.items()
+    ]
+    return Evaluation(
+        parts[0].checkpoint_sha256,
+        [p for part in parts for p in part.episodes],
+        {t: part.per_task[t] for t in counts for part in parts if t in part.per_task},
+        {k: v for part in parts for k, v in part.outcomes.items()},
+    )
+
+
+def spread_sample(headers, per_task: int) -> list:
+    """``per_task`` episodes of each task, spread evenly over its seeds (imagination's starts)."""
+    out = []
+    for task in dict.fromkeys(h.task for h in headers):
+        mine = sorted((h for h in headers if h.task == task), key=lambda h: h.seed)
+        out += mine[:: max(1, len(mine) // per_task)][:per_task]
+    return out
+
+
+def beyond_intervals(sft: dict, rl: dict) -> int:
+    """+1 when ``rl``'s 95% interval lies wholly above ``sft``'s, -1 wholly below, else 0."""
+    (s_lo, s_hi), (r_lo, r_hi) = sft["ci95"], rl["ci95"]
+    return 1 if r_lo > s_hi else -1 if r_hi < s_lo else 0
+
+
 def run(
     workdir: Path,
     cfg: RoundConfig,
@@ -174,19 +230,26 @@ def run(
     progress: bool = True,
     dyna_iterations: int = 0,
     dyna_from: str = "sft",
+    task_episodes: dict[str, int] | None = None,
 ) -> dict:
     """The benchmark; ``dyna_iterations`` > 0 then runs each RL policy on the station (training
     seeds), finetunes the world model and judge with those episodes, and trains GRPO again:
     ``dyna_from="sft"`` from the SFT policy, as the nightly loop does when the challenger loses;
-    ``"rl"`` from the last RL policy (also its KL anchor), as the loop does once it has won."""
+    ``"rl"`` from the last RL policy (also its KL anchor), as the loop does once it has won.
+    ``task_episodes`` gives some tasks more (or fewer) evaluation episodes than ``eval_episodes``
+    for SFT and the final policy, the pair whose intervals the verdict compares."""
     if dyna_from not in DYNA_FROM:
         raise ValueError(f"dyna_from must be one of {DYNA_FROM}, got {dyna_from!r}")
     from robot_bridge.client import StationClient
     from robot_bridge.launch import StationProcess
 
+    # SFT and the final policy (the pair the bench compares) get the per-task counts; a policy
+    # in between gets ``eval_episodes`` on every task
+    counts = eval_counts(cfg.tasks, eval_episodes, task_episodes)
+    between = eval_counts(cfg.tasks, eval_episodes)
     workdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    report: dict = {"config": cfg.to_dict(), "eval_episodes_per_task": eval_episodes}
+    report: dict = {"config": cfg.to_dict(), "eval_episodes_per_task": counts}
 
     def timed(name, fn):
         t0 = time.perf_counter()
@@ -283,14 +346,13 @@ def run(
         for name, art in policies:
             evals[name] = timed(
                 f"real eval {name}",
-                lambda art=art, name=name: collect_episodes(
+                lambda art=art, name=name: evaluate_policy(
                     client,
                     art.path,
                     workdir / f"eval_{name}",
                     cfg,
-                    episodes_per_task=eval_episodes,
-                    seed=EVAL_SEED,
-                    progress=progress,
+                    counts if name in ("SFT", policies[-1][0]) else between,
+                    progress,
                 ),
             )
     # this run's policies only (an earlier GRPO variant's episodes may share the folder); paths,
@@ -303,10 +365,7 @@ def run(
                 art.path,
                 wm.path,
                 judge.path,
-                [
-                    read_episode_header(p)
-                    for p in eval_eps[name][:: max(1, len(eval_eps[name]) // 16)]
-                ],
+                spread_sample([read_episode_header(p) for p in eval_eps[name]], 4),
                 group=4,
                 horizon_chunks=cfg.grpo_overrides.get("horizon_chunks", 8),
                 seed=cfg.seed,
@@ -357,19 +416,22 @@ def dyna_iteration(
     model and the judge are finetuned from their last checkpoints; GRPO starts again from
     ``start`` (the SFT policy or the last RL one)."""
     d = workdir / f"dyna{k}"
+    # a folder per policy: an earlier run's RL policy left its runs in dyna{k}/episodes too, and
+    # they must not join this run's data
+    runs = d / "episodes" / rl.sha256[:12]
     got = timed(
         f"Dyna {k}: RL runs on station",
         lambda: collect_episodes(
             client,
             rl.path,
-            d / "episodes",
+            runs,
             cfg,
             seed=cfg.seed + DYNA_SEED + 1000 * (k - 1),
             progress=progress,
         ),
     )
     report[f"dyna{k}_episodes"] = got.to_dict()
-    data_dirs = [*data_dirs, d / "episodes"]
+    data_dirs = [*data_dirs, runs]
     wm = timed(
         f"Dyna {k}: world model",
         lambda: refresh_world_model(data_dirs, wm.path, d / "world_model", cfg, progress),
@@ -413,22 +475,29 @@ def format_report(r: dict) -> str:
     lines = [
         "| task | "
         + " | ".join(f"{n} real" for n in names)
-        + f" | {last} - SFT | "
+        + f" | {last} - SFT | beyond 95% CIs | episodes | "
         + " | ".join(f"{n} imagined" for n in names)
         + " |",
-        "|---|" + "---|" * (2 * len(names) + 1),
+        "|---|" + "---|" * (2 * len(names) + 3),
     ]
+    verdicts = {}
     for task, s in r["real"]["SFT"]["per_task"].items():
         q = r["real"][last]["per_task"][task]
+        verdicts[task] = beyond_intervals(s, q)
         lines.append(
             f"| {task} | "
             + " | ".join(_ci(r["real"][n]["per_task"][task]) for n in names)
             + f" | {100 * (q['success_rate'] - s['success_rate']):+.0f} | "
+            + {1: "better", -1: "worse", 0: "no"}[verdicts[task]]
+            + f" | {q['labelled']} | "
             + " | ".join(f"{100 * r['imagined'][n].get(task, float('nan')):.0f}%" for n in names)
             + " |"
         )
+    better = [t for t, v in verdicts.items() if v > 0]
     lines += [
         "",
+        f"{last} beats SFT beyond the 95% intervals on {len(better)} of {len(verdicts)} tasks"
+        + (f" ({', '.join(better)})" if better else ""),
         f"judge held-out F1: {r['judge'].get('heldout_f1', float('nan')):.3f}  "
         f"(precision {r['judge'].get('heldout_precision', float('nan')):.3f}, recall {r['judge'].get('heldout_recall', float('nan')):.3f})",
         "judge on imagined replays of real episodes vs their real outcome: "
@@ -469,6 +538,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--eval-episodes", type=int, default=50, help="real evaluation episodes per task and policy"
     )
     p.add_argument(
+        "--eval-task-episodes",
+        action="append",
+        default=[],
+        metavar="TASK=N",
+        help="a different number of evaluation episodes for one task (repeatable)",
+    )
+    p.add_argument(
         "--dyna",
         type=int,
         default=0,
@@ -493,10 +569,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> int:
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
+    cfg = RoundConfig.from_preset(args.preset, **overrides)
+    task_episodes = {}
+    for item in args.eval_task_episodes:
+        task, sep, n = item.partition("=")
+        if not sep or not n.strip().isdigit():
+            raise SystemExit(f"--eval-task-episodes wants TASK=N, got {item!r}")
+        task_episodes[task] = int(n)
     run(
         args.workdir,
-        RoundConfig.from_preset(args.preset, **overrides),
+        cfg,
         args.eval_episodes,
+        task_episodes=task_episodes,
         dyna_iterations=args.dyna,
         dyna_from=args.dyna_from,
     )

@@ -620,3 +620,71 @@ def test_select_challenger_keeps_the_snapshot_with_most_real_successes_earliest_
         assert seeds == [3 + SNAPSHOT_CHECK_SEED_OFFSET + i for i in range(2)]
     with pytest.raises(ValueError, match="challenger_snapshots \\(7\\) cannot exceed grpo_steps"):
         RoundConfig(grpo_steps=6, challenger_snapshots=7)
+
+
+def test_learning_bench_evaluates_each_task_as_often_as_asked_and_judges_by_the_intervals(
+    tmp_path,
+):
+    """A close task can get more real episodes than the rest: one job per count, same seeds for
+    every policy, extending an earlier evaluation rather than repeating it; the verdict is
+    "better" only when the RL interval lies wholly above SFT's."""
+    from pipeline.bench_learning import (
+        EVAL_SEED,
+        beyond_intervals,
+        eval_counts,
+        evaluate_policy,
+    )
+    from pipeline.cli import build_parser
+    from pipeline.stages import RoundConfig
+    from robot_bridge.client import StationClient
+    from robot_bridge.dispatch import wilson_interval
+    from robot_bridge.episodes import list_episodes, read_episode_header
+    from robot_bridge.launch import StationProcess
+    from robot_bridge.policies.base import write_policy_config
+
+    tasks = ("open_drawer", "close_drawer")
+    assert eval_counts(tasks, 2, {"close_drawer": 5}) == {"open_drawer": 2, "close_drawer": 5}
+    with pytest.raises(ValueError, match="tasks not in this run: \\['eggplant_in_sink'\\]"):
+        eval_counts(tasks, 2, {"eggplant_in_sink": 5})
+    with pytest.raises(ValueError, match="must be >= 1"):
+        eval_counts(tasks, 0)
+    args = build_parser().parse_args(
+        ["bench", "learning", "--eval-task-episodes", "close_drawer=500"]
+    )
+    assert args.eval_task_episodes == ["close_drawer=500"]
+
+    def rate(k, n):
+        return {"ci95": list(wilson_interval(k, n))}
+
+    assert beyond_intervals(rate(500, 1000), rate(600, 1000)) == 1  # [47, 53] vs [57, 63]
+    assert beyond_intervals(rate(50, 100), rate(60, 100)) == 0  # [40, 60] vs [50, 69]
+    assert beyond_intervals(rate(13, 100), rate(1, 100)) == -1
+
+    expert = write_policy_config(tmp_path / "expert", "scripted_expert")
+    cfg = RoundConfig.from_preset("smoke", tasks=list(tasks))
+    with (
+        StationProcess("sim", episodes_dir=tmp_path / "station") as station,
+        StationClient(station.endpoint, timeout_s=60) as client,
+    ):
+        ev = evaluate_policy(
+            client, expert, tmp_path / "eval", cfg, {"open_drawer": 1, "close_drawer": 3}, False
+        )
+        assert {t: r.labelled for t, r in ev.per_task.items()} == {
+            "open_drawer": 1,
+            "close_drawer": 3,
+        }
+        assert ev.outcomes == {
+            ("open_drawer", EVAL_SEED): True,
+            **{("close_drawer", EVAL_SEED + i): True for i in range(3)},
+        }
+        more = evaluate_policy(
+            client, expert, tmp_path / "eval", cfg, {"open_drawer": 2, "close_drawer": 3}, False
+        )
+    assert more.per_task["open_drawer"].labelled == 2 and len(more.episodes) == 5
+    seeds = sorted(
+        (h.task, h.seed) for h in map(read_episode_header, list_episodes(tmp_path / "eval"))
+    )
+    assert seeds == sorted(
+        [("open_drawer", EVAL_SEED + i) for i in range(2)]
+        + [("close_drawer", EVAL_SEED + i) for i in range(3)]
+    )  # the second evaluation ran only open drawer's new seed
