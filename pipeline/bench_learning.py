@@ -182,7 +182,14 @@ def eval_counts(tasks, default: int, per_task: dict[str, int] | None = None) -> 
     return counts
 
 
-def evaluate_policy(client, policy_dir: Path, dest: Path, cfg: RoundConfig, counts, progress):
+def evaluate_policy(
+    client,
+    policy_dir: Path,
+    dest: Path,
+    cfg: RoundConfig,
+    counts: dict[str, int],
+    progress: bool = True,
+) -> Evaluation:
     """The real evaluation: ``counts[task]`` greedy episodes per task on seeds ``EVAL_SEED``+,
     the same for every policy (paired); one station job per distinct count, merged."""
     by_count: dict[int, list[str]] = {}
