@@ -404,6 +404,7 @@ def test_learning_bench_end_to_end_at_smoke_size_with_a_dyna_iteration(tmp_path)
     work = tmp_path / "bench"
     cmd = [sys.executable, "-m", "pipeline.cli", "bench", "learning", "--workdir", str(work)]
     cmd += ["--preset", "smoke", "--eval-episodes", "1", "--dyna", "1"]
+    cmd += ["--eval-task-episodes", f"{TINY['tasks'][0]}=2"]
     cmd += ["--set", "explore_episodes_per_task=1", "--set", "grpo_steps=2"]
     cmd += ["--set", "challenger_snapshots=2", "--set", "snapshot_check_episodes_per_task=1"]
     overrides = {**TINY["grpo_overrides"], "task_sampling": "signal"}
@@ -412,7 +413,15 @@ def test_learning_bench_end_to_end_at_smoke_size_with_a_dyna_iteration(tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((work / "bench_learning.json").read_text())
     assert list(report["real"]) == ["SFT", "RL", "RL+Dyna1"]
-    assert "| task | SFT real | RL real | RL+Dyna1 real | RL+Dyna1 - SFT |" in done.stdout
+    assert "| RL+Dyna1 - SFT | beyond 95% CIs | episodes |" in done.stdout
+    assert "RL+Dyna1 beats SFT beyond the 95% intervals on " in done.stdout
+    labelled = {
+        n: {t: r["labelled"] for t, r in report["real"][n]["per_task"].items()}
+        for n in report["real"]
+    }
+    first = TINY["tasks"][0]  # SFT and the final policy: 2 episodes there; RL in between: 1
+    assert labelled["SFT"][first] == labelled["RL+Dyna1"][first] == 2
+    assert labelled["RL"][first] == 1 and report["eval_episodes_per_task"][first] == 2
     sft_sha = checkpoint_sha256(work / "bootstrap" / "policy")
     assert report["real"]["SFT"]["checkpoint_sha256"] == sft_sha
     dyna = [read_episode(p) for p in list_episodes(work / "dyna1" / "episodes")]
