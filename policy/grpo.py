@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 PRESETS = ("tiny", "paper")
-TASK_SAMPLING = ("uniform", "signal")
+TASK_SAMPLING = ("uniform", "signal", "balanced")
 
 
 @dataclass
@@ -50,8 +50,15 @@ class GRPOConfig:
     # how a step's starts are drawn: "uniform" over all starts, or "signal": task first, each task
     # weighted by the share of its groups that carried signal (were kept; Laplace-smoothed), then
     # a start of that task uniformly. A task the policy never (or always) solves in imagination
-    # then stops filling the batch with groups that dynamic sampling drops anyway.
+    # then stops filling the batch with groups that dynamic sampling drops anyway. "balanced": a
+    # task whose kept share is at least half the best task's is drawn as often as the best one, a
+    # poorer one in proportion; a task the policy solves less often then still fills its share
+    # (with "signal", the drawer task with fewer mixed groups got a third of the draws, and its
+    # real success moved only as a side effect of the other's updates)
     task_sampling: str = "uniform"
+    # True: each task with kept groups carries an equal share of the update (its groups'
+    # advantages scaled by kept / (tasks kept * its kept)), not a share by its count of groups
+    task_balanced_loss: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -165,6 +172,23 @@ def keep_groups(rewards: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """(P, G) -> (P,) bool: groups whose success rate lies in [low, high] (dynamic sampling)."""
     rate = rewards.float().mean(dim=1)
     return (rate >= low) & (rate <= high)
+
+
+def task_balance_weights(group_tasks: Sequence[str], keep: torch.Tensor) -> torch.Tensor:
+    """(P,) weights on the kept groups' advantages: kept / (tasks kept * the task's kept), so
+    each task with kept groups carries an equal share of the update and the weights of the kept
+    groups still sum to their count (the step size stays that of an unweighted update)."""
+    if len(group_tasks) != len(keep):
+        raise ValueError(f"{len(group_tasks)} group tasks for {len(keep)} groups")
+    kept = [t for t, k in zip(group_tasks, keep.tolist(), strict=True) if k]
+    count = {t: kept.count(t) for t in kept}
+    return torch.tensor(
+        [
+            len(kept) / (len(count) * count[t]) if k else 0.0
+            for t, k in zip(group_tasks, keep.tolist(), strict=True)
+        ],
+        dtype=torch.float32,
+    )
 
 
 def clipped_surrogate(
@@ -288,10 +312,13 @@ def grpo_update(
     rewards: torch.Tensor,
     config: GRPOConfig,
     reference=None,
+    group_tasks: Sequence[str] | None = None,
 ) -> dict:
     """PPO epochs over the kept groups; returns loss statistics (NaN loss raises).
 
     ``reference``: the frozen starting policy, needed when ``config.kl_coef > 0``.
+    ``group_tasks``: each start's task; given, each task's kept groups carry an equal share of
+    the update (``task_balance_weights``).
     """
     if config.kl_coef > 0 and reference is None:
         raise ValueError("kl_coef > 0 needs the frozen reference policy (train_grpo makes one)")
@@ -301,7 +328,10 @@ def grpo_update(
     stats = {"kept_groups": int(keep.sum()), "total_groups": n_starts}
     if not keep.any():
         return stats
-    advantages = group_advantages(per_group).view(-1)  # (B,)
+    advantages = group_advantages(per_group)  # (P, G)
+    if group_tasks is not None:
+        advantages = advantages * task_balance_weights(group_tasks, keep)[:, None]
+    advantages = advantages.view(-1)  # (B,)
     rows = keep[rollouts.group].nonzero().squeeze(1)  # rollouts of kept groups
     b, c, n = rollouts.tokens.shape
     # flatten (rollout, chunk) pairs: every policy call is one PPO sample
@@ -389,11 +419,16 @@ def train_grpo(
     bar = _progress(config.steps, progress)
     for step in range(config.steps):
         t0 = time.perf_counter()
-        weights = signal.start_weights() if config.task_sampling == "signal" else None
+        weights = (
+            signal.start_weights(config.task_sampling)
+            if config.task_sampling != "uniform"
+            else None
+        )
         batch = _draw_starts(starts, config, rng, weights)
         rollouts = imagine_rollouts(policy, world_model, batch, config, generator)
         rewards = score_rollouts(judge, rollouts, config)
-        update = grpo_update(policy, optimizer, rollouts, rewards, config, reference)
+        group_tasks = [task_key(s) for s in batch] if config.task_balanced_loss else None
+        update = grpo_update(policy, optimizer, rollouts, rewards, config, reference, group_tasks)
         per_task = signal.record(batch, rewards.view(len(batch), config.group_size), config)
         stats = GRPOStats(
             step=step,
@@ -449,10 +484,19 @@ class TaskSignal:
     def kept_share(self, task: str) -> float:
         return (self.kept[task] + 1) / (self.drawn[task] + 2)  # Laplace: 1/2 before any draw
 
-    def start_weights(self) -> np.ndarray:
-        """(len(starts),) probabilities: task by its kept share, then uniform within the task."""
+    def start_weights(self, mode: str = "signal") -> np.ndarray:
+        """(len(starts),) probabilities: a weight per task, then uniform within the task.
+
+        ``"signal"``: the task's kept share; ``"balanced"``: the kept share over half the best
+        task's, capped at 1 (see ``GRPOConfig.task_sampling``)."""
+        if mode not in ("signal", "balanced"):
+            raise ValueError(f"start_weights mode must be 'signal' or 'balanced', got {mode!r}")
+        share = {t: self.kept_share(t) for t in self.drawn}
+        if mode == "balanced":
+            half_best = max(share.values()) / 2
+            share = {t: min(1.0, v / half_best) for t, v in share.items()}
         per_task = {t: self.task_of.count(t) for t in self.drawn}
-        w = np.array([self.kept_share(t) / per_task[t] for t in self.task_of])
+        w = np.array([share[t] / per_task[t] for t in self.task_of])
         return w / w.sum()
 
     def record(self, batch: Sequence[Start], rewards: torch.Tensor, config: GRPOConfig) -> dict:

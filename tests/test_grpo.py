@@ -29,6 +29,7 @@ from policy.grpo import (
     imagine_rollouts,
     keep_groups,
     score_rollouts,
+    task_balance_weights,
     task_key,
     train_grpo,
 )
@@ -348,6 +349,45 @@ def test_grpo_update_learns_from_the_kept_groups_only(rollouts, cfg):
         assert torch.allclose(value, single_state[name], atol=1e-6), name
 
 
+def test_task_balance_weights_give_each_kept_task_an_equal_share():
+    keep = torch.tensor([True, True, True, True, False, True])
+    w = task_balance_weights(["a", "a", "a", "b", "c", "b"], keep)
+    # 5 kept groups over 2 tasks: a's three share 2.5, b's two share 2.5, c (dropped) nothing
+    assert torch.allclose(w, torch.tensor([5 / 6, 5 / 6, 5 / 6, 5 / 4, 0.0, 5 / 4]))
+    assert float(w.sum()) == pytest.approx(5)  # the step size of an unweighted update
+    with pytest.raises(ValueError, match="2 group tasks for 6 groups"):
+        task_balance_weights(["a", "b"], keep)
+
+
+def test_task_balanced_loss_reweights_the_update_only_when_tasks_are_uneven(rollouts, cfg):
+    """Four groups (the fixture's two, twice). Tasks a, b, a, b are already even: the balanced
+    update is the plain one. Tasks a, a, a, b are not: b's one group then weighs as much as a's
+    three, and the update differs."""
+    config = replace(cfg, ppo_epochs=1)
+    doubled = Rollouts(
+        observations=torch.cat([rollouts.observations] * 2),
+        tokens=torch.cat([rollouts.tokens] * 2),
+        old_logprobs=torch.cat([rollouts.old_logprobs] * 2),
+        videos=torch.cat([rollouts.videos] * 2),
+        instructions=rollouts.instructions * 2,
+        group=torch.cat([rollouts.group, rollouts.group + 2]),
+    )
+    rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0] * 2)  # every group kept
+
+    def updated(group_tasks):
+        torch.manual_seed(0)  # the same minibatch shuffle for every variant
+        policy = fresh_policy()
+        opt = torch.optim.SGD(policy.parameters(), lr=1e-2)  # unlike Adam, sensitive to scale
+        grpo_update(policy, opt, doubled, rewards, config, group_tasks=group_tasks)
+        return policy.state_dict()
+
+    plain = updated(None)
+    even = updated(["a", "b", "a", "b"])
+    uneven = updated(["a", "a", "a", "b"])
+    assert all(torch.allclose(v, even[k], atol=1e-6) for k, v in plain.items())
+    assert not all(torch.allclose(v, uneven[k], atol=1e-6) for k, v in plain.items())
+
+
 def test_grpo_update_with_every_group_dropped_changes_nothing(rollouts, cfg):
     policy = fresh_policy()
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -459,7 +499,8 @@ def test_train_grpo_two_steps_with_a_novel_instruction_and_distractors(world_mod
     cluttered = add_distractors(frame(2)[None], np.random.default_rng(0))[0]
     assert not np.array_equal(cluttered, frame(2))
     starts = [Start(frame(3), "close the drawer", "close_drawer"), Start(cluttered, NOVEL)]
-    config = replace(cfg, distractor_prob=0.5)
+    # the bench preset's task balance (balanced draws, an equal share of the update per task)
+    config = replace(cfg, distractor_prob=0.5, task_sampling="balanced", task_balanced_loss=True)
     policy, judge, seen = fresh_policy(), BrighterThanGroupJudge(cfg.group_size), []
     before = snapshot(policy)
     history = train_grpo(
@@ -512,6 +553,35 @@ def test_signal_sampling_draws_tasks_by_the_share_of_their_groups_that_were_kept
     assert 0.85 < drawn.count("open_drawer") / len(drawn) < 0.98
     with pytest.raises(ValueError, match="task_sampling must be one of"):
         GRPOConfig(task_sampling="greedy")
+
+
+def test_balanced_sampling_draws_a_task_half_as_fruitful_as_the_best_as_often_as_it():
+    starts = [
+        Start(frame(0), "open the drawer", "open_drawer"),
+        Start(frame(1), "close the drawer", "close_drawer"),
+        Start(frame(2), "close the drawer", "close_drawer"),
+        Start(frame(3), "put the eggplant in the sink", "eggplant_in_sink"),
+    ]
+    config = GRPOConfig(group_size=2, starts_per_step=3, task_sampling="balanced")
+    signal = TaskSignal(starts)
+    # eight steps: close-drawer groups always kept, open-drawer half the time, eggplant never
+    for step in range(8):
+        batch = [starts[0], starts[1], starts[3]]
+        open_rewards = [1.0, 0.0] if step % 2 else [0.0, 0.0]
+        signal.record(batch, torch.tensor([open_rewards, [1.0, 0.0], [0.0, 0.0]]), config)
+    share = {t: signal.kept_share(t) for t in ("open_drawer", "close_drawer", "eggplant_in_sink")}
+    assert share == pytest.approx(
+        {"open_drawer": 0.5, "close_drawer": 0.9, "eggplant_in_sink": 0.1}
+    )
+    signal_w, balanced_w = signal.start_weights("signal"), signal.start_weights("balanced")
+    # signal: open drawer gets 0.5 / 1.5 of the draws; balanced: as many as close drawer (0.5 is
+    # over half of 0.9), the eggplant 0.1 / 0.45 of that
+    assert signal_w[0] == pytest.approx(0.5 / 1.5)
+    assert balanced_w[0] == pytest.approx(balanced_w[1:3].sum())
+    assert balanced_w[3] == pytest.approx(balanced_w[0] * 0.1 / 0.45)
+    assert balanced_w.sum() == pytest.approx(1) and balanced_w[1] == pytest.approx(balanced_w[2])
+    with pytest.raises(ValueError, match="mode must be 'signal' or 'balanced'"):
+        signal.start_weights("uniform")
 
 
 def test_tiny_vlm_judge_scores_rollouts_and_drives_a_step(world_model, rollouts, starts, cfg):
