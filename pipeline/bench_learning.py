@@ -237,12 +237,15 @@ def run(
     progress: bool = True,
     dyna_iterations: int = 0,
     dyna_from: str = "sft",
+    dyna_seed: int | None = None,
     task_episodes: dict[str, int] | None = None,
 ) -> dict:
     """The benchmark; ``dyna_iterations`` > 0 then runs each RL policy on the station (training
     seeds), finetunes the world model and judge with those episodes, and trains GRPO again:
     ``dyna_from="sft"`` from the SFT policy, as the nightly loop does when the challenger loses;
     ``"rl"`` from the last RL policy (also its KL anchor), as the loop does once it has won.
+    ``dyna_seed`` seeds the Dyna iterations' GRPO (default: ``cfg.seed``): the same recipe on
+    the same data, drawn afresh (its starts and rollouts).
     ``task_episodes`` gives some tasks more (or fewer) evaluation episodes than ``eval_episodes``
     for SFT and the final policy, the pair whose intervals the verdict compares."""
     if dyna_from not in DYNA_FROM:
@@ -256,7 +259,11 @@ def run(
     between = eval_counts(cfg.tasks, eval_episodes)
     workdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    report: dict = {"config": cfg.to_dict(), "eval_episodes_per_task": counts}
+    report: dict = {
+        "config": cfg.to_dict(),
+        "eval_episodes_per_task": counts,
+        "dyna_seed": cfg.seed if dyna_seed is None else dyna_seed,
+    }
 
     def timed(name, fn):
         t0 = time.perf_counter()
@@ -340,6 +347,7 @@ def run(
                 workdir,
                 cfg,
                 sft if dyna_from == "sft" else rl,
+                report["dyna_seed"],
                 wm,
                 judge,
                 rl,
@@ -417,7 +425,7 @@ def run(
 
 
 def dyna_iteration(
-    k, client, workdir, cfg, start, wm, judge, rl, data_dirs, timed, report, progress
+    k, client, workdir, cfg, start, grpo_seed, wm, judge, rl, data_dirs, timed, report, progress
 ):
     """One Dyna step: the RL policy's real runs (greedy, training seeds) join the data; the world
     model and the judge are finetuned from their last checkpoints; GRPO starts again from
@@ -451,7 +459,13 @@ def dyna_iteration(
     rl = timed(
         f"Dyna {k}: GRPO",
         lambda: train_challenger(
-            start.path, wm.path, judge.path, data_dirs, d / "rl_policy", cfg, progress
+            start.path,
+            wm.path,
+            judge.path,
+            data_dirs,
+            d / "rl_policy",
+            dataclasses.replace(cfg, seed=grpo_seed),
+            progress,
         ),
     )
     rl = checked_snapshot(
@@ -566,6 +580,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "last RL policy",
     )
     p.add_argument(
+        "--dyna-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed of the Dyna iterations' GRPO (default: the round's seed); another value draws "
+        "the same recipe afresh",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -590,5 +612,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         task_episodes=task_episodes,
         dyna_iterations=args.dyna,
         dyna_from=args.dyna_from,
+        dyna_seed=args.dyna_seed,
     )
     return 0

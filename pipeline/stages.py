@@ -78,19 +78,17 @@ ROUND_PRESETS: dict[str, dict] = {
         "snapshot_check_episodes_per_task": 16,
         # Horizon 3 chunks covers the SFT policy's successes (3-8 steps); KL to SFT 0.2 sits
         # between 0.5 (run C: nothing moved) and 0.05 (run D: the world model was exploited).
-        # Groups with >= 2 judged successes of 8 (one is within the judge's false-positive
-        # noise). Task balance: the eggplant tasks, never solved, stop taking half the batch,
-        # and open drawer (fewer mixed groups) is drawn as often as close drawer and carries as
-        # much of each update; by signal alone it held 1 of ~6 kept groups a step and its real
-        # success swung 13% -> 4..65% as a side effect of close drawer's updates (runs I-J')
+        # Starts by task signal and groups with >= 2 judged successes of 8 (one is within the
+        # judge's false-positive noise): the eggplant tasks, never solved, stop taking half the
+        # batch (run I kept 72% of groups, run F 58%). Task balance ("balanced" draws and an
+        # equal share of the update per task) did worse (run K: open drawer 25%, close 52%)
         "grpo_overrides": {
             "horizon_chunks": 3,
             "starts_per_step": 8,
             "lr": 5e-4,
             "kl_coef": 0.2,
             "updates_per_epoch": 2,
-            "task_sampling": "balanced",
-            "task_balanced_loss": True,
+            "task_sampling": "signal",
             "filter_low": 0.2,
         },
     },

@@ -388,7 +388,9 @@ def test_every_benchmark_is_reachable_from_the_cli():
         args = parser.parse_args(argv)
         assert args.func.__name__ == "cmd_bench" and args.bench_command == argv[1]
     args = parser.parse_args(["bench", "learning", "--dyna", "2", "--dyna-from", "rl"])
-    assert (args.dyna, args.dyna_from) == (2, "rl")
+    assert (args.dyna, args.dyna_from, args.dyna_seed) == (2, "rl", None)
+    args = parser.parse_args(["bench", "learning", "--dyna", "1", "--dyna-seed", "7"])
+    assert args.dyna_seed == 7
 
 
 @pytest.mark.slow
@@ -403,7 +405,7 @@ def test_learning_bench_end_to_end_at_smoke_size_with_a_dyna_iteration(tmp_path)
 
     work = tmp_path / "bench"
     cmd = [sys.executable, "-m", "pipeline.cli", "bench", "learning", "--workdir", str(work)]
-    cmd += ["--preset", "smoke", "--eval-episodes", "1", "--dyna", "1"]
+    cmd += ["--preset", "smoke", "--eval-episodes", "1", "--dyna", "1", "--dyna-seed", "3"]
     cmd += ["--eval-task-episodes", f"{TINY['tasks'][0]}=2"]
     cmd += ["--set", "explore_episodes_per_task=1", "--set", "grpo_steps=2"]
     cmd += ["--set", "challenger_snapshots=2", "--set", "snapshot_check_episodes_per_task=1"]
@@ -429,6 +431,7 @@ def test_learning_bench_end_to_end_at_smoke_size_with_a_dyna_iteration(tmp_path)
     assert all(30_000 <= e.seed < 50_000 for e in dyna)  # training seeds, not the evaluation's
     assert {e.policy_sha256 for e in dyna} == {report["real"]["RL"]["checkpoint_sha256"]}
     assert report["dyna1_world_model"]["steps"] == 3  # warm start: the finetune step count
+    assert report["dyna_seed"] == 3
     # the snapshot check: step 1 and the final policy, both on the same check seeds; the one
     # with more real successes (the earlier on a tie) is the policy evaluated
     for prefix, rl_dir, name in (
