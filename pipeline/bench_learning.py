@@ -250,6 +250,11 @@ def run(
     for SFT and the final policy, the pair whose intervals the verdict compares."""
     if dyna_from not in DYNA_FROM:
         raise ValueError(f"dyna_from must be one of {DYNA_FROM}, got {dyna_from!r}")
+    if dyna_seed is not None and (dyna_iterations == 0 or dyna_seed < 0):
+        raise ValueError(
+            f"dyna_seed must be >= 0 and needs Dyna iterations, got {dyna_seed} with "
+            f"{dyna_iterations} iteration(s)"
+        )
     from robot_bridge.client import StationClient
     from robot_bridge.launch import StationProcess
 
@@ -262,8 +267,9 @@ def run(
     report: dict = {
         "config": cfg.to_dict(),
         "eval_episodes_per_task": counts,
-        "dyna_seed": cfg.seed if dyna_seed is None else dyna_seed,
     }
+    if dyna_iterations:
+        report["dyna_seed"] = cfg.seed if dyna_seed is None else dyna_seed
 
     def timed(name, fn):
         t0 = time.perf_counter()

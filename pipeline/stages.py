@@ -611,6 +611,7 @@ def train_challenger(
         "imagined_success_last": history[-1].success_rate,
         "kept_groups_total": sum(h.kept_groups for h in history),
         "seconds_per_step": float(np.mean([h.seconds for h in history])),
+        "grpo_seed": float(grpo_cfg.seed),
     }
     (out / "grpo_history.json").write_text(
         json.dumps([dataclasses.asdict(h) for h in history], indent=1)

@@ -88,6 +88,8 @@ class GRPOConfig:
             )
         if not 0 <= self.distractor_prob <= 1:
             raise ValueError(f"distractor_prob must be in [0, 1], got {self.distractor_prob}")
+        if not isinstance(self.task_balanced_loss, bool):
+            raise ValueError(f"task_balanced_loss must be a bool, got {self.task_balanced_loss!r}")
         if self.task_sampling not in TASK_SAMPLING:
             raise ValueError(
                 f"task_sampling must be one of {TASK_SAMPLING}, got {self.task_sampling!r}"

@@ -499,7 +499,7 @@ def test_train_grpo_two_steps_with_a_novel_instruction_and_distractors(world_mod
     cluttered = add_distractors(frame(2)[None], np.random.default_rng(0))[0]
     assert not np.array_equal(cluttered, frame(2))
     starts = [Start(frame(3), "close the drawer", "close_drawer"), Start(cluttered, NOVEL)]
-    # the bench preset's task balance (balanced draws, an equal share of the update per task)
+    # task balance (balanced draws, an equal share of the update per task) end to end
     config = replace(cfg, distractor_prob=0.5, task_sampling="balanced", task_balanced_loss=True)
     policy, judge, seen = fresh_policy(), BrighterThanGroupJudge(cfg.group_size), []
     before = snapshot(policy)
@@ -582,6 +582,8 @@ def test_balanced_sampling_draws_a_task_half_as_fruitful_as_the_best_as_often_as
     assert balanced_w.sum() == pytest.approx(1) and balanced_w[1] == pytest.approx(balanced_w[2])
     with pytest.raises(ValueError, match="mode must be 'signal' or 'balanced'"):
         signal.start_weights("uniform")
+    with pytest.raises(ValueError, match="task_balanced_loss must be a bool"):
+        GRPOConfig(task_balanced_loss="false")  # a JSON string from `--set` is not False
 
 
 def test_tiny_vlm_judge_scores_rollouts_and_drives_a_step(world_model, rollouts, starts, cfg):

@@ -391,6 +391,19 @@ def test_every_benchmark_is_reachable_from_the_cli():
     assert (args.dyna, args.dyna_from, args.dyna_seed) == (2, "rl", None)
     args = parser.parse_args(["bench", "learning", "--dyna", "1", "--dyna-seed", "7"])
     assert args.dyna_seed == 7
+    # a Dyna seed with no Dyna iteration, or a negative one, fails before anything runs
+    from pipeline.bench_learning import run
+    from pipeline.stages import RoundConfig
+
+    for iterations, seed in ((0, 7), (1, -1)):
+        with pytest.raises(ValueError, match="dyna_seed must be >= 0 and needs Dyna iterations"):
+            run(
+                Path("/nonexistent/bench"),
+                RoundConfig(),
+                1,
+                dyna_iterations=iterations,
+                dyna_seed=seed,
+            )
 
 
 @pytest.mark.slow
@@ -431,7 +444,7 @@ def test_learning_bench_end_to_end_at_smoke_size_with_a_dyna_iteration(tmp_path)
     assert all(30_000 <= e.seed < 50_000 for e in dyna)  # training seeds, not the evaluation's
     assert {e.policy_sha256 for e in dyna} == {report["real"]["RL"]["checkpoint_sha256"]}
     assert report["dyna1_world_model"]["steps"] == 3  # warm start: the finetune step count
-    assert report["dyna_seed"] == 3
+    assert report["dyna_seed"] == 3 and report["grpo"]["grpo_seed"] == 3  # the final is Dyna's
     # the snapshot check: step 1 and the final policy, both on the same check seeds; the one
     # with more real successes (the earlier on a tie) is the policy evaluated
     for prefix, rl_dir, name in (
