@@ -264,10 +264,7 @@ def run(
     between = eval_counts(cfg.tasks, eval_episodes)
     workdir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    report: dict = {
-        "config": cfg.to_dict(),
-        "eval_episodes_per_task": counts,
-    }
+    report: dict = {"config": cfg.to_dict(), "eval_episodes_per_task": counts}
     if dyna_iterations:
         report["dyna_seed"] = cfg.seed if dyna_seed is None else dyna_seed
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -182,14 +183,11 @@ def task_balance_weights(group_tasks: Sequence[str], keep: torch.Tensor) -> torc
     groups still sum to their count (the step size stays that of an unweighted update)."""
     if len(group_tasks) != len(keep):
         raise ValueError(f"{len(group_tasks)} group tasks for {len(keep)} groups")
-    kept = [t for t, k in zip(group_tasks, keep.tolist(), strict=True) if k]
-    count = {t: kept.count(t) for t in kept}
+    pairs = list(zip(group_tasks, keep.tolist(), strict=True))
+    count = Counter(t for t, k in pairs if k)
+    kept = sum(count.values())
     return torch.tensor(
-        [
-            len(kept) / (len(count) * count[t]) if k else 0.0
-            for t, k in zip(group_tasks, keep.tolist(), strict=True)
-        ],
-        dtype=torch.float32,
+        [kept / (len(count) * count[t]) if k else 0.0 for t, k in pairs], dtype=torch.float32
     )
 
 
