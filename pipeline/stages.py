@@ -173,6 +173,13 @@ class RoundConfig:
                 f"challenger_snapshots ({self.challenger_snapshots}) cannot exceed grpo_steps "
                 f"({self.grpo_steps}): there is one policy per step"
             )
+        # checked here, not an hour later when GRPO first looks for the starts
+        stray = [t for t in self.grpo_overrides.get("train_tasks", ()) if t not in self.tasks]
+        if stray:
+            raise ValueError(
+                f"grpo_overrides train_tasks {stray} are not among the round's tasks "
+                f"{list(self.tasks)}"
+            )
         if self.explore_episodes_per_task < 0:
             raise ValueError(
                 f"explore_episodes_per_task must be >= 0, got {self.explore_episodes_per_task}"

@@ -60,6 +60,9 @@ class GRPOConfig:
     # True: each task with kept groups carries an equal share of the update (its groups'
     # advantages scaled by kept / (tasks kept * its kept)), not a share by its count of groups
     task_balanced_loss: bool = False
+    # GRPO trains on the starts of these tasks only (empty: every task). The policy is shared, so
+    # the other tasks still move, as a side effect; the snapshot check on the station guards them
+    train_tasks: tuple[str, ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,6 +94,12 @@ class GRPOConfig:
             raise ValueError(f"distractor_prob must be in [0, 1], got {self.distractor_prob}")
         if not isinstance(self.task_balanced_loss, bool):
             raise ValueError(f"task_balanced_loss must be a bool, got {self.task_balanced_loss!r}")
+        # a JSON override gives a list; a bare string would select tasks by its letters
+        if isinstance(self.train_tasks, str) or not all(
+            isinstance(t, str) and t for t in self.train_tasks
+        ):
+            raise ValueError(f"train_tasks must be a list of task names, got {self.train_tasks!r}")
+        self.train_tasks = tuple(self.train_tasks)
         if self.task_sampling not in TASK_SAMPLING:
             raise ValueError(
                 f"task_sampling must be one of {TASK_SAMPLING}, got {self.task_sampling!r}"
@@ -409,6 +418,7 @@ def train_grpo(
         raise ValueError(
             "train_grpo needs at least one start (a real initial frame and an instruction)"
         )
+    starts = training_starts(starts, config.train_tasks)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator(device=policy.device).manual_seed(config.seed)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -466,6 +476,20 @@ def _frozen_copy(policy):
     for p in reference.parameters():
         p.requires_grad_(False)
     return reference
+
+
+def training_starts(starts: Sequence[Start], tasks: Sequence[str]) -> list[Start]:
+    """The starts of ``tasks`` (all of them when empty); a task with no start is an error, not a
+    quietly smaller batch (a misspelt name would otherwise train on nothing it names)."""
+    if not tasks:
+        return list(starts)
+    have = {task_key(s) for s in starts}
+    missing = [t for t in tasks if t not in have]
+    if missing:
+        raise ValueError(
+            f"train_tasks {missing} have no start; the starts' tasks are {sorted(have)}"
+        )
+    return [s for s in starts if task_key(s) in tasks]
 
 
 def task_key(start: Start) -> str:

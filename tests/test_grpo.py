@@ -32,6 +32,7 @@ from policy.grpo import (
     task_balance_weights,
     task_key,
     train_grpo,
+    training_starts,
 )
 from policy.vla import VLAPolicy
 from reward.judge import JudgeError, JudgeResult, SuccessJudge, check_batch
@@ -522,6 +523,39 @@ def test_train_grpo_two_steps_with_a_novel_instruction_and_distractors(world_mod
         assert all(h.extra[f"success/{t}"] == 0.5 and h.extra[f"kept/{t}"] == 1 for t in drawn)
     assert NOVEL in judge.seen and "close the drawer" in judge.seen
     assert changed(policy, before)
+
+
+def test_train_tasks_restricts_the_groups_to_those_tasks_and_a_missing_one_is_an_error(
+    world_model, cfg
+):
+    starts = [
+        Start(frame(1), "open the drawer", "open_drawer"),
+        Start(frame(3), "close the drawer", "close_drawer"),
+        Start(frame(5), "close the drawer", "close_drawer"),
+    ]
+    assert [id(s) for s in training_starts(starts, ())] == [id(s) for s in starts]
+    assert [id(s) for s in training_starts(starts, ("close_drawer",))] == [
+        id(s) for s in starts[1:]
+    ]
+    config = replace(cfg, train_tasks=["close_drawer"])  # a JSON override's list
+    assert config.train_tasks == ("close_drawer",)
+    judge = BrighterThanGroupJudge(cfg.group_size)
+    history = train_grpo(fresh_policy(), world_model, judge, starts, config, progress=False)
+    for h in history:
+        assert {k for k in h.extra if k.startswith("success/")} == {"success/close_drawer"}
+    with pytest.raises(ValueError, match=r"train_tasks \['open drawer'\] have no start; the "):
+        train_grpo(
+            fresh_policy(),
+            world_model,
+            judge,
+            starts,
+            replace(cfg, train_tasks=("close_drawer", "open drawer")),
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="train_tasks must be a list of task names"):
+        GRPOConfig(train_tasks="close_drawer")
+    with pytest.raises(ValueError, match="train_tasks must be a list of task names"):
+        GRPOConfig(train_tasks=("close_drawer", ""))
 
 
 def test_signal_sampling_draws_tasks_by_the_share_of_their_groups_that_were_kept():

@@ -645,6 +645,9 @@ def test_select_challenger_keeps_the_snapshot_with_most_real_successes_earliest_
         assert seeds == [3 + SNAPSHOT_CHECK_SEED_OFFSET + i for i in range(2)]
     with pytest.raises(ValueError, match="challenger_snapshots \\(7\\) cannot exceed grpo_steps"):
         RoundConfig(grpo_steps=6, challenger_snapshots=7)
+    with pytest.raises(ValueError, match=r"grpo_overrides train_tasks \['close drawer'\] are not"):
+        RoundConfig(grpo_overrides={"train_tasks": ["close drawer"]})
+    assert RoundConfig(grpo_overrides={"train_tasks": ["close_drawer"]}).grpo_overrides
 
 
 def test_learning_bench_evaluates_each_task_as_often_as_asked_and_judges_by_the_intervals(
