@@ -200,7 +200,7 @@ def evaluate_policy(
             client,
             policy_dir,
             dest,
-            dataclasses.replace(cfg, tasks=tuple(tasks)),
+            cfg.for_tasks(tasks),
             episodes_per_task=n,
             seed=EVAL_SEED,
             progress=progress,

@@ -204,6 +204,16 @@ class RoundConfig:
             fields["tasks"] = tuple(fields["tasks"])
         return cls(**fields)
 
+    def for_tasks(self, tasks: Sequence[str]) -> RoundConfig:
+        """This round narrowed to ``tasks`` (a per-task evaluation job): GRPO's ``train_tasks``
+        narrow with it, so a restriction naming a task left out does not make it invalid."""
+        overrides = dict(self.grpo_overrides)
+        if "train_tasks" in overrides:
+            kept = [t for t in overrides.pop("train_tasks") if t in tasks]
+            if kept:
+                overrides["train_tasks"] = kept
+        return dataclasses.replace(self, tasks=tuple(tasks), grpo_overrides=overrides)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

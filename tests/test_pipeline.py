@@ -647,7 +647,12 @@ def test_select_challenger_keeps_the_snapshot_with_most_real_successes_earliest_
         RoundConfig(grpo_steps=6, challenger_snapshots=7)
     with pytest.raises(ValueError, match=r"grpo_overrides train_tasks \['close drawer'\] are not"):
         RoundConfig(grpo_overrides={"train_tasks": ["close drawer"]})
-    assert RoundConfig(grpo_overrides={"train_tasks": ["close_drawer"]}).grpo_overrides
+    # a per-task evaluation job narrows the round: train_tasks narrow with it, other overrides stay
+    closing = RoundConfig(grpo_overrides={"train_tasks": ["close_drawer"], "lr": 1e-5})
+    assert closing.for_tasks(["open_drawer"]).grpo_overrides == {"lr": 1e-5}
+    narrowed = closing.for_tasks(["close_drawer", "open_drawer"])
+    assert narrowed.tasks == ("close_drawer", "open_drawer")
+    assert narrowed.grpo_overrides == {"train_tasks": ["close_drawer"], "lr": 1e-5}
 
 
 def test_learning_bench_evaluates_each_task_as_often_as_asked_and_judges_by_the_intervals(
