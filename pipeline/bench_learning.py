@@ -86,9 +86,14 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def reuse_or_train(record: Path, stage: str, cfg: RoundConfig, train) -> tuple[ModelArtifact, bool]:
-    """``train()`` unless ``record`` says an identical earlier run left this stage's checkpoint."""
-    inputs = json.loads(json.dumps({f: getattr(cfg, f) for f in STAGE_INPUTS[stage]}))
+def reuse_or_train(
+    record: Path, stage: str, cfg: RoundConfig, train, upstream: dict | None = None
+) -> tuple[ModelArtifact, bool]:
+    """``train()`` unless ``record`` says an identical earlier run left this stage's checkpoint.
+    ``upstream`` adds what the settings do not pin down: a Dyna stage's inputs are the checkpoints
+    it starts from (their sha256) and its seeds, so a re-run reuses it exactly when they match."""
+    fields = {f: getattr(cfg, f) for f in STAGE_INPUTS[stage]} | (upstream or {})
+    inputs = json.loads(json.dumps(fields))
     if record.is_file():
         saved = json.loads(record.read_text())
         art = ModelArtifact(
@@ -277,10 +282,11 @@ def run(
 
     reused: list[str] = []
 
-    def trained(name: str, key: str, train) -> ModelArtifact:
+    def trained(name: str, key: str, train, record: str = "", upstream=None) -> ModelArtifact:
         """A trained stage, timed; reused from an earlier run with the same settings."""
         t0 = time.perf_counter()
-        art, was_reused = reuse_or_train(workdir / f"{key}.stage.json", key, cfg, train)
+        path = workdir / f"{record or key}.stage.json"
+        art, was_reused = reuse_or_train(path, key, cfg, train, upstream)
         if was_reused:
             reused.append(name)
             print(f"[{name}] reusing {art.path} (same settings, same sha256)", flush=True)
@@ -356,6 +362,7 @@ def run(
                 rl,
                 data_dirs,
                 timed,
+                trained,
                 report,
                 progress,
             )
@@ -428,11 +435,25 @@ def run(
 
 
 def dyna_iteration(
-    k, client, workdir, cfg, start, grpo_seed, wm, judge, rl, data_dirs, timed, report, progress
+    k,
+    client,
+    workdir,
+    cfg,
+    start,
+    grpo_seed,
+    wm,
+    judge,
+    rl,
+    data_dirs,
+    timed,
+    trained,
+    report,
+    progress,
 ):
     """One Dyna step: the RL policy's real runs (greedy, training seeds) join the data; the world
     model and the judge are finetuned from their last checkpoints; GRPO starts again from
-    ``start`` (the SFT policy or the last RL one)."""
+    ``start`` (the SFT policy or the last RL one). Its trained stages are reused like the first
+    leg's, keyed on the checkpoints they start from."""
     d = workdir / f"dyna{k}"
     # a folder per policy: an earlier run's RL policy left its runs in dyna{k}/episodes too, and
     # they must not join this run's data
@@ -450,17 +471,26 @@ def dyna_iteration(
     )
     report[f"dyna{k}_episodes"] = got.to_dict()
     data_dirs = [*data_dirs, runs]
-    wm = timed(
+    # the data: every earlier folder (pinned by the settings) and the runs of this RL policy
+    runs_of = {"runs_of": rl.sha256, "runs_seed": cfg.seed + DYNA_SEED + 1000 * (k - 1)}
+    wm = trained(
         f"Dyna {k}: world model",
+        "world_model",
         lambda: refresh_world_model(data_dirs, wm.path, d / "world_model", cfg, progress),
+        f"dyna{k}_world_model",
+        runs_of | {"from": wm.sha256},
     )
-    judge = timed(
+    judge = trained(
         f"Dyna {k}: judge",
+        "judge",
         lambda: refresh_judge(data_dirs, judge.path, d / "judge", cfg, progress),
+        f"dyna{k}_judge",
+        runs_of | {"from": judge.sha256},
     )
     report[f"dyna{k}_world_model"], report[f"dyna{k}_judge"] = wm.metrics, judge.metrics
-    rl = timed(
+    rl = trained(
         f"Dyna {k}: GRPO",
+        "grpo",
         lambda: train_challenger(
             start.path,
             wm.path,
@@ -470,6 +500,10 @@ def dyna_iteration(
             dataclasses.replace(cfg, seed=grpo_seed),
             progress,
         ),
+        f"dyna{k}_grpo",
+        runs_of
+        | {"start": start.sha256, "world_model": wm.sha256, "judge": judge.sha256}
+        | {"grpo_seed": grpo_seed},
     )
     rl = checked_snapshot(
         client, rl, d / "snapshot_check", cfg, timed, report, f"dyna{k}_", progress

@@ -468,6 +468,14 @@ def test_learning_bench_end_to_end_at_smoke_size_with_a_dyna_iteration(tmp_path)
             40_000 <= e.seed < 50_000 for e in checked
         )
     assert "snapshot check (real successes per task on check seeds; chosen" in done.stdout
+    # a re-run in the same workdir trains nothing again, the Dyna iteration's stages included,
+    # and the real evaluations resume onto the same policies' finished episodes
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1700, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((work / "bench_learning.json").read_text())
+    trained = ["demos + SFT", "world model", "judge", "GRPO"]
+    assert rerun["reused_stages"] == trained + [f"Dyna 1: {s}" for s in trained[1:]]
+    assert rerun["real"] == report["real"]
 
 
 def test_learning_bench_reuses_a_stage_only_with_the_same_settings_and_checkpoint(tmp_path):
@@ -498,6 +506,12 @@ def test_learning_bench_reuses_a_stage_only_with_the_same_settings_and_checkpoin
     (ckpt / "weights.safetensors").write_bytes(b"v2")
     assert not reuse_or_train(record, "world_model", RoundConfig(world_model_steps=7), train)[1]
     assert len(calls) == 3
+    # a Dyna stage is keyed on the checkpoints it starts from too: another RL policy's runs retrain
+    dyna = tmp_path / "dyna1_world_model.stage.json"
+    assert not reuse_or_train(dyna, "world_model", cfg, train, {"runs_of": "aa", "from": "bb"})[1]
+    assert reuse_or_train(dyna, "world_model", cfg, train, {"runs_of": "aa", "from": "bb"})[1]
+    assert not reuse_or_train(dyna, "world_model", cfg, train, {"runs_of": "cc", "from": "bb"})[1]
+    assert len(calls) == 5
 
 
 @pytest.mark.timeout(300)
