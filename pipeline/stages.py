@@ -58,8 +58,10 @@ ROUND_PRESETS: dict[str, dict] = {
     "tiny": {},
     "bench": {  # `gymnast bench learning`: little demonstration data, where RL has room to help
         # 16 demonstrations per task: SFT succeeds sometimes on both drawer tasks (12% / 44% on an
-        # AMD EPYC VM; 86% / 95% on an AVX-512 Xeon, same code: README, run M), so GRPO groups
-        # have successes to reinforce; with 8 it was 0% / 14% and GRPO had nothing
+        # AMD EPYC VM), so GRPO groups have successes to reinforce; with 8 it was 0% / 14% there
+        # and GRPO had nothing. SFT on this little data is a lottery in the count and the CPU: on
+        # an AVX-512 Xeon 16 give 86% / 95% (no room: runs M-P) and 8 give 5% / 31%, where RL
+        # beat SFT on both drawers (README, run Q'); pass --set demo_episodes_per_task=N there
         "demo_episodes_per_task": 16,
         "collect_episodes_per_task": 20,
         "eval_episodes_per_task": 50,
