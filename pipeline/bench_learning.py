@@ -235,6 +235,52 @@ def beyond_intervals(sft: dict, rl: dict) -> int:
     return 1 if r_lo > s_hi else -1 if r_hi < s_lo else 0
 
 
+@dataclasses.dataclass
+class BenchContext:
+    """What every stage of one bench run shares: the station, the workdir and settings, the
+    report being written, stage wall times and the stages reused from an earlier run."""
+
+    client: object
+    workdir: Path
+    cfg: RoundConfig
+    report: dict
+    progress: bool = True
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    reused: list[str] = dataclasses.field(default_factory=list)
+
+    def timed(self, name: str, fn):
+        t0 = time.perf_counter()
+        value = fn()
+        self._done(name, t0)
+        return value
+
+    def trained(self, name: str, key: str, train, record: str = "", upstream=None) -> ModelArtifact:
+        """A trained stage, timed; reused from an earlier run with the same settings."""
+        t0 = time.perf_counter()
+        path = self.workdir / f"{record or key}.stage.json"
+        art, was_reused = reuse_or_train(path, key, self.cfg, train, upstream)
+        if was_reused:
+            self.reused.append(name)
+            print(f"[{name}] reusing {art.path} (same settings, same sha256)", flush=True)
+        else:
+            self._done(name, t0)
+        return art
+
+    def _done(self, name: str, t0: float) -> None:
+        self.timings[name] = time.perf_counter() - t0
+        print(f"[{name}] {self.timings[name]:.0f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
+
+
+@dataclasses.dataclass
+class Leg:
+    """One GRPO leg's models and the data its world model and judge learned from."""
+
+    world_model: ModelArtifact
+    judge: ModelArtifact
+    rl: ModelArtifact
+    data_dirs: list[Path]
+
+
 def run(
     workdir: Path,
     cfg: RoundConfig,
@@ -268,32 +314,9 @@ def run(
     counts = eval_counts(cfg.tasks, eval_episodes, task_episodes)
     between = eval_counts(cfg.tasks, eval_episodes)
     workdir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
     report: dict = {"config": cfg.to_dict(), "eval_episodes_per_task": counts}
     if dyna_iterations:
         report["dyna_seed"] = cfg.seed if dyna_seed is None else dyna_seed
-
-    def timed(name, fn):
-        t0 = time.perf_counter()
-        value = fn()
-        timings[name] = time.perf_counter() - t0
-        print(f"[{name}] {timings[name]:.0f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
-        return value
-
-    reused: list[str] = []
-
-    def trained(name: str, key: str, train, record: str = "", upstream=None) -> ModelArtifact:
-        """A trained stage, timed; reused from an earlier run with the same settings."""
-        t0 = time.perf_counter()
-        path = workdir / f"{record or key}.stage.json"
-        art, was_reused = reuse_or_train(path, key, cfg, train, upstream)
-        if was_reused:
-            reused.append(name)
-            print(f"[{name}] reusing {art.path} (same settings, same sha256)", flush=True)
-        else:
-            timings[name] = time.perf_counter() - t0
-            print(f"[{name}] {timings[name]:.0f} s, peak RSS {peak_rss_gb():.2f} GB", flush=True)
-        return art
 
     with (
         StationProcess(
@@ -301,75 +324,16 @@ def run(
         ) as station,
         StationClient(station.endpoint, timeout_s=60) as client,
     ):
-        sft = trained(
-            "demos + SFT",
-            "sft",
-            lambda: bootstrap_champion(client, workdir / "bootstrap", cfg, progress),
-        )
-        attempts = timed(
-            "SFT attempts on station",
-            lambda: collect_episodes(
-                client, sft.path, workdir / "sft_attempts", cfg, progress=progress
-            ),
-        )
-        report["sft_attempts"] = attempts.to_dict()
-        data_dirs = [workdir / "bootstrap" / "demos", workdir / "sft_attempts"]
-        if cfg.explore_episodes_per_task:
-            explored = timed(
-                "SFT exploration on station",
-                lambda: explore_on_station(
-                    client,
-                    sft.path,
-                    workdir / "sft_explore",
-                    workdir / "sft_explore_policy",
-                    cfg,
-                    progress=progress,
-                ),
-            )
-            report["sft_explore"] = explored.to_dict()
-            data_dirs.append(workdir / "sft_explore")
-        wm = trained(
-            "world model",
-            "world_model",
-            lambda: refresh_world_model(data_dirs, None, workdir / "world_model", cfg, progress),
-        )
-        judge = trained(
-            "judge",
-            "judge",
-            lambda: refresh_judge(data_dirs, None, workdir / "judge", cfg, progress),
-        )
-        rl = trained(
-            "GRPO",
-            "grpo",
-            lambda: train_challenger(
-                sft.path, wm.path, judge.path, data_dirs, workdir / "rl_policy", cfg, progress
-            ),
-        )
-        rl = checked_snapshot(
-            client, rl, workdir / "snapshot_check", cfg, timed, report, "", progress
-        )
-        policies = [("SFT", sft), ("RL", rl)]
+        ctx = BenchContext(client, workdir, cfg, report, progress)
+        sft, leg = first_leg(ctx)
+        policies = [("SFT", sft), ("RL", leg.rl)]
         for k in range(1, dyna_iterations + 1):
-            wm, judge, rl, data_dirs = dyna_iteration(
-                k,
-                client,
-                workdir,
-                cfg,
-                sft if dyna_from == "sft" else rl,
-                report["dyna_seed"],
-                wm,
-                judge,
-                rl,
-                data_dirs,
-                timed,
-                trained,
-                report,
-                progress,
-            )
-            policies.append((f"RL+Dyna{k}", rl))
+            start = sft if dyna_from == "sft" else leg.rl
+            leg = dyna_iteration(ctx, k, start, report["dyna_seed"], leg)
+            policies.append((f"RL+Dyna{k}", leg.rl))
         evals = {}
         for name, art in policies:
-            evals[name] = timed(
+            evals[name] = ctx.timed(
                 f"real eval {name}",
                 lambda art=art, name=name: evaluate_policy(
                     client,
@@ -382,9 +346,10 @@ def run(
             )
     # this run's policies only (an earlier GRPO variant's episodes may share the folder); paths,
     # not episodes: three policies' 200 episodes each held 10 GB of frames
+    wm, judge = leg.world_model, leg.judge
     eval_eps = {name: list(ev.episodes) for name, ev in evals.items()}
     imag = {
-        name: timed(
+        name: ctx.timed(
             f"imagined eval {name}",
             lambda name=name, art=art: imagined_success(
                 art.path,
@@ -398,7 +363,7 @@ def run(
         )
         for name, art in policies
     }
-    judge_imagined = timed(
+    judge_imagined = ctx.timed(
         "judge on imagined replays",
         lambda: world_model_exploitation(
             wm.path,
@@ -416,7 +381,7 @@ def run(
         world_model={k: v for k, v in wm.metrics.items()},
         judge={k: v for k, v in judge.metrics.items()},
         judge_on_imagined=judge_imagined,
-        grpo=rl.metrics,
+        grpo=leg.rl.metrics,
         real={n: ev.to_dict() for n, ev in evals.items()},
         imagined=imag,
         pearson_r=float(np.corrcoef(xs, ys)[0, 1])
@@ -425,8 +390,8 @@ def run(
         imagined_fps_b8=imagination_throughput(
             wm.path, read_episode_header(eval_eps["SFT"][0]).first_frame
         ),
-        timings_s=timings,
-        reused_stages=reused,
+        timings_s=ctx.timings,
+        reused_stages=ctx.reused,
         peak_rss_gb=peak_rss_gb(),
     )
     print(format_report(report))
@@ -434,61 +399,99 @@ def run(
     return report
 
 
+def first_leg(ctx: BenchContext) -> tuple[ModelArtifact, Leg]:
+    """Demonstrations -> SFT; SFT's attempts (and exploration) on the station -> world model and
+    judge; GRPO from SFT in the world model, then the snapshot check."""
+    client, workdir, cfg, progress = ctx.client, ctx.workdir, ctx.cfg, ctx.progress
+    sft = ctx.trained(
+        "demos + SFT",
+        "sft",
+        lambda: bootstrap_champion(client, workdir / "bootstrap", cfg, progress),
+    )
+    attempts = ctx.timed(
+        "SFT attempts on station",
+        lambda: collect_episodes(
+            client, sft.path, workdir / "sft_attempts", cfg, progress=progress
+        ),
+    )
+    ctx.report["sft_attempts"] = attempts.to_dict()
+    data_dirs = [workdir / "bootstrap" / "demos", workdir / "sft_attempts"]
+    if cfg.explore_episodes_per_task:
+        explored = ctx.timed(
+            "SFT exploration on station",
+            lambda: explore_on_station(
+                client,
+                sft.path,
+                workdir / "sft_explore",
+                workdir / "sft_explore_policy",
+                cfg,
+                progress=progress,
+            ),
+        )
+        ctx.report["sft_explore"] = explored.to_dict()
+        data_dirs.append(workdir / "sft_explore")
+    wm = ctx.trained(
+        "world model",
+        "world_model",
+        lambda: refresh_world_model(data_dirs, None, workdir / "world_model", cfg, progress),
+    )
+    judge = ctx.trained(
+        "judge",
+        "judge",
+        lambda: refresh_judge(data_dirs, None, workdir / "judge", cfg, progress),
+    )
+    rl = ctx.trained(
+        "GRPO",
+        "grpo",
+        lambda: train_challenger(
+            sft.path, wm.path, judge.path, data_dirs, workdir / "rl_policy", cfg, progress
+        ),
+    )
+    rl = checked_snapshot(ctx, rl, workdir / "snapshot_check", "")
+    return sft, Leg(wm, judge, rl, data_dirs)
+
+
 def dyna_iteration(
-    k,
-    client,
-    workdir,
-    cfg,
-    start,
-    grpo_seed,
-    wm,
-    judge,
-    rl,
-    data_dirs,
-    timed,
-    trained,
-    report,
-    progress,
-):
+    ctx: BenchContext, k: int, start: ModelArtifact, grpo_seed: int, leg: Leg
+) -> Leg:
     """One Dyna step: the RL policy's real runs (greedy, training seeds) join the data; the world
     model and the judge are finetuned from their last checkpoints; GRPO starts again from
     ``start`` (the SFT policy or the last RL one). Its trained stages are reused like the first
     leg's, keyed on the checkpoints they start from."""
-    d = workdir / f"dyna{k}"
+    cfg, progress = ctx.cfg, ctx.progress
+    d = ctx.workdir / f"dyna{k}"
     # a folder per policy: an earlier run's RL policy left its runs in dyna{k}/episodes too, and
     # they must not join this run's data
-    runs = d / "episodes" / rl.sha256[:12]
-    got = timed(
+    runs = d / "episodes" / leg.rl.sha256[:12]
+    runs_seed = cfg.seed + DYNA_SEED + 1000 * (k - 1)
+    got = ctx.timed(
         f"Dyna {k}: RL runs on station",
         lambda: collect_episodes(
-            client,
-            rl.path,
-            runs,
-            cfg,
-            seed=cfg.seed + DYNA_SEED + 1000 * (k - 1),
-            progress=progress,
+            ctx.client, leg.rl.path, runs, cfg, seed=runs_seed, progress=progress
         ),
     )
-    report[f"dyna{k}_episodes"] = got.to_dict()
-    data_dirs = [*data_dirs, runs]
+    ctx.report[f"dyna{k}_episodes"] = got.to_dict()
+    data_dirs = [*leg.data_dirs, runs]
     # the data: every earlier folder (pinned by the settings) and the runs of this RL policy
-    runs_of = {"runs_of": rl.sha256, "runs_seed": cfg.seed + DYNA_SEED + 1000 * (k - 1)}
-    wm = trained(
+    runs_of = {"runs_of": leg.rl.sha256, "runs_seed": runs_seed}
+    wm = ctx.trained(
         f"Dyna {k}: world model",
         "world_model",
-        lambda: refresh_world_model(data_dirs, wm.path, d / "world_model", cfg, progress),
+        lambda: refresh_world_model(
+            data_dirs, leg.world_model.path, d / "world_model", cfg, progress
+        ),
         f"dyna{k}_world_model",
-        runs_of | {"from": wm.sha256},
+        runs_of | {"from": leg.world_model.sha256},
     )
-    judge = trained(
+    judge = ctx.trained(
         f"Dyna {k}: judge",
         "judge",
-        lambda: refresh_judge(data_dirs, judge.path, d / "judge", cfg, progress),
+        lambda: refresh_judge(data_dirs, leg.judge.path, d / "judge", cfg, progress),
         f"dyna{k}_judge",
-        runs_of | {"from": judge.sha256},
+        runs_of | {"from": leg.judge.sha256},
     )
-    report[f"dyna{k}_world_model"], report[f"dyna{k}_judge"] = wm.metrics, judge.metrics
-    rl = trained(
+    ctx.report[f"dyna{k}_world_model"], ctx.report[f"dyna{k}_judge"] = wm.metrics, judge.metrics
+    rl = ctx.trained(
         f"Dyna {k}: GRPO",
         "grpo",
         lambda: train_challenger(
@@ -505,22 +508,22 @@ def dyna_iteration(
         | {"start": start.sha256, "world_model": wm.sha256, "judge": judge.sha256}
         | {"grpo_seed": grpo_seed},
     )
-    rl = checked_snapshot(
-        client, rl, d / "snapshot_check", cfg, timed, report, f"dyna{k}_", progress
-    )
-    return wm, judge, rl, data_dirs
+    rl = checked_snapshot(ctx, rl, d / "snapshot_check", f"dyna{k}_")
+    return Leg(wm, judge, rl, data_dirs)
 
 
-def checked_snapshot(client, rl, dest, cfg, timed, report, prefix, progress) -> ModelArtifact:
+def checked_snapshot(
+    ctx: BenchContext, rl: ModelArtifact, dest: Path, prefix: str
+) -> ModelArtifact:
     """``rl`` itself, or with ``cfg.challenger_snapshots`` > 1 the GRPO snapshot that did best on
     the station's check seeds (recorded in the report)."""
-    if cfg.challenger_snapshots == 1:
+    if ctx.cfg.challenger_snapshots == 1:
         return rl
-    chosen, check = timed(
+    chosen, check = ctx.timed(
         f"{prefix}snapshot check on station",
-        lambda: select_challenger(client, rl.path, dest, cfg, progress=progress),
+        lambda: select_challenger(ctx.client, rl.path, dest, ctx.cfg, progress=ctx.progress),
     )
-    report[f"{prefix}snapshot_check"] = check
+    ctx.report[f"{prefix}snapshot_check"] = check
     print(f"[{prefix}snapshot check] {check}", flush=True)
     return ModelArtifact(
         chosen, checkpoint_sha256(chosen), rl.metrics | {"snapshot": check["chosen"]}
