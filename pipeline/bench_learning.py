@@ -344,9 +344,9 @@ def run(
                     progress,
                 ),
             )
+    wm, judge = leg.world_model, leg.judge  # the last leg's: imagination and replays use them
     # this run's policies only (an earlier GRPO variant's episodes may share the folder); paths,
     # not episodes: three policies' 200 episodes each held 10 GB of frames
-    wm, judge = leg.world_model, leg.judge
     eval_eps = {name: list(ev.episodes) for name, ev in evals.items()}
     imag = {
         name: ctx.timed(
