@@ -51,7 +51,9 @@ class VLAConfig:
     init_seed: int = 0
     # Large model.
     model_path: str | None = None
-    trust_remote_code: bool = True
+    # Import the model's own code (OpenVLA's auto_map) from model_path. Off unless you turn it on
+    # for a model you trust; a station never does, whatever a checkpoint says.
+    trust_remote_code: bool = False
     torch_dtype: str = "float32"
 
     def __post_init__(self) -> None:

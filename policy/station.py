@@ -38,7 +38,10 @@ class VLAStationPolicy(Policy):
             raise ValueError(
                 f"{TEMPERATURE_ENV} / station_temperature must be a number, got {raw!r}"
             ) from None
-        vla = VLAPolicy.from_pretrained(path, device=os.environ.get(DEVICE_ENV, "cpu"))
+        # A station's checkpoint came over the wire: no remote code, no base_model_path.
+        vla = VLAPolicy.from_pretrained(
+            path, device=os.environ.get(DEVICE_ENV, "cpu"), trust_remote_code=False
+        )
         return cls(vla, temperature)
 
     def reset(self, task: str, instruction: str, seed: int | None = None) -> None:

@@ -339,9 +339,18 @@ class VLAPolicy(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: str | torch.device = "cpu"
+        cls,
+        directory: str | Path,
+        device: str | torch.device = "cpu",
+        *,
+        trust_remote_code: bool | None = None,
     ) -> VLAPolicy:
-        """Load a directory written by :meth:`save_pretrained` (offline)."""
+        """Load a directory written by :meth:`save_pretrained` (offline).
+
+        ``trust_remote_code``: None follows the saved config (off unless the user turned it on
+        for their own model); False (what a station passes) never imports code named by the
+        checkpoint and never follows its ``base_model_path``.
+        """
         from safetensors.torch import load_file
         from transformers import AutoProcessor
         from transformers.modeling_utils import no_init_weights
@@ -349,19 +358,20 @@ class VLAPolicy(nn.Module):
         d = Path(directory)
         meta = read_checkpoint_config(d)
         config = VLAConfig.from_dict(meta["config"])
+        trust = config.trust_remote_code if trust_remote_code is None else trust_remote_code
         # The tiny preset saves a fast (torch) SigLIP image processor; say so, or transformers
         # warns about slow processors.
         fast = {"use_fast": True} if config.preset == "tiny" else {}
         processor = AutoProcessor.from_pretrained(
-            d, trust_remote_code=config.trust_remote_code, local_files_only=True, **fast
+            d, trust_remote_code=trust, local_files_only=True, **fast
         )
-        hf_config = _hf_config(meta, config)
+        hf_config = _hf_config(meta, trust)
         # Every tensor is overwritten from the checkpoint below, so skip random initialisation.
         with no_init_weights():
             model = _quiet(
                 _hf_auto_model().from_config,
                 hf_config,
-                trust_remote_code=config.trust_remote_code,
+                trust_remote_code=trust,
                 dtype=getattr(torch, config.torch_dtype),
             )
         model.tie_weights()  # skipped along with the initialisation
@@ -580,21 +590,25 @@ def read_checkpoint_config(directory: str | Path) -> dict:
     return meta
 
 
-def _hf_config(meta: dict, config: VLAConfig):
+def _hf_config(meta: dict, trust_remote_code: bool):
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     d = dict(meta["model_config"])
     if "auto_map" in d:  # remote-code architecture (e.g. OpenVLA): its classes live in the base
+        if not trust_remote_code:
+            raise CheckpointError(
+                f"model_config names remote code (auto_map, model_type {d.get('model_type')!r}); "
+                "it is loaded only with trust_remote_code=True, for a model of your own, never "
+                "on a station"
+            )
         base = meta.get("base_model_path")
         if not base or not Path(base).is_dir():
             raise CheckpointError(
                 f"model_config uses remote code ({d.get('model_type')}); its base_model_path {base!r} "
                 "must be a local directory holding that code"
             )
-        return AutoConfig.from_pretrained(
-            base, trust_remote_code=config.trust_remote_code, local_files_only=True
-        )
+        return AutoConfig.from_pretrained(base, trust_remote_code=True, local_files_only=True)
     model_type = d.get("model_type")
     if model_type not in CONFIG_MAPPING:
         raise CheckpointError(f"unknown transformers model_type {model_type!r} in model_config")

@@ -8,6 +8,7 @@ late are recognised by id and dropped.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 import uuid
 from collections.abc import Iterable
@@ -99,6 +100,9 @@ class StationClient:
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        # The station keeps replies per (peer, request id); a routing id of our own keeps this
+        # client the same peer across a reconnect, so a retried request is still recognised.
+        self._sock.setsockopt(zmq.ROUTING_ID, b"g" + secrets.token_bytes(15))
         if server_key is not None:
             from robot_bridge.auth import configure_client
 
@@ -261,8 +265,20 @@ class StationClient:
                     offset += len(data)
                     bar.update(len(data))
         bar.close()
-        self.call("upload_commit", {"sha256": sha}, timeout_s=max(self.timeout_s, 60.0))
+        self.wait_commit(sha, total_bytes=sum(e.size for e in entries))
         return sha
+
+    def wait_commit(self, sha: str, total_bytes: int, poll_s: float = 0.05) -> str:
+        """Ask the station to verify an upload, and wait until it has; returns its path there.
+        The station hashes every byte off its socket thread (tens of seconds for a 7B model)."""
+        deadline = time.monotonic() + 60.0 + total_bytes / 50e6  # >= 50 MB/s of sha256 and disk
+        while True:
+            result, _ = self.call("upload_commit", {"sha256": sha})
+            if result["state"] == "done":
+                return result["path"]
+            if time.monotonic() > deadline:
+                raise StationTimeout(f"the station is still verifying checkpoint {sha[:12]}")
+            time.sleep(poll_s)
 
     def submit_job(
         self,

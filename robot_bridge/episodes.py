@@ -405,6 +405,21 @@ class EpisodeWriter:
         self._guard("append a step", lambda: self._write_step(obs, image, state, action, requested))
         return self._num_obs
 
+    def prepare(
+        self, obs: Observation, action: np.ndarray, requested_action: np.ndarray | None = None
+    ) -> None:
+        """Check a step and reserve its disk space without writing it: call before the arm
+        moves, so that a step ``append`` would refuse (bad values, full disk) never moves it.
+        Raises ValueError or EpisodeWriteError as ``append`` would."""
+        if self._num_obs > self._num_actions:
+            raise RuntimeError(
+                f"episode {self.meta.episode_id}: the final observation was already appended"
+            )
+        image, *_ = self._check_step(obs, action, requested_action)
+        self._guard(
+            "reserve space for a step", lambda: self._reserve(image.nbytes + _RESERVE_MARGIN)
+        )
+
     def _check_step(self, obs, action, requested):
         image = np.asarray(obs.image)
         if image.shape != self.image_shape or image.dtype != np.uint8:
@@ -658,7 +673,7 @@ def read_episode(path: str | Path) -> Episode:
         }
         meta = EpisodeMeta.from_json(f.attrs["meta"])
         complete = bool(f.attrs["complete"])
-        return meta, _labels(f, path), data, complete, attrs, f.attrs.get("unobserved_final_action")
+        return meta, _labels(f, path), data, complete, attrs, _dangling_action(f, n_obs)
 
     meta, labels, data, complete, attrs, dangling = _read_layout(path, read)
     recovery = None
@@ -746,6 +761,16 @@ def _committed_counts(f: h5py.File) -> tuple[int, int]:
     n_act = min(int(f.attrs["num_actions"]), f["actions"].shape[0], f["actions_requested"].shape[0])
     # A crash after an action was sent leaves one action with no observation after it.
     return n_obs, min(n_act, max(n_obs - 1, 0))
+
+
+def _dangling_action(f: h5py.File, n_obs: int) -> np.ndarray | None:
+    """The last action sent whose result was never observed: moved to an attribute by ``abort``,
+    or, in a file cut off by a crash, the committed action after the last observation."""
+    if "unobserved_final_action" in f.attrs:
+        return f.attrs["unobserved_final_action"]
+    if n_obs > 0 and int(f.attrs["num_actions"]) >= n_obs and f["actions"].shape[0] >= n_obs:
+        return f["actions"][n_obs - 1]
+    return None
 
 
 def _is_incomplete_name(path: Path) -> bool:
@@ -930,7 +955,11 @@ def recover_partials(root: str | Path, station_id: str) -> list[Path]:
         if _in_use(partial):
             log.warning("skipping %s: a live process is writing it", partial)
             continue
-        out.append(_recover_one(partial, station_id))
+        try:
+            out.append(_recover_one(partial, station_id))
+        except (FileExistsError, OSError) as e:
+            # never stop a station from starting: the partial stays untouched, flagged by its name
+            log.error("could not flag %s (%s); it is kept as it is", partial, e)
     return out
 
 

@@ -21,7 +21,9 @@ import numpy as np
 from robot_bridge.backends.base import Observation, RobotBackend
 from robot_bridge.episodes import EpisodeMeta, EpisodeWriteError, EpisodeWriter
 from robot_bridge.policies.base import Policy, load_policy
-from robot_bridge.spec import TASKS, clip_action, validate_action
+from robot_bridge.protocol import ProtocolError
+from robot_bridge.protocol import field as arg
+from robot_bridge.spec import TASKS, UnknownTaskError, clip_action, get_task, validate_action
 
 if TYPE_CHECKING:
     from robot_bridge.checkpoints import CheckpointStore
@@ -49,12 +51,71 @@ class JobSpec:
     instructions: dict = field(default_factory=dict)  # task -> instruction override
 
     def plan(self) -> list[tuple[str, int]]:
+        skip = {task: set(seeds) for task, seeds in self.skip_seeds.items()}
         return [
             (task, self.seed + i)
             for task in self.tasks
             for i in range(self.episodes_per_task)
-            if self.seed + i not in set(self.skip_seeds.get(task, []))
+            if self.seed + i not in skip.get(task, ())
         ]
+
+    @classmethod
+    def from_wire(cls, args: dict) -> JobSpec:
+        """A job_submit request's arguments, checked; raises ProtocolError naming the field."""
+        tasks = arg(
+            args, "tasks", list, check=lambda t: 0 < len(t) <= 16, what="a list of 1..16 task names"
+        )
+        for t in tasks:
+            _task_name(t)
+        skip = arg(args, "skip", dict, default={})
+        for task, seeds in skip.items():
+            if task not in tasks or not isinstance(seeds, list) or len(seeds) > MAX_EPISODES:
+                raise ProtocolError(
+                    "bad_request",
+                    f"field 'skip' maps a task of this job to at most {MAX_EPISODES} seeds, got {task!r}",
+                )
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+                raise ProtocolError("bad_request", f"field 'skip': seeds of {task!r} must be ints")
+        instructions = arg(args, "instructions", dict, default={})
+        for task, text in instructions.items():
+            if task not in tasks or not (isinstance(text, str) and 0 < len(text) <= 512):
+                raise ProtocolError(
+                    "bad_request",
+                    f"field 'instructions' maps a task of this job to 1..512 chars, got {task!r}",
+                )
+        return cls(
+            checkpoint_sha256=args["checkpoint"],
+            tasks=list(tasks),
+            episodes_per_task=arg(
+                args,
+                "episodes_per_task",
+                int,
+                check=lambda n: 1 <= n <= MAX_EPISODES,
+                what=f"1..{MAX_EPISODES}",
+            ),
+            seed=arg(
+                args,
+                "seed",
+                int,
+                default=0,
+                check=lambda s: 0 <= s < 2**62,
+                what="a non-negative int",
+            ),
+            skip_seeds=skip,
+            instructions=instructions,
+        )
+
+
+MAX_EPISODES = 1000  # per task in one job
+
+
+def _task_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise ProtocolError("bad_request", f"task names must be strings, got {name!r}")
+    try:
+        return get_task(name).name
+    except UnknownTaskError as e:
+        raise ProtocolError("unknown_task", str(e)) from None
 
 
 # at most this many finished episodes per job_status reply (~200 bytes each, header limit 64 KiB)
@@ -65,6 +126,7 @@ JOB_STATUS_PAGE = 128
 class Job:
     job_id: str
     spec: JobSpec
+    owner: str | None = None  # the submitter's public key (None without CURVE)
     state: str = "queued"  # queued | running | done | failed | cancelled | estopped
     error: str | None = None
     episode_files: list[str] = field(default_factory=list)
@@ -140,10 +202,10 @@ class JobRunner:
     def get(self, job_id: str) -> Job | None:
         return self._jobs.get(job_id)
 
-    def submit(self, spec: JobSpec) -> Job:
+    def submit(self, spec: JobSpec, owner: str | None = None) -> Job:
         if self.running() is not None:
             raise RuntimeError(f"job {self._active.job_id} is still running; one job at a time")
-        job = Job(job_id=uuid.uuid4().hex[:12], spec=spec, total=len(spec.plan()))
+        job = Job(job_id=uuid.uuid4().hex[:12], spec=spec, owner=owner, total=len(spec.plan()))
         self._jobs[job.job_id] = job
         self._active = job
         self._thread = threading.Thread(
@@ -247,6 +309,7 @@ class JobRunner:
                 action, _ = clip_action(requested)
                 with self.arm:
                     self._check(job)
+                    writer.prepare(cursor[0], action, requested)  # the arm moves only if recordable
                     outcome = self.backend.step(action)
                     success = self.backend.success()
                 writer.append(cursor[0], action, requested_action=requested)

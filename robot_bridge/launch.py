@@ -44,6 +44,7 @@ class StationProcess:
         extra_env: dict | None = None,
         startup_timeout_s: float = 60.0,
         preexec_fn=None,
+        station_args: list[str] | None = None,
     ) -> None:
         cmd = [
             sys.executable,
@@ -64,6 +65,7 @@ class StationProcess:
             cmd += ["--keys", str(keys_dir)]
         for k, v in (backend_args or {}).items():
             cmd += ["--backend-arg", f"{k}={v}"]
+        cmd += station_args or []
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), **(extra_env or {})}
         self.proc = subprocess.Popen(
             cmd,

@@ -12,20 +12,32 @@ Replies: ``{"v": 1, "id": <request id>, "ok": true, "result": {...}}`` or
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
 import numpy as np
+import zmq
 
 PROTOCOL_VERSION = 1
 
 MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_DEPTH = 16  # maps and lists nested in a header (requests need 4)
 MAX_ARRAY_BYTES = 8 * 1024 * 1024  # a 1920x1080 RGB frame is 6.2 MB
 MAX_ARRAYS = 8
+MAX_DIM = 2**31  # one array dimension; keeps shape products far from int64 overflow
 MAX_REQUEST_ID_CHARS = 64
-# Hard transport cap (ZMQ_MAXMSGSIZE): beyond this ZMQ drops the peer instead of buffering.
-TRANSPORT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The whole message a station accepts: the header and two arrays at their limit. Frames are
+# counted and summed as they are read, and a message past either bound is dropped frame by frame
+# (nothing of it kept) and answered ``too_large``.
+MAX_MESSAGE_FRAMES = 2 + MAX_ARRAYS  # + a REQ peer's empty delimiter
+MAX_MESSAGE_BYTES = MAX_HEADER_BYTES + 2 * MAX_ARRAY_BYTES
+# Per-frame cap inside libzmq (ZMQ_MAXMSGSIZE): a peer announcing a bigger frame is disconnected
+# before anything is allocated. libzmq hands a multipart message over only once its last frame has
+# arrived, so one message can hold at most MAX_MESSAGE_FRAMES frames of this size before the
+# station refuses it; see docs/protocol.md.
+TRANSPORT_MAX_FRAME_BYTES = MAX_MESSAGE_BYTES
 
 ALLOWED_DTYPES = frozenset(
     {"uint8", "int8", "uint16", "int16", "int32", "int64", "float16", "float32", "float64", "bool"}
@@ -41,7 +53,33 @@ class ProtocolError(Exception):
         self.message = message
 
 
-def _frame_bytes(frame: Any) -> memoryview:
+def recv_bounded(sock: Any) -> tuple[bytes, list, ProtocolError | None]:
+    """Read one message from a ROUTER socket frame by frame: (routing id, frames, refusal).
+
+    Frames past ``MAX_MESSAGE_FRAMES`` or ``MAX_MESSAGE_BYTES`` are read and dropped at once, so
+    a refused message leaves nothing behind; ``refusal`` then says which bound it broke.
+    """
+    routing = sock.recv(copy=False)
+    frames: list = []
+    count, total, refusal = 0, 0, None
+    while sock.getsockopt(zmq.RCVMORE):
+        frame = sock.recv(copy=False)
+        count, total = count + 1, total + len(frame)
+        if refusal is not None:
+            continue
+        if count > MAX_MESSAGE_FRAMES or total > MAX_MESSAGE_BYTES:
+            refusal = ProtocolError(
+                "too_large",
+                f"message exceeds {MAX_MESSAGE_FRAMES} frames or {MAX_MESSAGE_BYTES} bytes "
+                "(a header and at most two arrays at their limit); it was dropped",
+            )
+            frames = []
+            continue
+        frames.append(frame)
+    return routing.bytes, frames, refusal
+
+
+def frame_bytes(frame: Any) -> memoryview:
     if hasattr(frame, "buffer"):  # zmq.Frame received with copy=False
         return frame.buffer
     return memoryview(frame)
@@ -63,7 +101,7 @@ def decode(frames: Sequence[Any]) -> tuple[dict, dict[str, np.ndarray]]:
     """Parse and validate ``[header, *frames]``; raises ProtocolError naming what is wrong."""
     if not frames:
         raise ProtocolError("bad_message", "empty message")
-    head = _frame_bytes(frames[0])
+    head = frame_bytes(frames[0])
     if head.nbytes > MAX_HEADER_BYTES:
         raise ProtocolError(
             "too_large", f"header is {head.nbytes} bytes; the limit is {MAX_HEADER_BYTES}"
@@ -80,6 +118,7 @@ def decode(frames: Sequence[Any]) -> tuple[dict, dict[str, np.ndarray]]:
         raise ProtocolError(
             "bad_message", f"header must be a msgpack map, got {type(header).__name__}"
         )
+    _check_depth(header)
     specs = header.pop("arrays", [])
     if not isinstance(specs, list) or len(specs) > MAX_ARRAYS:
         raise ProtocolError("bad_message", f"'arrays' must be a list of at most {MAX_ARRAYS} specs")
@@ -90,9 +129,21 @@ def decode(frames: Sequence[Any]) -> tuple[dict, dict[str, np.ndarray]]:
         )
     arrays = {}
     for spec, frame in zip(specs, frames[1:], strict=True):
-        name, arr = _decode_array(spec, _frame_bytes(frame))
+        name, arr = _decode_array(spec, frame_bytes(frame))
         arrays[name] = arr
     return header, arrays
+
+
+def _check_depth(header: dict) -> None:
+    stack = [(header, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_HEADER_DEPTH:
+            raise ProtocolError(
+                "bad_message", f"header nests deeper than {MAX_HEADER_DEPTH} maps or lists"
+            )
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
 
 
 def _decode_array(spec: Any, buf: memoryview) -> tuple[str, np.ndarray]:
@@ -104,10 +155,10 @@ def _decode_array(spec: Any, buf: memoryview) -> tuple[str, np.ndarray]:
     if not (
         isinstance(shape, list)
         and len(shape) <= 5
-        and all(isinstance(s, int) and s >= 0 for s in shape)
+        and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < MAX_DIM for s in shape)
     ):
         raise ProtocolError("bad_message", f"array {name!r}: bad shape {shape!r}")
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    expected = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow
     if expected > MAX_ARRAY_BYTES or buf.nbytes > MAX_ARRAY_BYTES:
         raise ProtocolError(
             "too_large",

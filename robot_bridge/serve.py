@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+from robot_bridge.access import INSECURE_FLAG
 from robot_bridge.backends.base import BACKENDS
 
 
@@ -55,6 +56,25 @@ def add_station_arguments(p: argparse.ArgumentParser) -> None:
         help="CURVE keys directory (from `gymnast station keys`); without it the station is unauthenticated",
     )
     p.add_argument(
+        INSECURE_FLAG,
+        dest="allow_unauthenticated_network",
+        action="store_true",
+        help="serve without --keys on a non-loopback address: anyone who reaches it can drive "
+        "the arm (refused without this flag)",
+    )
+    p.add_argument(
+        "--checkpoint-store-gb",
+        type=float,
+        default=128.0,
+        help="cap on the uploaded checkpoints kept; least recently used are evicted (default %(default)s)",
+    )
+    p.add_argument(
+        "--upload-ttl",
+        type=float,
+        default=900.0,
+        help="seconds an unfinished upload may go without a chunk before it is dropped (default %(default)s)",
+    )
+    p.add_argument(
         "--backend-arg",
         action="append",
         default=[],
@@ -86,14 +106,20 @@ def run_station(args: argparse.Namespace) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    config = StationConfig(
-        bind=args.bind,
-        episodes_dir=args.episodes_dir,
-        checkpoints_dir=args.checkpoints_dir,
-        station_id=args.station_id,
-        lease_timeout_s=args.lease_timeout,
-        keys_dir=args.keys,
-    )
+    try:
+        config = StationConfig(
+            bind=args.bind,
+            episodes_dir=args.episodes_dir,
+            checkpoints_dir=args.checkpoints_dir,
+            station_id=args.station_id,
+            lease_timeout_s=args.lease_timeout,
+            keys_dir=args.keys,
+            allow_unauthenticated_network=args.allow_unauthenticated_network,
+            checkpoint_store_bytes=int(args.checkpoint_store_gb * 1024**3),
+            upload_ttl_s=args.upload_ttl,
+        )
+    except ValueError as e:
+        raise SystemExit(f"station: {e}") from None
     backend = make_backend(args.backend, **parse_backend_args(args.backend_arg))
     station = Station(backend, config)
     signal.signal(signal.SIGTERM, lambda *_: station.stop())
@@ -116,6 +142,9 @@ def run_keys(args: argparse.Namespace) -> int:
     paths = create_keys(args.dir)
     print(f"station keypair:  {paths['server_secret']} (stays on the robot host)")
     print(f"client keypair:   {paths['client_secret']} (copy to the machine running the pipeline)")
+    print(
+        f"operator keypair: {paths['operator_secret']} (clears e-stops; keep it with the operator)"
+    )
     print(f"server public:    {paths['server_public']} (clients need it too)")
     print(f"authorized keys:  {Path(args.dir) / 'authorized_clients'}")
     return 0

@@ -86,9 +86,14 @@ def validate_action(action: np.ndarray) -> np.ndarray:
         raise ValueError(f"action must have shape ({ACTION_DIM},), got {a.shape}")
     if not np.issubdtype(a.dtype, np.floating):
         raise ValueError(f"action must be a float array, got dtype {a.dtype}")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"action contains NaN or inf: {a.tolist()}")
-    return a.astype(np.float32, copy=True)
+    # Checked after the cast: a float64 1e39 is finite but becomes inf as float32.
+    with np.errstate(over="ignore"):
+        cast = a.astype(np.float32, copy=True)
+    if not np.all(np.isfinite(cast)):
+        raise ValueError(
+            f"action contains NaN or inf, or a value beyond float32's range: {a.tolist()}"
+        )
+    return cast
 
 
 def clip_action(action: np.ndarray) -> tuple[np.ndarray, tuple[bool, ...]]:

@@ -4,31 +4,39 @@ One thread owns the socket and answers every request; episodes that the station 
 (jobs) run in a worker thread. Both go through ``_arm``, a lock around the backend, so an e-stop
 from the socket thread lands between two control steps of a job (within one 200 ms period).
 
-Safety rules, in order: an active e-stop refuses every motion until cleared; one controlling client
-holds the lease and must keep talking; a silent lease holder gets the arm held safe and its episode
-closed as ``lease_expired`` with everything recorded kept; a job and a lease never drive the arm at
-the same time.
+Safety rules, in order: an active e-stop refuses every motion until an operator clears it (it
+survives a station restart); one controlling client holds the lease and must keep talking; a
+silent lease holder gets the arm held safe and its episode closed as ``lease_expired`` with
+everything recorded kept; a job and a lease never drive the arm at the same time.
+
+A request id is executed at most once per peer: every reply to a mutating request, error or not,
+is kept under (peer, id), and a retry (the same bytes from the same peer) gets that reply back
+after the peer's role is checked again. Nothing that grows with an upload runs on the socket
+thread (see ``robot_bridge.uploads``), so an e-stop is always answered within a control period.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import secrets
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zmq
 
 from robot_bridge import protocol
+from robot_bridge.access import LOCAL_PEER, OPERATOR, AccessError, Peer, check_bind, require_role
 from robot_bridge.backends.base import BackendError, Observation, RobotBackend
-from robot_bridge.checkpoints import CheckpointError, CheckpointStore, FileEntry, checked_entries
+from robot_bridge.checkpoints import CheckpointError, CheckpointStore, check_checkpoint_id
 from robot_bridge.episodes import EpisodeMeta, EpisodeWriteError, EpisodeWriter, recover_partials
 from robot_bridge.jobs import JOB_STATUS_PAGE, Job, JobRunner, JobSpec
 from robot_bridge.protocol import ProtocolError
@@ -45,6 +53,7 @@ from robot_bridge.spec import (
     get_task,
     validate_action,
 )
+from robot_bridge.uploads import Uploads
 
 log = logging.getLogger("gymnast.station")
 
@@ -76,14 +85,26 @@ class StationConfig:
     station_id: str = "station-0"
     lease_timeout_s: float = 2.0
     idempotency_cache: int = 64
-    keys_dir: Path | None = None  # CURVE: server.key_secret + authorized_clients/*.key
+    keys_dir: Path | None = None  # CURVE: server.key_secret + authorized_clients/ + operators/
     record_step_control: bool = True
+    # Serving an unauthenticated station beyond loopback must be asked for by name.
+    allow_unauthenticated_network: bool = False
+    checkpoint_store_bytes: int = 128 * 1024**3
+    upload_ttl_s: float = 900.0  # an upload with no chunk for this long is dropped
+    state_dir: Path | None = None  # where the e-stop latch lives; default: next to the episodes
 
     def __post_init__(self) -> None:
         self.episodes_dir = Path(self.episodes_dir)
         if self.checkpoints_dir is None:
             self.checkpoints_dir = self.episodes_dir.parent / "station_checkpoints"
         self.checkpoints_dir = Path(self.checkpoints_dir)
+        self.state_dir = Path(self.state_dir or self.episodes_dir.parent)
+        if self.checkpoint_store_bytes < 1:
+            raise ValueError(
+                f"checkpoint_store_bytes must be >= 1, got {self.checkpoint_store_bytes}"
+            )
+        if not 1 <= self.upload_ttl_s <= 7 * 86400:
+            raise ValueError(f"upload_ttl_s must be within [1, 604800] s, got {self.upload_ttl_s}")
         if not 0.05 <= self.lease_timeout_s <= 600:
             raise ValueError(
                 f"lease_timeout_s must be within [0.05, 600] s, got {self.lease_timeout_s}"
@@ -92,6 +113,11 @@ class StationConfig:
             raise ValueError(f"idempotency_cache must be >= 1, got {self.idempotency_cache}")
         if self.keys_dir is not None:
             self.keys_dir = Path(self.keys_dir)
+        check_bind(self.bind, self.keys_dir is not None, self.allow_unauthenticated_network)
+
+    @property
+    def estop_file(self) -> Path:
+        return self.state_dir / "estop.json"
 
 
 @dataclass
@@ -119,10 +145,19 @@ class StepEpisode:
 
 
 @dataclass
-class Upload:
-    sha: str
-    entries: dict[str, FileEntry]
-    received: dict[str, int] = field(default_factory=dict)
+class CachedReply:
+    digest: bytes  # of the request's bytes: a retry is the same request, not a reused id
+    op: str
+    reply: list
+
+
+def _digest(frames: list) -> bytes:
+    h = hashlib.sha256()
+    for f in frames:
+        b = protocol.frame_bytes(f)
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.digest()
 
 
 class Station:
@@ -133,16 +168,21 @@ class Station:
         self.recovered = recover_partials(self.config.episodes_dir, self.config.station_id)
         for p in self.recovered:
             log.warning("kept partial episode from an earlier crash: %s", p)
-        self.checkpoints = CheckpointStore(self.config.checkpoints_dir)
+        self.checkpoints = CheckpointStore(
+            self.config.checkpoints_dir, max_bytes=self.config.checkpoint_store_bytes
+        )
         self._arm = threading.RLock()
         self._estop = threading.Event()
         self._estop_reason = ""
+        self._restore_estop()
         self._lease: Lease | None = None
         self._episode: StepEpisode | None = None
-        self._uploads: dict[str, Upload] = {}
-        self._cache: OrderedDict[str, list] = OrderedDict()
+        self._cache: OrderedDict[tuple, CachedReply] = OrderedDict()
+        self._peer: Peer = LOCAL_PEER  # the sender of the request being handled
+        self._keyring = None
         self._stop = threading.Event()
         self.jobs = JobRunner(backend, self._arm, self._estop, self.checkpoints, self.config)
+        self.uploads = Uploads(self.checkpoints, self.config.upload_ttl_s, self._checkpoints_in_use)
         self._handlers: dict[str, Callable[[dict, dict, dict], tuple[dict, dict]]] = {
             "hello": self._hello,
             "ping": self._ping,
@@ -173,12 +213,17 @@ class Station:
         auth = None
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, protocol.TRANSPORT_MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.TRANSPORT_MAX_FRAME_BYTES)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         if self.config.keys_dir is not None:
             from robot_bridge.auth import configure_server
 
-            auth = configure_server(ctx, sock, self.config.keys_dir)
+            auth, self._keyring = configure_server(ctx, sock, self.config.keys_dir)
+        elif self.config.allow_unauthenticated_network:
+            log.warning(
+                "UNAUTHENTICATED station on %s: anyone who can reach it can drive the arm",
+                self.config.bind,
+            )
         sock.bind(self.config.bind)
         endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info(
@@ -192,19 +237,38 @@ class Station:
             ready(endpoint)
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        next_expiry = 0.0
         try:
             while not self._stop.is_set():
                 if poller.poll(timeout=20):
-                    frames = sock.recv_multipart(copy=False)
-                    reply = self.handle(frames[1:])
-                    if reply is not None:
-                        sock.send_multipart([frames[0], *reply], copy=False)
+                    self._serve_one(sock)
                 self._check_lease()
+                if time.monotonic() > next_expiry:
+                    self.uploads.expire()
+                    next_expiry = time.monotonic() + 1.0
         finally:
             self.shutdown()
             sock.close(linger=0)
             if auth is not None:
                 auth.stop()
+
+    def _serve_one(self, sock: zmq.Socket) -> None:
+        routing_id, frames, refusal = protocol.recv_bounded(sock)
+        if refusal is not None:
+            reply = protocol.error_reply(None, refusal.code, refusal.message)
+        else:
+            peer = self._identify(routing_id, frames)
+            if peer is None:
+                return  # authenticated by CURVE but in no key list: cannot happen; say nothing
+            reply = self.handle(frames, peer)
+        sock.send_multipart([routing_id, *reply], copy=False)
+
+    def _identify(self, routing_id: bytes, frames: list) -> Peer | None:
+        if self._keyring is None:
+            return Peer(routing_id, None, OPERATOR)  # loopback only: the host's users are trusted
+        key = frames[0].get("User-Id") if frames else None
+        role = self._keyring.role(key)
+        return None if role is None else Peer(routing_id, key, role)
 
     def stop(self) -> None:
         self._stop.set()
@@ -215,34 +279,54 @@ class Station:
         with self._arm:
             self._safe_hold()
             self._close_episode("cancelled")
+        self.uploads.close()
 
-    def handle(self, frames: list) -> list | None:
-        """Answer one request (without the routing frame). Never raises."""
+    def handle(self, frames: list, peer: Peer = LOCAL_PEER) -> list:
+        """Answer one request (without the routing frame) from ``peer``. Never raises."""
         delimiter = []
         if frames and len(frames[0]) == 0:  # a REQ peer sends an empty delimiter first
             delimiter, frames = [b""], frames[1:]
-        request_id: Any = None
+        request_id: str | None = None
+        cache_key: tuple | None = None
         try:
             header, arrays = protocol.decode(frames)
-            request_id = header.get("id")
+            if isinstance(header.get("id"), str):
+                request_id = header["id"][: protocol.MAX_REQUEST_ID_CHARS]
             op = self._check_header(header)
-            if op in MUTATING_OPS and request_id in self._cache:
-                self._cache.move_to_end(request_id)
-                return delimiter + self._cache[request_id]
+            key = (*peer.identity, request_id)
+            digest = _digest(frames)
+            if op in MUTATING_OPS and key in self._cache:
+                return delimiter + self._from_cache(key, digest, peer)
+            cache_key = key if op in MUTATING_OPS else None
+            self._peer = peer
+            require_role(peer, op)
             result, out_arrays = self._handlers[op](header.get("args", {}), arrays, header)
             reply = protocol.ok_reply(request_id, result, out_arrays)
         except ProtocolError as e:
             reply = protocol.error_reply(request_id, e.code, e.message)
-            op = None
+        except AccessError as e:
+            reply = protocol.error_reply(request_id, "forbidden", str(e))
         except Exception as e:  # a bug must not take the arm's server down
             log.exception("internal error handling request %r", request_id)
             reply = protocol.error_reply(request_id, "internal", f"{type(e).__name__}: {e}")
-            op = None
-        if op in MUTATING_OPS and isinstance(request_id, str):
-            self._cache[request_id] = reply
+        finally:
+            self._peer = LOCAL_PEER
+        if cache_key is not None:  # errors too: a request that moved the arm never runs twice
+            self._cache[cache_key] = CachedReply(digest, op, reply)
             while len(self._cache) > self.config.idempotency_cache:
                 self._cache.popitem(last=False)
         return delimiter + reply
+
+    def _from_cache(self, key: tuple, digest: bytes, peer: Peer) -> list:
+        cached = self._cache[key]
+        if cached.digest != digest:
+            raise ProtocolError(
+                "bad_request",
+                f"request id {key[-1]!r} was already used for another request; use a new id",
+            )
+        require_role(peer, cached.op)
+        self._cache.move_to_end(key)
+        return cached.reply
 
     def _check_header(self, header: dict) -> str:
         if header.get("v") != protocol.PROTOCOL_VERSION:
@@ -382,6 +466,7 @@ class Station:
             raise ProtocolError("bad_action", str(e)) from None
         action, dims_clipped = clip_action(requested)
         with self._arm:
+            self._prepare_record(ep, action, requested)  # the arm moves only if recordable
             outcome = self._backend_call(lambda: self.backend.step(action))
             obs = outcome.observation
             ep.steps += 1
@@ -409,6 +494,17 @@ class Station:
         }
         return result, self._obs_arrays(obs)
 
+    def _prepare_record(self, ep: StepEpisode, action: np.ndarray, requested: np.ndarray) -> None:
+        """Check the step and reserve its disk space before the arm moves."""
+        if ep.writer is None:
+            return
+        try:
+            ep.writer.prepare(ep.last_obs, action, requested)
+        except ValueError as e:
+            raise ProtocolError("bad_action", f"nothing moved; {e}") from None
+        except EpisodeWriteError as e:
+            self._write_failed(ep, f"nothing moved, arm held safe; {e}")
+
     def _record(
         self, ep: StepEpisode, action: np.ndarray, requested: np.ndarray, obs: Observation
     ) -> None:
@@ -417,10 +513,13 @@ class Station:
         try:
             ep.writer.append(ep.last_obs, action, requested_action=requested)
         except EpisodeWriteError as e:
-            self._safe_hold()
-            ep.writer.close()  # the partial file stays, flagged by its name
-            ep.writer, ep.done = None, True
-            raise ProtocolError("episode_write_failed", f"arm held safe; {e}") from None
+            self._write_failed(ep, f"arm held safe; {e}")
+
+    def _write_failed(self, ep: StepEpisode, message: str) -> None:
+        self._safe_hold()
+        ep.writer.close()  # the partial file stays, flagged by its name
+        ep.writer, ep.done = None, True
+        raise ProtocolError("episode_write_failed", message)
 
     def _observe(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
         if self.jobs.running() is not None:
@@ -514,61 +613,87 @@ class Station:
         with self._arm:
             self._safe_hold()
             closed = self._close_episode("estop")
+        self._persist_estop(reason)
         log.warning("E-STOP: %s", reason)
         return {"estop": True, "closed_episode": closed}, {}
 
     def _estop_clear(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
+        self.config.estop_file.unlink(missing_ok=True)  # first: a crash now leaves it engaged
         self._estop.clear()
         self._estop_reason = ""
+        log.warning("e-stop cleared by %s", self._peer.describe())
         return {"estop": False}, {}
+
+    def _persist_estop(self, reason: str) -> None:
+        """The e-stop outlives the process: a restarted station starts stopped."""
+        path = self.config.estop_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                json.dump({"reason": reason, "at": time.time()}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            log.exception(
+                "could not record the e-stop in %s (it holds until this process ends)", path
+            )
+
+    def _restore_estop(self) -> None:
+        path = self.config.estop_file
+        if not path.exists():
+            return
+        try:
+            reason = str(json.loads(path.read_text()).get("reason", ""))
+        except (OSError, ValueError, AttributeError):
+            reason = "unreadable e-stop record"
+        self._estop_reason = f"engaged before the station restarted: {reason}"
+        self._estop.set()
+        log.warning(
+            "E-STOP still engaged from before the restart (%s): an operator must clear it", reason
+        )
 
     # --- checkpoints and jobs ----------------------------------------------------------------
 
     def _upload_begin(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
-        sha = arg(args, "sha256", str, check=lambda s: len(s) == 64, what="a sha256 hex digest")
+        sha = self._checkpoint_arg(args, "sha256")
         try:
-            entries = checked_entries(args.get("files"))
-            if self.checkpoints.has(sha):
-                return {"present": True}, {}
-            self.checkpoints.begin(sha, entries)
+            result = self.uploads.begin(sha, args.get("files"))
         except CheckpointError as e:
             raise ProtocolError("bad_checkpoint", str(e)) from None
-        self._uploads[sha] = Upload(sha, {e.path: e for e in entries})
-        return {"present": False, "chunk_bytes": protocol.MAX_ARRAY_BYTES // 2}, {}
+        return {**result, "chunk_bytes": protocol.MAX_ARRAY_BYTES // 2}, {}
 
     def _upload_chunk(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
-        sha = arg(args, "sha256", str)
+        sha = self._checkpoint_arg(args, "sha256")
         path = arg(args, "path", str)
         offset = arg(args, "offset", int)
-        upload = self._uploads.get(sha)
-        if upload is None or path not in upload.entries:
-            raise ProtocolError(
-                "bad_checkpoint", f"no upload of {path!r} in progress for checkpoint {sha[:12]}"
-            )
         data = arrays.get("data")
         if data is None or data.dtype != np.uint8 or data.ndim != 1:
             raise ProtocolError("bad_request", "upload_chunk needs a 1-D uint8 'data' frame")
         try:
-            self.checkpoints.write_chunk(sha, upload.entries[path], offset, memoryview(data))
+            end = self.uploads.chunk(sha, path, offset, memoryview(data))
         except CheckpointError as e:
             raise ProtocolError("bad_checkpoint", str(e)) from None
-        upload.received[path] = upload.received.get(path, 0) + int(data.nbytes)
-        return {"received": upload.received[path]}, {}
+        return {"received": end}, {}
 
     def _upload_commit(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
-        sha = arg(args, "sha256", str)
-        upload = self._uploads.pop(sha, None)
-        if upload is None:
-            if self.checkpoints.has(sha):
-                return {"path": str(self.checkpoints.path(sha))}, {}
-            raise ProtocolError(
-                "bad_checkpoint", f"no upload in progress for checkpoint {sha[:12]}"
-            )
+        sha = self._checkpoint_arg(args, "sha256")
         try:
-            path = self.checkpoints.commit(sha, list(upload.entries.values()))
+            return self.uploads.commit(sha), {}
         except CheckpointError as e:
             raise ProtocolError("bad_checkpoint", str(e)) from None
-        return {"path": str(path)}, {}
+
+    def _checkpoint_arg(self, args: dict, name: str) -> str:
+        value = arg(args, name, str)
+        try:
+            return check_checkpoint_id(value)
+        except CheckpointError as e:
+            raise ProtocolError("bad_request", f"field {name!r}: {e}") from None
+
+    def _checkpoints_in_use(self) -> set[str]:
+        job = self.jobs.running()
+        return {job.spec.checkpoint_sha256} if job is not None else set()
 
     def _job_submit(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
         if self._estop.is_set():
@@ -577,41 +702,23 @@ class Station:
             )
         if self._lease is not None and header.get("lease") != self._lease.token:
             raise ProtocolError("leased_by_other", f"the arm is leased by {self._lease.holder!r}")
-        sha = arg(
-            args,
-            "checkpoint",
-            str,
-            check=self.checkpoints.has,
-            what="a checkpoint this station holds (upload it first)",
-        )
-        tasks = arg(
-            args, "tasks", list, check=lambda t: 0 < len(t) <= 16, what="a list of 1..16 task names"
-        )
-        for t in tasks:
-            self._task({"task": t})
-        spec = JobSpec(
-            checkpoint_sha256=sha,
-            tasks=list(tasks),
-            episodes_per_task=arg(
-                args, "episodes_per_task", int, check=lambda n: 1 <= n <= 1000, what="1..1000"
-            ),
-            seed=arg(
-                args,
-                "seed",
-                int,
-                default=0,
-                check=lambda s: 0 <= s < 2**62,
-                what="a non-negative int",
-            ),
-            skip_seeds=arg(args, "skip", dict, default={}),
-            instructions=arg(args, "instructions", dict, default={}),
-        )
+        sha = self._checkpoint_arg(args, "checkpoint")
+        if not self.checkpoints.has(sha):
+            raise ProtocolError(
+                "bad_request",
+                f"field 'checkpoint' must be a checkpoint this station holds (upload it first), got {sha!r}",
+            )
+        try:
+            spec = JobSpec.from_wire(args)
+        except ValueError as e:
+            raise ProtocolError("bad_request", str(e)) from None
         if self._lease is not None:  # the submitter's own lease hands the arm to the job
             with self._arm:
                 self._close_episode("client_ended")
             self._lease = None
+        self.checkpoints.touch(sha)
         try:
-            job = self.jobs.submit(spec)
+            job = self.jobs.submit(spec, owner=self._peer.key)
         except RuntimeError as e:
             raise ProtocolError("busy", str(e)) from None
         return {"job_id": job.job_id}, {}
@@ -625,6 +732,10 @@ class Station:
 
     def _job_cancel(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
         job = self._job(args)
+        if self._peer.role != OPERATOR and job.owner != self._peer.key:
+            raise AccessError(
+                f"job {job.job_id} was submitted by another client; only it or an operator may cancel it"
+            )
         job.cancel("cancelled by client")
         return job.status(), {}
 
@@ -711,9 +822,15 @@ class Station:
             "lease_timeout_s": self.config.lease_timeout_s,
             "auth": "curve" if self.config.keys_dir else "none",
             "estop": self._estop.is_set(),
+            "estop_reason": self._estop_reason,
+            "role": self._peer.role,
             "limits": {
                 "max_array_bytes": protocol.MAX_ARRAY_BYTES,
                 "max_header_bytes": protocol.MAX_HEADER_BYTES,
+                "max_message_bytes": protocol.MAX_MESSAGE_BYTES,
+                "max_message_frames": protocol.MAX_MESSAGE_FRAMES,
+                "checkpoint_store_bytes": self.config.checkpoint_store_bytes,
+                "upload_ttl_s": self.config.upload_ttl_s,
             },
             "recovered_partial_episodes": [p.name for p in self.recovered],
         }, {}

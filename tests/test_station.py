@@ -310,7 +310,7 @@ def test_tampered_checkpoint_is_refused(client, tmp_path):
         "upload_chunk", {"sha256": sha, "path": entries[0].path, "offset": 0}, arrays={"data": data}
     )
     with pytest.raises(StationError, match="sha256 mismatch") as e:
-        client.call("upload_commit", {"sha256": sha})
+        client.wait_commit(sha, total_bytes=entries[0].size)
     assert e.value.code == "bad_checkpoint"
     with pytest.raises(StationError, match="unsafe or invalid file path"):
         client.call(

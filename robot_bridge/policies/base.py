@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from robot_bridge.checkpoints import CheckpointError, refuse_code
+
 if TYPE_CHECKING:
     from robot_bridge.backends.base import Observation, RobotBackend
 
@@ -55,7 +57,15 @@ def read_policy_config(checkpoint_dir: str | Path) -> dict:
 
 
 def load_policy(checkpoint_dir: str | Path, backend: RobotBackend | None = None) -> Policy:
-    """Load a policy checkpoint directory; ``backend`` is offered to privileged (scripted) policies."""
+    """Load a policy checkpoint directory; ``backend`` is offered to privileged (scripted) policies.
+
+    Checkpoints a station runs come over the wire, so this loads data only: the directory is
+    checked first (``refuse_code``), and loaders never import code from it or follow a path out.
+    """
+    try:
+        refuse_code(checkpoint_dir)
+    except CheckpointError as e:
+        raise PolicyLoadError(str(e)) from None
     config = read_policy_config(checkpoint_dir)
     policy_type = config["policy_type"]
     if policy_type not in POLICY_TYPES:
