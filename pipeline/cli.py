@@ -233,6 +233,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         bench.run(args.n, args.sim_steps, args.json)
         return 0
+    if args.bench_command == "safety":
+        from robot_bridge import bench
+
+        bench.run_safety(args.upload_gb, args.json)
+        return 0
     if args.bench_command == "learning":
         from pipeline import bench_learning
 
@@ -375,6 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     b = be_sub.add_parser("bridge", help="step latency vs a bare ZMQ floor, and simulator steps/s")
     b.add_argument("-n", type=int, default=2000, help="timed round trips per configuration")
     b.add_argument("--sim-steps", type=int, default=200)
+    b.add_argument("--json", type=Path, default=None)
+    b = be_sub.add_parser(
+        "safety", help="e-stop latency during the largest upload, station memory per message"
+    )
+    b.add_argument(
+        "--upload-gb", type=float, default=32.0, help="upload size (default: the 32 GiB limit)"
+    )
     b.add_argument("--json", type=Path, default=None)
     b = be_sub.add_parser(
         "learning", help="SFT vs RL-in-imagination on the simulated station (about an hour on CPU)"

@@ -218,6 +218,160 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+# --- station safety under load: e-stop latency during the largest upload, memory per message ---
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def bench_estop_under_upload(size_bytes: int, workdir: Path, every_s: float = 0.05) -> dict:
+    """Upload a ``size_bytes`` checkpoint while a second client sends e-stop every ``every_s``;
+    e-stop round trips per phase (chunks on the socket thread, verification on the worker)."""
+    import threading
+
+    from robot_bridge.checkpoints import build_manifest
+    from robot_bridge.client import StationClient
+    from robot_bridge.launch import StationProcess
+    from robot_bridge.policies import write_policy_config
+
+    ckpt = write_policy_config(workdir / "big", "random", seed=0)
+    with open(ckpt / "model.safetensors", "wb") as f:
+        f.truncate(size_bytes - 1024)  # sparse: the source costs nothing; the station writes it all
+    sha, entries = build_manifest(ckpt)
+    store_gb = str(size_bytes / 1024**3 + 0.01)
+    with (
+        StationProcess(
+            "instant",
+            episodes_dir=workdir / "ep",
+            station_args=["--checkpoint-store-gb", store_gb],
+        ) as station,
+        StationClient(station.endpoint, timeout_s=60.0, name="uploader") as uploader,
+        StationClient(station.endpoint, timeout_s=5.0, name="operator") as operator,
+    ):
+        phase, times = ["chunks"], {}
+
+        def upload() -> None:
+            t0 = time.perf_counter()
+            uploader.call("upload_begin", {"sha256": sha, "files": [e.to_dict() for e in entries]})
+            for e in entries:
+                with open(ckpt / e.path, "rb") as f:
+                    offset = 0
+                    while data := f.read(4 * 1024 * 1024):
+                        uploader.call(
+                            "upload_chunk",
+                            {"sha256": sha, "path": e.path, "offset": offset},
+                            arrays={"data": np.frombuffer(data, np.uint8)},
+                        )
+                        offset += len(data)
+            times["chunks_s"], t1 = time.perf_counter() - t0, time.perf_counter()
+            phase[0] = "verifying"
+            while uploader.call("upload_commit", {"sha256": sha})[0]["state"] != "done":
+                time.sleep(0.02)
+            times["verify_s"] = time.perf_counter() - t1
+            phase[0] = "done"
+
+        thread = threading.Thread(target=upload)
+        thread.start()
+        samples: dict[str, list[float]] = {"chunks": [], "verifying": []}
+        while thread.is_alive():
+            now, t0 = phase[0], time.perf_counter()
+            operator.estop("benchmark")
+            if now in samples and phase[0] == now:
+                samples[now].append(time.perf_counter() - t0)
+            time.sleep(every_s)
+        thread.join()
+        operator.estop_clear()
+    return {
+        "upload_bytes": size_bytes,
+        **times,
+        **{k: {**percentiles(v), "max_ms": max(v) * 1e3} for k, v in samples.items() if v},
+    }
+
+
+def bench_message_memory(workdir: Path) -> dict:
+    """The station's peak RSS growth (MiB) for hostile messages, each on a fresh station."""
+    import msgpack
+    import zmq
+
+    from robot_bridge import protocol
+    from robot_bridge.launch import StationProcess
+
+    mib = 1024 * 1024
+    header = msgpack.packb({"v": 1, "id": "m", "op": "ping", "args": {}})
+    cases = {
+        "4 frames x 48 MiB (over the frame cap)": [b"\0" * (48 * mib)] * 4,
+        "20 frames x 1 MiB (over the frame count)": [b"\0" * mib] * 20,
+        "2 frames x 16 MiB (over the byte bound)": [b"\0" * (16 * mib)] * 2,
+        "64 frames x 16 MiB (libzmq assembles before the station sees it)": [b"\0" * (16 * mib)]
+        * 64,
+    }
+    out = {}
+    for i, (label, frames) in enumerate(cases.items()):
+        with StationProcess("instant", episodes_dir=workdir / f"mem{i}") as station:
+            before = _peak_rss_mib(station.proc.pid)
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(station.endpoint)
+            sock.send_multipart([header, *frames])
+            answer = "no reply (disconnected)"
+            if sock.poll(10000):
+                head, _ = protocol.decode(sock.recv_multipart())
+                answer = head.get("error", {}).get("code", "ok")
+            sock.close()
+            out[label] = {
+                "reply": answer,
+                "peak_rss_growth_mib": _peak_rss_mib(station.proc.pid) - before,
+            }
+    return out
+
+
+def run_safety(upload_gb: float, out_json: Path | None = None) -> dict:
+    from robot_bridge import protocol
+
+    results: dict = {"machine": machine_description()}
+    with tempfile.TemporaryDirectory() as tmp:
+        results["estop_under_upload"] = bench_estop_under_upload(
+            int(upload_gb * 1024**3), Path(tmp)
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        results["message_memory"] = bench_message_memory(Path(tmp))
+    results["bounds"] = {
+        "max_message_frames": protocol.MAX_MESSAGE_FRAMES,
+        "max_message_bytes": protocol.MAX_MESSAGE_BYTES,
+        "transport_max_frame_bytes": protocol.TRANSPORT_MAX_FRAME_BYTES,
+    }
+    print(format_safety(results))
+    if out_json is not None:
+        out_json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def format_safety(results: dict) -> str:
+    up = results["estop_under_upload"]
+    lines = [
+        f"machine: {results['machine']}",
+        f"upload of {up['upload_bytes'] / 1024**3:.1f} GiB: chunks {up['chunks_s']:.1f} s, "
+        f"verification {up['verify_s']:.1f} s",
+        "",
+        "| e-stop during | n | p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|",
+    ]
+    for phase in ("chunks", "verifying"):
+        if phase in up:
+            r = up[phase]
+            lines.append(
+                f"| {phase} | {r['n']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |"
+            )
+    lines += ["", "| message | reply | station peak RSS growth MiB |", "|---|---|---|"]
+    for label, r in results["message_memory"].items():
+        lines.append(f"| {label} | {r['reply']} | {r['peak_rss_growth_mib']:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--bare-server":

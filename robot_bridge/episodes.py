@@ -992,6 +992,8 @@ def _recover_one(partial: Path, station_id: str) -> Path:
             num_actions=int(ep.actions.shape[0]),
         )
         log.error("episode %s was cut off by a station crash; kept as %s", episode_id, target)
+    if target.exists():  # checked before the note, which would replace that file's note
+        raise FileExistsError(f"refusing to overwrite {target} with {partial}")
     note_path = _note_path(target)
     note_path.write_text(json.dumps(note, indent=2))
     _rename_no_clobber(partial, target)
