@@ -277,11 +277,13 @@ def bench_estop_under_upload(size_bytes: int, workdir: Path, every_s: float = 0.
         thread = threading.Thread(target=upload)
         thread.start()
         samples: dict[str, list[float]] = {"chunks": [], "verifying": []}
+        held: dict[str, list[float]] = {"chunks": [], "verifying": []}
         while thread.is_alive():
             now, t0 = phase[0], time.perf_counter()
-            operator.estop("benchmark")
+            reply = operator.estop("benchmark")
             if now in samples and phase[0] == now:
                 samples[now].append(time.perf_counter() - t0)
+                held[now].append(reply["held_in_ms"] / 1e3)
             time.sleep(every_s)
         thread.join()
         operator.estop_clear()
@@ -289,6 +291,7 @@ def bench_estop_under_upload(size_bytes: int, workdir: Path, every_s: float = 0.
         "upload_bytes": size_bytes,
         **times,
         **{k: {**percentiles(v), "max_ms": max(v) * 1e3} for k, v in samples.items() if v},
+        "held_in": {k: {**percentiles(v), "max_ms": max(v) * 1e3} for k, v in held.items() if v},
     }
 
 
@@ -357,14 +360,15 @@ def format_safety(results: dict) -> str:
         f"upload of {up['upload_bytes'] / 1024**3:.1f} GiB: chunks {up['chunks_s']:.1f} s, "
         f"verification {up['verify_s']:.1f} s",
         "",
-        "| e-stop during | n | p50 ms | p99 ms | max ms |",
-        "|---|---|---|---|---|",
+        "| e-stop during | n | round trip p50 / p99 / max ms | arm held after p50 / max ms |",
+        "|---|---|---|---|",
     ]
     for phase in ("chunks", "verifying"):
         if phase in up:
-            r = up[phase]
+            r, h = up[phase], up["held_in"][phase]
             lines.append(
-                f"| {phase} | {r['n']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} |"
+                f"| {phase} | {r['n']} | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f} "
+                f"| {h['p50_ms']:.2f} / {h['max_ms']:.2f} |"
             )
     lines += ["", "| message | reply | station peak RSS growth MiB |", "|---|---|---|"]
     for label, r in results["message_memory"].items():

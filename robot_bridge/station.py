@@ -122,6 +122,22 @@ class CachedReply:
     reply: list
 
 
+def _fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        log.exception("could not sync %s", path)
+
+
 def _digest(frames: list) -> bytes:
     h = hashlib.sha256()
     for f in frames:
@@ -331,14 +347,16 @@ class Station(StepControl):
             check=lambda s: len(s) <= 256,
             what="<= 256 chars",
         )
+        t0 = time.monotonic()
         self._estop_reason = reason
         self._estop.set()  # jobs see this before their next step
         with self._arm:
             self._safe_hold()
+            held_ms = (time.monotonic() - t0) * 1e3
             closed = self._close_episode("estop")
         self._persist_estop(reason)
         log.warning("E-STOP: %s", reason)
-        return {"estop": True, "closed_episode": closed}, {}
+        return {"estop": True, "held_in_ms": held_ms, "closed_episode": closed}, {}
 
     def _estop_clear(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
         self.config.estop_file.unlink(missing_ok=True)  # first: a crash now leaves it engaged
@@ -355,9 +373,10 @@ class Station(StepControl):
             tmp = path.with_suffix(".tmp")
             with open(tmp, "w") as f:
                 json.dump({"reason": reason, "at": time.time()}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # survives a killed process at once
+            # ... and a power cut once synced: off this thread, since an fsync behind a busy
+            # disk's writeback can take longer than a control period.
+            threading.Thread(target=_fsync_file, args=(path,), daemon=True).start()
         except OSError:
             log.exception(
                 "could not record the e-stop in %s (it holds until this process ends)", path
