@@ -18,7 +18,6 @@ Asset bodies only wire resources to the typed stage functions in ``pipeline.stag
 """
 
 import base64
-import hashlib
 import io
 import os
 import resource
@@ -39,6 +38,7 @@ from pipeline.resources import (
     StationResource,
     TrackingResource,
 )
+from pipeline.seeds import RoundSeeds
 from pipeline.stages import DatasetInfo, Evaluation, ModelArtifact
 from robot_bridge.client import StationError
 from robot_bridge.dispatch import DispatchError
@@ -73,9 +73,22 @@ GROUP = "round"
 ARM_TAGS = {"gymnast/moves_arm": "true"}
 
 
-def round_seed(cfg: stages.RoundConfig, round_key: str) -> int:
-    """Initial-state seeds of a round: new every round, shared by champion and challenger (pairing)."""
-    return cfg.seed + int(hashlib.sha256(round_key.encode()).hexdigest()[:6], 16)
+def round_seeds(cfg: stages.RoundConfig, round_key: str) -> RoundSeeds:
+    """The round's seed blocks: one per purpose, never shared with another round or purpose."""
+    return RoundSeeds.for_round(round_key, ROUND_FMT, cfg.seed)
+
+
+def seed_params(cfg: stages.RoundConfig, round_key: str) -> dict[str, str]:
+    """The blocks this round uses, as MLflow params (``seeds.gate = first-last`` ...)."""
+    return round_seeds(cfg, round_key).to_params(
+        {
+            "demo": cfg.demo_episodes_per_task,
+            "collect": cfg.collect_episodes_per_task,
+            "explore": cfg.explore_episodes_per_task,
+            "check": cfg.snapshot_check_episodes_per_task if cfg.challenger_snapshots > 1 else 0,
+            "gate": cfg.eval_episodes_per_task,
+        }
+    )
 
 
 # --- helpers the bodies share -----------------------------------------------------------------------
@@ -92,8 +105,9 @@ def tracked_stage(
     r = context.partition_key
     tracker = tracking.tracker()
     with settings.store.lock(r, "mlflow"):
+        cfg = settings.round_config()
         parent = tracker.round_run(
-            r, {"round": r, "preset": settings.preset, **settings.round_config().to_dict()}
+            r, {"round": r, "preset": settings.preset, **cfg.to_dict(), **seed_params(cfg, r)}
         )
     with tracker.stage(r, stage, parent_run_id=parent) as run:
         context.log.info(f"MLflow run for {stage}: {run.link}")
@@ -237,7 +251,7 @@ def real_episodes(
             champion.path,
             store.round_dir(r) / "episodes" / "champion",
             cfg,
-            seed=round_seed(cfg, r),
+            seed=round_seeds(cfg, r).collect,
             progress=settings.progress,
         )
         run.log_metrics(evaluation_metrics(ev, "champion"))
@@ -247,7 +261,7 @@ def real_episodes(
             store.round_dir(r) / "episodes" / "explore",
             store.round_dir(r) / "explore_policy",
             cfg,
-            seed=round_seed(cfg, r),
+            seed=round_seeds(cfg, r).explore,
             progress=settings.progress,
         )
         if explored is not None:
@@ -255,7 +269,7 @@ def real_episodes(
         preview = frame_strip(ev.episodes[0], store.round_dir(r) / "previews" / "real_episodes.png")
         run.log_artifact(preview, "previews")
     return dg.Output(
-        RoundEpisodes(champion, champion_round, ev, round_seed(cfg, r)),
+        RoundEpisodes(champion, champion_round, ev, round_seeds(cfg, r).collect),
         metadata={
             **evaluation_metadata(ev),
             "champion_from_round": champion_round or "bootstrapped this round",
@@ -282,11 +296,13 @@ def current_champion(
         context.log.info(
             "no earlier round: bootstrapping a champion (scripted demonstrations -> SFT)"
         )
+        cfg = settings.round_config()
         art = stages.bootstrap_champion(
             client,
             store.round_dir(r) / "bootstrap",
-            settings.round_config(),
+            cfg,
             progress=settings.progress,
+            demo_seed=round_seeds(cfg, r).demo,
         )
         store.save("bootstrap", r, art)
     art = store.load("bootstrap", r)
@@ -469,8 +485,9 @@ def _trained_in_preview(world_model: ModelArtifact) -> dict:
     pool="robot",
     op_tags=ARM_TAGS,
     kinds={"robot"},
-    description="AutoEval-style real evaluation of the challenger on the champion's seeds (paired); "
-    "its episodes are next round's data.",
+    description="The promotion gate's evidence: champion and challenger on this round's gate "
+    "seeds, which no collection, exploration, check or training stage of any round uses (paired, "
+    "AutoEval-style). Its episodes are next round's data.",
 )
 def real_evaluation(
     context: dg.AssetExecutionContext,
@@ -491,21 +508,31 @@ def real_evaluation(
             challenger, snapshot = checked_challenger(
                 client, tracker, run, challenger, cfg, store, r
             )
+        gate = round_seeds(cfg, r).gate
+        champion_ev = stages.evaluate_on_station(
+            client,
+            real_episodes.champion.path,
+            store.round_dir(r) / "episodes" / "gate_champion",
+            cfg,
+            seed=gate,
+            progress=settings.progress,
+        )
         ev = stages.evaluate_on_station(
             client,
             challenger.path,
             store.round_dir(r) / "episodes" / "challenger",
             cfg,
-            seed=real_episodes.seed,
+            seed=gate,
             progress=settings.progress,
         )
+        run.log_metrics(evaluation_metrics(champion_ev, "gate_champion"))
         run.log_metrics(evaluation_metrics(ev, "challenger"))
         preview = frame_strip(
             ev.episodes[0], store.round_dir(r) / "previews" / "real_evaluation.png"
         )
         run.log_artifact(preview, "previews")
     return dg.Output(
-        ChallengerEvaluation(challenger, ev, real_episodes.seed),
+        ChallengerEvaluation(challenger, ev, gate, champion_ev),
         metadata={
             **evaluation_metadata(ev),
             **({"snapshot_check": dg.MetadataValue.json(snapshot)} if snapshot else {}),
@@ -520,7 +547,12 @@ def checked_challenger(client, tracker, run, challenger, cfg, store, r):
     its check runs join the round's episodes (next round's data). A snapshot other than the final
     policy is registered and takes the ``challenger`` alias: what is evaluated is what is named."""
     chosen, check = stages.select_challenger(
-        client, challenger.path, store.round_dir(r) / "episodes", cfg, progress=False
+        client,
+        challenger.path,
+        store.round_dir(r) / "episodes",
+        cfg,
+        seed=round_seeds(cfg, r).check,
+        progress=False,
     )
     run.log_dict(check, "snapshot_check.json")
     run.set_tags({"challenger_snapshot": check["chosen"]})
@@ -552,7 +584,7 @@ def champion(
 ) -> dg.Output[ChampionRecord]:
     r, cfg, t0 = context.partition_key, settings.round_config(), _started()
     decision = stages.decide_promotion(
-        real_episodes.evaluation, real_evaluation.evaluation, cfg.promotion_alpha
+        real_evaluation.champion_evaluation, real_evaluation.evaluation, cfg.promotion_alpha
     )
     new = real_evaluation.challenger if decision.promote else real_episodes.champion
     with (

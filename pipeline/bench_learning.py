@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import seeds
 from pipeline.stages import (
     Evaluation,
     ModelArtifact,
@@ -43,8 +44,9 @@ from pipeline.stages import (
 from robot_bridge.dispatch import wilson_interval
 from robot_bridge.episodes import read_episode_header
 
-EVAL_SEED = 50_000  # disjoint from demonstration (10_000+) and training-collection (0+) seeds
-DYNA_SEED = 30_000  # + 1000 per iteration; exploration uses 20_000+
+EVAL_RANGES = seeds.EVAL_RANGES  # "dev" (all runs so far, tuning saw it) and "final" (untouched)
+EVAL_SEED = EVAL_RANGES["dev"]
+DYNA_SEED = seeds.BENCH_DYNA  # + 1000 per iteration
 DYNA_FROM = ("sft", "rl")
 
 # The RoundConfig fields each trained stage depends on (cumulative). The benchmark takes an hour,
@@ -194,9 +196,11 @@ def evaluate_policy(
     cfg: RoundConfig,
     counts: dict[str, int],
     progress: bool = True,
+    eval_seed: int = EVAL_SEED,
 ) -> Evaluation:
-    """The real evaluation: ``counts[task]`` greedy episodes per task on seeds ``EVAL_SEED``+,
-    the same for every policy (paired); one station job per distinct count, merged."""
+    """The real evaluation: ``counts[task]`` greedy episodes per task on seeds ``eval_seed``+
+    (one of ``EVAL_RANGES``), the same for every policy (paired); one station job per distinct
+    count, merged."""
     by_count: dict[int, list[str]] = {}
     for task, n in counts.items():
         by_count.setdefault(n, []).append(task)
@@ -207,7 +211,7 @@ def evaluate_policy(
             dest,
             cfg.for_tasks(tasks),
             episodes_per_task=n,
-            seed=EVAL_SEED,
+            seed=eval_seed,
             progress=progress,
         )
         for n, tasks in by_count.items()
@@ -290,6 +294,7 @@ def run(
     dyna_from: str = "sft",
     dyna_seed: int | None = None,
     task_episodes: dict[str, int] | None = None,
+    eval_range: str = "dev",
 ) -> dict:
     """The benchmark; ``dyna_iterations`` > 0 then runs each RL policy on the station (training
     seeds), finetunes the world model and judge with those episodes, and trains GRPO again:
@@ -298,7 +303,11 @@ def run(
     ``dyna_seed`` seeds the Dyna iterations' GRPO (default: ``cfg.seed``): the same recipe on
     the same data, drawn afresh (its starts and rollouts).
     ``task_episodes`` gives some tasks more (or fewer) evaluation episodes than ``eval_episodes``
-    for SFT and the final policy, the pair whose intervals the verdict compares."""
+    for SFT and the final policy, the pair whose intervals the verdict compares.
+    ``eval_range``: "dev" while developing, "final" only for results to report (see
+    ``pipeline.seeds``)."""
+    if eval_range not in EVAL_RANGES:
+        raise ValueError(f"eval_range must be one of {sorted(EVAL_RANGES)}, got {eval_range!r}")
     if dyna_from not in DYNA_FROM:
         raise ValueError(f"dyna_from must be one of {DYNA_FROM}, got {dyna_from!r}")
     if dyna_seed is not None and (dyna_iterations == 0 or dyna_seed < 0):
@@ -314,7 +323,13 @@ def run(
     counts = eval_counts(cfg.tasks, eval_episodes, task_episodes)
     between = eval_counts(cfg.tasks, eval_episodes)
     workdir.mkdir(parents=True, exist_ok=True)
-    report: dict = {"config": cfg.to_dict(), "eval_episodes_per_task": counts}
+    report: dict = {
+        "config": cfg.to_dict(),
+        "eval_episodes_per_task": counts,
+        "eval_range": eval_range,
+        "eval_seed": EVAL_RANGES[eval_range],
+    }
+    eval_dir = "eval" if eval_range == "dev" else f"eval_{eval_range}"
     if dyna_iterations:
         report["dyna_seed"] = cfg.seed if dyna_seed is None else dyna_seed
 
@@ -338,10 +353,11 @@ def run(
                 lambda art=art, name=name: evaluate_policy(
                     client,
                     art.path,
-                    workdir / f"eval_{name}",
+                    workdir / f"{eval_dir}_{name}",
                     cfg,
                     counts if name in ("SFT", policies[-1][0]) else between,
                     progress,
+                    EVAL_RANGES[eval_range],
                 ),
             )
     wm, judge = leg.world_model, leg.judge  # the last leg's: imagination and replays use them
@@ -628,6 +644,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "the same recipe afresh",
     )
     p.add_argument(
+        "--eval-range",
+        choices=sorted(EVAL_RANGES),
+        default="dev",
+        help="evaluation seeds: dev (seen by all tuning so far) or final (reported results only)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -653,5 +675,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         dyna_iterations=args.dyna,
         dyna_from=args.dyna_from,
         dyna_seed=args.dyna_seed,
+        eval_range=args.eval_range,
     )
     return 0

@@ -72,17 +72,22 @@ def champion_episode_integrity(
     asset=real_evaluation,
     blocking=True,
     partitions_def=ROUNDS,
-    description="Challenger episodes: count per task, no partial files, valid and labelled.",
+    description="Gate episodes (champion and challenger): count per task, no partial files, valid "
+    "and labelled.",
 )
 def challenger_episode_integrity(
     context: dg.AssetCheckExecutionContext,
     settings: LoopSettings,
     real_evaluation: ChallengerEvaluation,
 ) -> dg.AssetCheckResult:
-    folder = settings.store.round_dir(context.partition_key) / "episodes" / "challenger"
-    return _integrity(
-        real_evaluation.evaluation, folder, settings, settings.round_config().eval_episodes_per_task
+    episodes = settings.store.round_dir(context.partition_key) / "episodes"
+    n = settings.round_config().eval_episodes_per_task
+    champion = _integrity(
+        real_evaluation.champion_evaluation, episodes / "gate_champion", settings, n
     )
+    if not champion.passed:
+        return champion
+    return _integrity(real_evaluation.evaluation, episodes / "challenger", settings, n)
 
 
 HELDOUT_METRIC = "next_frame_mse"
@@ -163,9 +168,10 @@ def judge_f1_floor(
     blocking=True,
     partitions_def=ROUNDS,
     additional_ins={"real_episodes": dg.AssetIn("real_episodes")},
-    description="Promotion gate (one-sided exact McNemar test on paired (task, seed) real outcomes): "
-    "passes when the challenger is better with confidence; a warning when it is not "
-    "(the champion stays); blocks the round when the evidence is not paired.",
+    description="Promotion gate (one-sided exact McNemar test on paired (task, seed) real outcomes "
+    "on the round's fresh gate seeds): passes when the challenger is better with confidence; a "
+    "warning when it is not (the champion stays); blocks the round when the evidence is not "
+    "paired or its seeds were trained on.",
 )
 def promotion_gate(
     context: dg.AssetCheckExecutionContext,
@@ -173,16 +179,20 @@ def promotion_gate(
     real_evaluation: ChallengerEvaluation,
     real_episodes: RoundEpisodes,
 ) -> dg.AssetCheckResult:
-    champ, chall = real_episodes.evaluation, real_evaluation.evaluation
-    missing = sorted(k for k in chall.outcomes if k not in champ.outcomes)
-    if not chall.outcomes or missing or real_evaluation.seed != real_episodes.seed:
+    champ, chall = real_evaluation.champion_evaluation, real_evaluation.evaluation
+    unpaired = sorted(set(chall.outcomes) ^ set(champ.outcomes))
+    seen = sorted(set(chall.outcomes) & set(real_episodes.evaluation.outcomes))
+    if not chall.outcomes or unpaired or seen:
+        why = (
+            f"{len(unpaired)} (task, seed) run by only one of champion and challenger: "
+            f"{unpaired[:5]}"
+            if unpaired or not chall.outcomes
+            else f"{len(seen)} gate (task, seed) were also collected for training: {seen[:5]}"
+        )
         return dg.AssetCheckResult(
             passed=False,
             severity=ERROR,
-            metadata={
-                "error": f"challenger outcomes not paired with the champion's: {len(missing)} (task, seed) without "
-                f"a champion outcome {missing[:5]}, seeds {real_evaluation.seed} vs {real_episodes.seed}"
-            },
+            metadata={"error": f"the gate's evidence is not paired on fresh seeds: {why}"},
         )
     from pipeline.stages import decide_promotion
 

@@ -266,7 +266,8 @@ def summarize_round(instance, round_key: str) -> RoundSummary:
         round=round_key,
         champion_from=episodes.champion_round or "bootstrap (scripted demos -> SFT)",
         world_model_warm_start=str(_meta_value(wm, "warm_start_from")) if wm else "-",
-        champion=episodes.evaluation.to_dict(),
+        # the gate's paired runs when the round got there, else its collection runs
+        champion=(challenger.champion_evaluation if challenger else episodes.evaluation).to_dict(),
         challenger=challenger.evaluation.to_dict() if challenger else {},
         promoted=champ.promoted if champ else None,
         test=champ.decision.test if champ else None,
@@ -288,7 +289,7 @@ def format_round(s: RoundSummary, index: int) -> str:
         f"\n## Round {index}: {s.round}",
         f"champion from: {s.champion_from}; world model: {s.world_model_warm_start}",
         "",
-        "| task | champion (real) | challenger (real) |",
+        "| task | champion (real, gate seeds) | challenger (real, gate seeds) |",
         "|---|---|---|",
     ]
     for task, c in s.champion.get("per_task", {}).items():

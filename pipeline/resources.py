@@ -46,7 +46,7 @@ from robot_bridge.dispatch import TaskResult
 
 @dataclass
 class RoundEpisodes:
-    """The champion's episodes of this round (also its real evaluation on this round's seeds)."""
+    """The champion's episodes of this round: training data (the gate runs on seeds of its own)."""
 
     champion: ModelArtifact
     champion_round: str | None  # the round that produced it; None: bootstrapped this round
@@ -56,9 +56,12 @@ class RoundEpisodes:
 
 @dataclass
 class ChallengerEvaluation:
+    """The gate's evidence: challenger and champion on the round's fresh gate seeds (paired)."""
+
     challenger: ModelArtifact
     evaluation: Evaluation
-    seed: int
+    seed: int  # the gate block's first seed
+    champion_evaluation: Evaluation
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import seeds
 from robot_bridge.checkpoints import build_manifest
 from robot_bridge.client import StationClient
 from robot_bridge.dispatch import DispatchResult, TaskResult, run_on_station
@@ -344,9 +345,16 @@ def _evaluation(result: DispatchResult) -> Evaluation:
 
 
 def bootstrap_champion(
-    station: StationClient, workdir: Path, cfg: RoundConfig, progress: bool = True
+    station: StationClient,
+    workdir: Path,
+    cfg: RoundConfig,
+    progress: bool = True,
+    *,
+    demo_seed: int | None = None,
 ) -> ModelArtifact:
-    """No champion yet: scripted-expert demonstrations on the station, then SFT."""
+    """No champion yet: scripted-expert demonstrations on the station, then SFT.
+
+    ``demo_seed``: the demonstrations' first seed (default: the bench's demonstration range)."""
     from policy.config import VLAConfig
     from policy.sft import train_sft
 
@@ -364,7 +372,7 @@ def bootstrap_champion(
         cfg.tasks,
         cfg.demo_episodes_per_task,
         workdir / "demos",
-        seed=cfg.seed + 10_000,
+        seed=cfg.seed + seeds.BENCH_DEMO if demo_seed is None else demo_seed,
         progress=progress,
     )
     # this configuration's demonstrations only: the folder may hold more from an earlier, larger run
@@ -413,9 +421,6 @@ def collect_episodes(
     return _evaluation(result)
 
 
-EXPLORE_SEED_OFFSET = 20_000  # disjoint from the greedy collection's seeds (seed + 0..)
-
-
 def explore_on_station(
     station: StationClient,
     policy_dir: Path,
@@ -428,7 +433,8 @@ def explore_on_station(
 ) -> Evaluation | None:
     """Dyna exploration: the policy sampled at ``cfg.explore_temperature`` on the station, through
     a copy of the checkpoint (``sampled_dir``) that decodes so; ``None`` when the config asks for
-    none. Seeds are disjoint from the greedy collection's."""
+    none. ``seed`` is the first seed (default: the bench's exploration range, disjoint from the
+    greedy collection's)."""
     if cfg.explore_episodes_per_task == 0:
         return None
     sampled = sampling_checkpoint(Path(policy_dir), Path(sampled_dir), cfg.explore_temperature)
@@ -438,7 +444,7 @@ def explore_on_station(
         dest,
         cfg,
         episodes_per_task=cfg.explore_episodes_per_task,
-        seed=(cfg.seed if seed is None else seed) + EXPLORE_SEED_OFFSET,
+        seed=cfg.seed + seeds.BENCH_EXPLORE if seed is None else seed,
         progress=progress,
     )
 
@@ -468,7 +474,8 @@ def evaluate_on_station(
     seed: int | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    """AutoEval-style real evaluation on the same seeds the champion ran (paired comparison)."""
+    """AutoEval-style real evaluation: ``eval_episodes_per_task`` greedy episodes per task from
+    ``seed`` on. The loop's gate runs champion and challenger on the same fresh seeds (paired)."""
     return collect_episodes(
         station,
         policy_dir,
@@ -656,25 +663,25 @@ def challenger_candidates(challenger_dir: Path) -> list[Path]:
     return [*sorted(snapshots_dir(Path(challenger_dir)).glob("step_*")), Path(challenger_dir)]
 
 
-SNAPSHOT_CHECK_SEED_OFFSET = 40_000  # disjoint from collection, exploration, Dyna, evaluation
-
-
 def select_challenger(
     station: StationClient,
     challenger_dir: Path,
     dest: Path,
     cfg: RoundConfig,
     *,
+    seed: int | None = None,
     progress: bool = True,
 ) -> tuple[Path, dict]:
     """The GRPO snapshot with the most real successes on check seeds (ties: the earliest, the
     one nearest the champion); returns its path and every candidate's successes per task.
+    ``seed`` is the check's first seed (default: the bench's check range).
     Each candidate's episodes go to ``dest/check_<step_NNNN|final>``.
 
     The check seeds are the same for every candidate (paired) and disjoint from every other
     seed range, so the real evaluation that follows is not the data the choice was made on."""
     candidates = challenger_candidates(Path(challenger_dir))
     names = [p.name for p in candidates[:-1]] + ["final"]
+    first = cfg.seed + seeds.BENCH_CHECK if seed is None else seed
     table: dict[str, dict[str, int]] = {}
     for path, name in zip(candidates, names, strict=True):
         ev = collect_episodes(
@@ -683,13 +690,13 @@ def select_challenger(
             Path(dest) / f"check_{name}",
             cfg,
             episodes_per_task=cfg.snapshot_check_episodes_per_task,
-            seed=cfg.seed + SNAPSHOT_CHECK_SEED_OFFSET,
+            seed=first,
             progress=progress,
         )
         table[name] = {t: r.successes for t, r in ev.per_task.items()}
     totals = [sum(table[n].values()) for n in names]
     best = totals.index(max(totals))  # the first of the best: the earliest
-    return candidates[best], {"candidates": table, "chosen": names[best]}
+    return candidates[best], {"candidates": table, "chosen": names[best], "seed": first}
 
 
 def world_model_exploitation(

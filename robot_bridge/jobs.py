@@ -68,20 +68,22 @@ class JobSpec:
         for t in tasks:
             _task_name(t)
         skip = arg(args, "skip", dict, default={})
-        for task, seeds in skip.items():
-            if task not in tasks or not isinstance(seeds, list) or len(seeds) > MAX_EPISODES:
+        for task, seeds in skip.items():  # tasks outside this job may be listed; they are unused
+            _task_name(task)
+            if not isinstance(seeds, list) or len(seeds) > MAX_EPISODES:
                 raise ProtocolError(
                     "bad_request",
-                    f"field 'skip' maps a task of this job to at most {MAX_EPISODES} seeds, got {task!r}",
+                    f"field 'skip' maps a task to a list of at most {MAX_EPISODES} seeds, got {task!r}",
                 )
             if not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
                 raise ProtocolError("bad_request", f"field 'skip': seeds of {task!r} must be ints")
         instructions = arg(args, "instructions", dict, default={})
         for task, text in instructions.items():
-            if task not in tasks or not (isinstance(text, str) and 0 < len(text) <= 512):
+            _task_name(task)
+            if not (isinstance(text, str) and 0 < len(text) <= 512):
                 raise ProtocolError(
                     "bad_request",
-                    f"field 'instructions' maps a task of this job to 1..512 chars, got {task!r}",
+                    f"field 'instructions' maps a task to 1..512 chars, got {task!r}: {text!r}",
                 )
         return cls(
             checkpoint_sha256=args["checkpoint"],

@@ -154,52 +154,43 @@ def test_round_records_round_trip_and_current_champion(tmp_path):
         store.load("dataset", "2026-01-02_0200")
 
 
-def test_promotion_gate_passes_only_with_confidence_and_blocks_unpaired_evidence(tmp_path):
+def test_promotion_gate_passes_only_with_confidence_and_blocks_unpaired_or_seen_evidence(tmp_path):
     from pipeline.checks import promotion_gate
 
     settings = LoopSettings(home=str(tmp_path), overrides_json=json.dumps(TINY))
     art = ModelArtifact(tmp_path, "c" * 64, {})
-    seeds = range(12)
-    champ = RoundEpisodes(
-        art, None, _evaluation({("open_drawer", s): False for s in seeds}, "c" * 64), 0
+    gate = range(1000, 1012)
+    collected = RoundEpisodes(
+        art, None, _evaluation({("open_drawer", s): True for s in range(12)}, "c" * 64), 0
     )
-    better = ChallengerEvaluation(
-        art, _evaluation({("open_drawer", s): True for s in seeds}, "d" * 64), 0
-    )
-    r = promotion_gate(
-        dg.build_asset_check_context(),
-        settings=settings,
-        real_evaluation=better,
-        real_episodes=champ,
-    )
+    champ_on_gate = _evaluation({("open_drawer", s): False for s in gate}, "c" * 64)
+
+    def check(challenger_outcomes, champion=champ_on_gate):
+        ev = ChallengerEvaluation(art, _evaluation(challenger_outcomes, "d" * 64), 1000, champion)
+        return promotion_gate(
+            dg.build_asset_check_context(),
+            settings=settings,
+            real_evaluation=ev,
+            real_episodes=collected,
+        )
+
+    r = check({("open_drawer", s): True for s in gate})
     assert r.passed and r.metadata["test"].value.startswith("one-sided exact McNemar")
     assert r.metadata["p_value"].value < 0.05
 
-    slightly = ChallengerEvaluation(
-        art, _evaluation({("open_drawer", s): s < 2 for s in seeds}, "d" * 64), 0
-    )
-    r = promotion_gate(
-        dg.build_asset_check_context(),
-        settings=settings,
-        real_evaluation=slightly,
-        real_episodes=champ,
-    )
-    assert (
-        not r.passed and r.severity == dg.AssetCheckSeverity.WARN
-    )  # the champion stays, round recorded
+    r = check({("open_drawer", s): s < 1002 for s in gate})
+    assert not r.passed and r.severity == dg.AssetCheckSeverity.WARN  # the champion stays
     assert r.metadata["decision"].value == "champion stays"
 
-    unpaired = ChallengerEvaluation(
-        art, _evaluation({("open_drawer", 100 + s): True for s in seeds}, "d" * 64), 0
-    )
-    r = promotion_gate(
-        dg.build_asset_check_context(),
-        settings=settings,
-        real_evaluation=unpaired,
-        real_episodes=champ,
-    )
+    r = check({("open_drawer", 100 + s): True for s in gate})
     assert not r.passed and r.severity == dg.AssetCheckSeverity.ERROR  # blocks promotion
     assert "not paired" in r.metadata["error"].value
+
+    # the gate judged on states the round trained on (its collection seeds) is refused too
+    seen = {("open_drawer", s): True for s in range(12)}
+    r = check(seen, champion=_evaluation({k: False for k in seen}, "c" * 64))
+    assert not r.passed and r.severity == dg.AssetCheckSeverity.ERROR
+    assert "collected for training" in r.metadata["error"].value
 
 
 def test_gymnast_dispatch_evaluates_on_a_station_and_resumes(tmp_path):
@@ -282,7 +273,27 @@ def test_two_rounds_through_dagster_in_separate_processes(stack):
         if check != "promotion_gate":  # the gate may pass or warn; integrity must pass
             assert all(h.event.dagster_event.event_specific_data.passed for h in history), check
 
+    # the gate judged both policies on the same fresh states: none of them was collected,
+    # explored or checked in either round, and the blocks are on record in MLflow
+    from robot_bridge.episodes import list_episodes, read_episode_header
+
+    def keys(folder):
+        return {(h.task, h.seed) for h in map(read_episode_header, list_episodes(folder))}
+
+    gate_dirs = {"gate_champion", "challenger"}
+    trained = set()
+    for folder in store.episode_dirs(upto=r2):
+        if folder.name not in gate_dirs:
+            trained |= keys(folder)
     tracker = RoundTracker(env["MLFLOW_TRACKING_URI"])
+    for r in (r1, r2):
+        episodes = store.round_dir(r) / "episodes"
+        gate = keys(episodes / "gate_champion")
+        assert gate and gate == keys(episodes / "challenger")
+        assert not gate & trained
+        params = tracker.client.get_run(tracker.find_round_run(r)).data.params
+        first, last = map(int, params["seeds.gate"].split("-"))
+        assert {seed for _, seed in gate} <= set(range(first, last + 1))
     for r in (r1, r2):
         parent = tracker.find_round_run(r)
         nested = tracker.client.search_runs(
@@ -521,8 +532,8 @@ def test_exploration_samples_the_policy_on_seeds_of_its_own(tmp_path):
     the same seed the greedy policy acts differently, so the world model sees new actions."""
     import numpy as np
 
+    from pipeline.seeds import BENCH_EXPLORE
     from pipeline.stages import (
-        EXPLORE_SEED_OFFSET,
         RoundConfig,
         collect_episodes,
         explore_on_station,
@@ -560,7 +571,7 @@ def test_exploration_samples_the_policy_on_seeds_of_its_own(tmp_path):
             seed=7,
         )
         explored = explore_on_station(
-            client, ckpt, tmp_path / "explore", tmp_path / "explore_policy", cfg, seed=7
+            client, ckpt, tmp_path / "explore", tmp_path / "explore_policy", cfg
         )
         greedy = collect_episodes(
             client,
@@ -568,12 +579,12 @@ def test_exploration_samples_the_policy_on_seeds_of_its_own(tmp_path):
             tmp_path / "greedy",
             cfg,
             episodes_per_task=2,
-            seed=7 + EXPLORE_SEED_OFFSET,
+            seed=cfg.seed + BENCH_EXPLORE,
         )
     assert none is None and not (tmp_path / "none").exists()
     sampled_eps = sorted((read_episode(p) for p in explored.episodes), key=lambda e: e.seed)
     greedy_eps = sorted((read_episode(p) for p in greedy.episodes), key=lambda e: e.seed)
-    assert [e.seed for e in sampled_eps] == [7 + EXPLORE_SEED_OFFSET + i for i in range(2)]
+    assert [e.seed for e in sampled_eps] == [cfg.seed + BENCH_EXPLORE + i for i in range(2)]
     assert [e.seed for e in greedy_eps] == [e.seed for e in sampled_eps]
     assert explored.checkpoint_sha256 != greedy.checkpoint_sha256  # a copy that decodes sampled
     meta = json.loads((tmp_path / "explore_policy" / "config.json").read_text())
@@ -609,8 +620,8 @@ def test_select_challenger_keeps_the_snapshot_with_most_real_successes_earliest_
     with most real successes is chosen, and of equals the earliest (the nearest the champion)."""
     import dataclasses
 
+    from pipeline.seeds import BENCH_CHECK
     from pipeline.stages import (
-        SNAPSHOT_CHECK_SEED_OFFSET,
         RoundConfig,
         challenger_candidates,
         select_challenger,
@@ -656,7 +667,7 @@ def test_select_challenger_keeps_the_snapshot_with_most_real_successes_earliest_
         seeds = sorted(
             read_episode(p).seed for p in list_episodes(tmp_path / "check" / f"check_{name}")
         )
-        assert seeds == [3 + SNAPSHOT_CHECK_SEED_OFFSET + i for i in range(2)]
+        assert seeds == [3 + BENCH_CHECK + i for i in range(2)]
     with pytest.raises(ValueError, match="challenger_snapshots \\(7\\) cannot exceed grpo_steps"):
         RoundConfig(grpo_steps=6, challenger_snapshots=7)
     with pytest.raises(ValueError, match=r"grpo_overrides train_tasks \['close drawer'\] are not"):
