@@ -41,6 +41,7 @@ from pipeline.stages import (
     train_challenger,
     world_model_exploitation,
 )
+from pipeline.verdict import format_verdict, intervals_beyond, verdict
 from robot_bridge.dispatch import wilson_interval
 from robot_bridge.episodes import read_episode_header
 
@@ -235,8 +236,7 @@ def spread_sample(headers, per_task: int) -> list:
 
 def beyond_intervals(sft: dict, rl: dict) -> int:
     """+1 when ``rl``'s 95% interval lies wholly above ``sft``'s, -1 wholly below, else 0."""
-    (s_lo, s_hi), (r_lo, r_hi) = sft["ci95"], rl["ci95"]
-    return 1 if r_lo > s_hi else -1 if r_hi < s_lo else 0
+    return intervals_beyond(rl["ci95"], sft["ci95"])
 
 
 @dataclasses.dataclass
@@ -388,6 +388,10 @@ def run(
             max_episodes=64,
             seed=cfg.seed,
         ),
+    )
+    last = policies[-1][0]
+    report["verdict"] = verdict(
+        {name: [ev.outcomes] for name, ev in evals.items()}, cfg.tasks, last, ["SFT"]
     )
     real = {name: {t: r.success_rate for t, r in ev.per_task.items()} for name, ev in evals.items()}
     xs = [imag[n][t] for n in imag for t in imag[n]]
@@ -575,6 +579,7 @@ def format_report(r: dict) -> str:
         "",
         f"{last} beats SFT beyond the 95% intervals on {len(better)} of {len(verdicts)} tasks"
         + (f" ({', '.join(better)})" if better else ""),
+        *([format_verdict(r["verdict"])] if "verdict" in r else []),
         f"judge held-out F1: {r['judge'].get('heldout_f1', float('nan')):.3f}  "
         f"(precision {r['judge'].get('heldout_precision', float('nan')):.3f}, recall {r['judge'].get('heldout_recall', float('nan')):.3f})",
         "judge on imagined replays of real episodes vs their real outcome: "
