@@ -1,6 +1,6 @@
 """Who may do what on a station: peers, roles, and the rule for where a station may listen.
 
-Three kinds of peer (the README's trust model):
+Three kinds of peer (the trust model of docs/protocol.md):
 
 - **unauthenticated**: with CURVE on, cannot complete the handshake and is never heard. Without
   CURVE the station listens on loopback (or IPC) only, so every local process is trusted as an
