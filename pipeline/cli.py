@@ -84,13 +84,40 @@ def _policy_dir(spec: str, workdir: Path) -> Path:
 
     if Path(spec).is_dir():
         return Path(spec)
+    if is_policy_url(spec):
+        return autoeval_http_checkpoint(spec, workdir)
     if spec == "scripted_expert":
         return write_policy_config(workdir / "scripted_expert", "scripted_expert", noise=0.0)
     if spec == "random":
         return write_policy_config(workdir / "random", "random", seed=0)
     raise SystemExit(
-        f"--policy must be a checkpoint directory, 'scripted_expert' or 'random'; got {spec!r}"
+        "--policy must be a checkpoint directory, 'scripted_expert', 'random' or an AutoEval "
+        f"policy server URL (http://host:port); got {spec!r}"
     )
+
+
+def is_policy_url(spec: str) -> bool:
+    return spec.startswith(("http://", "https://"))
+
+
+def autoeval_http_checkpoint(
+    url: str, workdir: Path, timeout_s: float = 8.0, chunk: bool = False, label: str = ""
+) -> Path:
+    """A config-only ``autoeval_http`` checkpoint for a policy server URL (see docs/autoeval.md).
+
+    The folder is named by the config's hash: the same URL and options give the same checkpoint
+    id, so a re-run resumes, and a different ``label`` (the remote model's version) a new one."""
+    import hashlib
+    import json
+
+    from robot_bridge.policies.autoeval_http import write_autoeval_http_config
+
+    fields = {"timeout_s": timeout_s, "chunk": chunk, "label": label}
+    key = hashlib.sha256(json.dumps({"url": url, **fields}, sort_keys=True).encode()).hexdigest()
+    try:
+        return write_autoeval_http_config(workdir / "autoeval_http" / key[:16], url, **fields)
+    except ValueError as e:
+        raise SystemExit(f"bad policy server URL or options: {e}") from None
 
 
 def collect(
@@ -158,7 +185,17 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
     from robot_bridge.client import StationClient, StationError
     from robot_bridge.dispatch import DispatchError, format_result, run_on_station
 
-    checkpoint = resolve_checkpoint(args.model)
+    if is_policy_url(args.model):
+        checkpoint = autoeval_http_checkpoint(
+            args.model,
+            gymnast_home() / "policies",
+            timeout_s=args.http_timeout,
+            chunk=args.http_chunk,
+            label=args.http_label,
+        )
+        print(f"evaluating the AutoEval policy server {args.model} (checkpoint {checkpoint})")
+    else:
+        checkpoint = resolve_checkpoint(args.model)
     out = args.out or gymnast_home() / "episodes" / "dispatched"
     with StationClient(args.station, keys_dir=args.keys, timeout_s=30.0) as client:
         try:
@@ -197,6 +234,23 @@ def resolve_checkpoint(spec: str) -> Path:
     raise SystemExit(
         f"checkpoint must be a folder or an MLflow URI (models:/policy@champion), got {spec!r}"
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a checkpoint as an AutoEval policy server (POST /act, POST /reset, GET /health)."""
+    from robot_bridge.autoeval_server import serve_checkpoint
+    from robot_bridge.policies import PolicyLoadError
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    try:
+        return serve_checkpoint(checkpoint, args.host, args.port, warmup=not args.no_warmup)
+    except (PolicyLoadError, TypeError, ValueError) as e:
+        # TypeError: a scripted expert needs a simulator's ground truth, which a server lacks.
+        print(f"cannot serve {args.checkpoint}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 2
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -312,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="CURVE keys directory (server.key + client.key_secret)",
     )
     co.add_argument(
-        "--policy", default="scripted_expert", help="checkpoint dir, 'scripted_expert' or 'random'"
+        "--policy",
+        default="scripted_expert",
+        help="checkpoint dir, 'scripted_expert', 'random' or an AutoEval policy server URL",
     )
     co.add_argument(
         "--tasks", type=_tasks, default=list(TASKS), help="comma-separated task names or 'all'"
@@ -330,7 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
         "here as it finishes, print per-task success with 95%% Wilson intervals. "
         "Re-running resumes: episodes already here are not run again.",
     )
-    di.add_argument("model", help="checkpoint folder or MLflow URI (models:/policy@champion)")
+    di.add_argument(
+        "model",
+        help="checkpoint folder, MLflow URI (models:/policy@champion), or an AutoEval policy "
+        "server URL (http://host:port, reached from the station; see docs/autoeval.md)",
+    )
     di.add_argument("--station", required=True, help="station endpoint, tcp://host:port")
     di.add_argument(
         "--keys",
@@ -349,7 +409,43 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where episodes go (default $GYMNAST_HOME/episodes/dispatched)",
     )
+    di.add_argument(
+        "--http-timeout",
+        type=float,
+        default=8.0,
+        help="policy server URL only: seconds the station waits for each action (default 8)",
+    )
+    di.add_argument(
+        "--http-chunk",
+        action="store_true",
+        help='policy server URL only: ask for whole action chunks ("return_chunk": true)',
+    )
+    di.add_argument(
+        "--http-label",
+        default="",
+        help="policy server URL only: the remote model's name/version, part of the checkpoint id",
+    )
     di.set_defaults(func=cmd_dispatch)
+
+    sv = sub.add_parser(
+        "serve",
+        help="serve a checkpoint as an AutoEval policy server (HTTP POST /act)",
+        description="Serve a policy checkpoint the way AutoEval expects: POST /act with a "
+        "json-numpy body {image (256,256,3) uint8, instruction, proprio?} (or {'encoded': "
+        "'<json>'}) returns a (7,) action, the (K,7) chunk with \"return_chunk\": true; "
+        "POST /reset; GET /health. See docs/autoeval.md.",
+    )
+    sv.add_argument("checkpoint", help="checkpoint folder or MLflow URI (models:/policy@champion)")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port)")
+    sv.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default loopback; 0.0.0.0 exposes it, without any auth)",
+    )
+    sv.add_argument(
+        "--no-warmup", action="store_true", help="skip the warm-up action before announcing ready"
+    )
+    sv.set_defaults(func=cmd_serve)
 
     de = sub.add_parser(
         "demo",

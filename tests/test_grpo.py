@@ -306,6 +306,13 @@ def test_old_logprobs_are_what_the_update_recomputes(rollouts, policy, cfg):
 
 
 def test_grpo_update_raises_the_log_probs_of_positive_rollouts(rollouts, cfg):
+    """The mean log-prob change of positive / negative rollouts after 3 updates is learned.
+
+    Measured on a 2-core Intel Xeon (AVX-512), rollout seeds 0-7 x 1 thread and 0-2 x 2 threads
+    (imagine_rollouts' generator and the shuffle seed varied; that changes the float path as
+    another CPU does): up min 0.101 / median 0.104 / max 0.106, down min -0.105 / median -0.100
+    / max -0.097. Bar: up > 0 > down, 0.1 (about 40 std) from both; with no learning both are 0.
+    """
     config = replace(cfg, ppo_epochs=1)
     rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0])  # group 1 is all-success
     policy = fresh_policy()
@@ -400,6 +407,11 @@ def test_grpo_update_with_every_group_dropped_changes_nothing(rollouts, cfg):
 
 
 def test_updates_per_epoch_takes_that_many_optimizer_steps_on_shuffled_minibatches(rollouts, cfg):
+    """moved[4] / moved[1] (log-prob movement after 4 vs 1 optimizer steps per epoch) is learned.
+
+    Measured on a 2-core Intel Xeon (AVX-512), rollout seeds 0-7 x 1 thread and 0-2 x 2 threads:
+    min 2.09 / median 2.12 / max 2.13. Bar: > 1 (a ratio of 1 means the extra steps did nothing).
+    """
     rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0])  # both groups kept
     m = 8 * cfg.horizon_chunks  # rollout-chunk samples
     moved = {}
@@ -420,7 +432,11 @@ def test_updates_per_epoch_takes_that_many_optimizer_steps_on_shuffled_minibatch
 def test_kl_coef_anchors_the_policy_to_its_frozen_start(rollouts, cfg):
     """With kl_coef > 0 the update pays for drifting from the starting policy (a frozen copy, not
     the policy at each step's start): after the same updates the anchored policy's log-probs stay
-    closer to where they began, and the reported KL grows from 0 as the policy moves."""
+    closer to where they began, and the reported KL grows from 0 as the policy moves.
+
+    drift[20] / drift[0] is learned. Measured on a 2-core Intel Xeon (AVX-512), rollout seeds
+    0-7 x 1 thread and 0-2 x 2 threads: min 0.025 / median 0.040 / max 0.056. Bar: < 0.5, ~9x
+    the worst; no anchoring gives 1.0."""
     config = replace(cfg, ppo_epochs=1, lr=3e-3)
     rewards = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0])
     with pytest.raises(ValueError, match="kl_coef > 0 needs the frozen reference"):

@@ -211,6 +211,15 @@ def _greedy_sign_accuracy(policy: VLAPolicy, episodes: list[FakeEpisode]) -> tup
 
 
 def test_sft_reduces_loss_and_reports_metrics():
+    """final_loss / initial_loss (means of the last and first 5 steps) is a learned figure.
+
+    Measured on a 2-core Intel Xeon (AVX-512), SFT seeds 0-7 x 1 thread and 0-4 x 2 threads
+    (13 runs; a seed or thread count changes the float path as another CPU does): min 0.225 /
+    median 0.229 / max 0.233, about 0.003 std; other init seeds (1-4, a bigger change than a
+    CPU's) reach 0.250, the old bar. Bar 0.3: 0.07 (over 20 std) above the worst seed / thread
+    run, 0.05 above the worst init. An optimizer that does not learn stays near 1.0 (untrained:
+    the initial loss, ~2.73, ln 256 = 5.55 for a uniform guess over the 256 bins one-hot).
+    """
     train = _synthetic_episodes(16, 4, seed=0)
     policy, metrics = train_sft(
         VLAConfig.from_preset("tiny", **SMALL),
@@ -221,7 +230,7 @@ def test_sft_reduces_loss_and_reports_metrics():
         seed=0,
         progress=False,
     )
-    assert metrics["final_loss"] < 0.25 * metrics["initial_loss"], (
+    assert metrics["final_loss"] < 0.3 * metrics["initial_loss"], (
         metrics["initial_loss"],
         metrics["final_loss"],
     )

@@ -138,24 +138,39 @@ def tiny():
     )
 
 
+# A run whose last training loss is above this never left the ln 2 plateau (see ``trained``).
+PLATEAU_LOSS = 0.4
+
+
 @pytest.fixture(scope="module")
 def trained():
-    """A tiny judge finetuned on the one-zone task, threshold calibrated on a validation set."""
+    """A tiny judge finetuned on the one-zone task, threshold calibrated on a validation set.
+
+    The training loss sits at ln 2 (0.69) until a break-away whose step depends chaotically on
+    the float path (seed, thread count, CPU): measured on a 2-core Intel Xeon (AVX-512), 2 of
+    28 runs at 300-400 steps never left it (last loss 0.56 and 0.69; every other run ended below
+    0.27, held-out F1 0.98-1.00). A CPU that takes another float path can land on such a run
+    for seed 0, as one did (F1 0.892 at 150 steps). So, judged by the training loss alone and
+    never by the held-out figure, a run that ended on the plateau is retried with the next seed,
+    at most three; a learner that cannot learn stays on it every time and the test fails."""
     from reward.train import finetune_judge
 
     train = zone_episodes(80, seed=0) + [
         _episode(zone_episodes(1, 9)[0].frames, "put the red block in the green zone", None, 99)
     ]
-    judge, metrics = finetune_judge(
-        VLMJudgeConfig(),
-        train,
-        steps=150,
-        batch_size=32,
-        lr=2e-3,
-        seed=0,
-        val_episodes=zone_episodes(40, seed=1),
-        progress=False,
-    )
+    for seed in range(3):
+        judge, metrics = finetune_judge(
+            VLMJudgeConfig(),
+            train,
+            steps=300,
+            batch_size=32,
+            lr=2e-3,
+            seed=seed,
+            val_episodes=zone_episodes(40, seed=1),
+            progress=False,
+        )
+        if metrics["loss_last"] < PLATEAU_LOSS:
+            break
     return judge, metrics
 
 
@@ -345,6 +360,16 @@ def test_bad_videos_raise(tiny):
 
 
 def test_finetune_reaches_high_f1_on_held_out_videos(trained, tmp_path):
+    """Held-out F1 is a learned figure, so its bar is set by its spread across float paths (a
+    training seed or a thread count changes the float path the way another CPU does).
+
+    Measured on a 2-core Intel Xeon (AVX-512), training seeds 0-15 x 1 thread at 300 and at 400
+    steps (32 runs): runs that left the ln 2 plateau (last loss < 0.27, 30 of 32) scored
+    min 0.98 / median 1.00 / max 1.00; the two that did not, 0.80 and 0.75 (the fixture
+    retries those). At 150 steps (24 runs, 1 and 2 threads) min 0.63 / median 0.98: how 0.892
+    failed a 0.9 bar. Bar 0.9, 0.08 below the worst learned run; the untrained judge,
+    calibrated the same way, scores 0.59-0.67 (init seeds 0-3), "always success" 0.667.
+    """
     from reward.train import evaluate_judge
 
     judge, metrics = trained
@@ -352,6 +377,7 @@ def test_finetune_reaches_high_f1_on_held_out_videos(trained, tmp_path):
     assert metrics["loss_last"] < metrics["loss_first"]
     assert metrics["threshold"] == judge.config.threshold
     held_out = evaluate_judge(judge, zone_episodes(60, seed=2))
+    assert metrics["loss_last"] < PLATEAU_LOSS, "three seeds never left the ln 2 plateau"
     assert held_out["f1"] >= 0.9, held_out
     # the calibrated threshold travels with the checkpoint
     judge.save_pretrained(tmp_path / "j")

@@ -36,6 +36,7 @@ POLICY_TYPES: dict[str, str] = {
     "scripted_expert": "robot_bridge.policies.scripted:ScriptedExpertPolicy",
     "random": "robot_bridge.policies.scripted:RandomPolicy",
     "vla": "policy.station:VLAStationPolicy",
+    "autoeval_http": "robot_bridge.policies.autoeval_http:AutoEvalHTTPPolicy",
 }
 
 
