@@ -272,7 +272,9 @@ class JobRunner:
         )
         termination, error, cursor = "error", None, [obs]
         try:
-            policy.reset(task, instruction, seed)  # inside: a failing reset still closes the episode
+            policy.reset(
+                task, instruction, seed
+            )  # inside: a failing reset still closes the episode
             termination = self._drive(job, policy, writer, task, instruction, cursor)
         except JobStopped as stop:
             termination, error = stop.termination, stop
