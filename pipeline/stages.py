@@ -150,6 +150,11 @@ class RoundConfig:
     holdout_fraction: float = 0.15
     promotion_alpha: float = 0.05
     seed: int = 0
+    # where every training stage runs (SFT, world model, judge, GRPO, their evaluations), and
+    # whether forward passes autocast to bf16 there (robot_bridge.devices): "auto" follows the
+    # GYMNAST_DEVICE / GYMNAST_PRECISION environment, else CUDA (bf16) when present, else CPU
+    device: str = "auto"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -196,6 +201,10 @@ class RoundConfig:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
         if not 0 < self.promotion_alpha < 1:
             raise ValueError(f"promotion_alpha must be in (0, 1), got {self.promotion_alpha}")
+        from robot_bridge.devices import check_device_setting, check_precision_setting
+
+        check_device_setting(self.device, "RoundConfig.device")
+        check_precision_setting(self.precision, "RoundConfig.precision")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> RoundConfig:
@@ -388,6 +397,8 @@ def bootstrap_champion(
         steps=cfg.sft_steps,
         seed=cfg.seed,
         progress=progress,
+        device=cfg.device,
+        precision=cfg.precision,
     )
     out = policy.save_pretrained(workdir / "policy")
     return ModelArtifact(
@@ -531,6 +542,8 @@ def refresh_world_model(
             seed=cfg.seed,
             progress=progress,
             init_from=previous,
+            device=cfg.device,
+            precision=cfg.precision,
         )
     else:
         model, metrics = train_world_model(
@@ -539,6 +552,8 @@ def refresh_world_model(
             steps=cfg.world_model_steps,
             seed=cfg.seed,
             progress=progress,
+            device=cfg.device,
+            precision=cfg.precision,
         )
     out = Path(model.save_pretrained(out_dir))
     evaluation = evaluate_world_model(model, held, max_windows=64, max_episodes=4, seed=cfg.seed)
@@ -570,13 +585,20 @@ def refresh_judge(
     if len({e.success for e in val}) < 2:  # too few episodes of one kind to calibrate on
         val = None
     start = (
-        VLMJudge.from_pretrained(previous)
+        VLMJudge.from_pretrained(previous, device=cfg.device)
         if previous is not None
         else VLMJudgeConfig.from_preset(cfg.model_preset)
     )
     steps = cfg.judge_finetune_steps if previous is not None else cfg.judge_steps
     judge, metrics = finetune_judge(
-        start, train, steps=steps, seed=cfg.seed, progress=progress, val_episodes=val
+        start,
+        train,
+        steps=steps,
+        seed=cfg.seed,
+        progress=progress,
+        val_episodes=val,
+        device=cfg.device,
+        precision=cfg.precision,
     )
     out = Path(judge.save_pretrained(out_dir))
     held_metrics = evaluate_judge(judge, held)
@@ -612,11 +634,16 @@ def train_challenger(
     from reward.judge import load_judge
     from world_model.model import ActionConditionedWorldModel
 
-    policy = VLAPolicy.from_pretrained(champion)
-    wm = ActionConditionedWorldModel.from_pretrained(world_model)
-    judge_model = load_judge(judge)
+    policy = VLAPolicy.from_pretrained(champion, device=cfg.device)
+    wm = ActionConditionedWorldModel.from_pretrained(world_model, device=cfg.device)
+    judge_model = load_judge(judge, device=cfg.device)
     starts = initial_frames(load_episode_headers(episode_dirs))
-    grpo_cfg = GRPOConfig.preset("tiny", steps=cfg.grpo_steps, seed=cfg.seed, **cfg.grpo_overrides)
+    grpo_cfg = GRPOConfig.preset(
+        "tiny",
+        steps=cfg.grpo_steps,
+        seed=cfg.seed,
+        **{"device": cfg.device, "precision": cfg.precision, **cfg.grpo_overrides},
+    )
     snapshots = snapshots_dir(Path(out_dir))
     if snapshots.exists():
         shutil.rmtree(snapshots)  # an earlier run's: they would pass for this one's
@@ -705,6 +732,7 @@ def world_model_exploitation(
     episodes: Sequence[Path],
     max_episodes: int = 32,
     seed: int = 0,
+    device: str | None = None,
 ) -> dict:
     """How often the world model "completes" what failed on the arm.
 
@@ -713,7 +741,8 @@ def world_model_exploitation(
     ``false_success_rate`` is the share of real failures judged successes in imagination. GRPO
     climbs exactly that gap (measured: a challenger at 0% real close-drawer success was 13/16
     successes in imagination), so a high rate says the next challenger will be trained on
-    hallucinated rewards. ``None`` when no real failure was replayed.
+    hallucinated rewards. ``None`` when no real failure was replayed. ``device``: a
+    ``robot_bridge.devices`` setting for both models (None: "auto").
     """
     from reward.judge import load_judge
     from reward.train import evaluate_judge_on_imagined
@@ -726,8 +755,9 @@ def world_model_exploitation(
         same = [h.path for h in headers if h.success is label]
         chosen = rng.permutation(len(same))[: max(1, max_episodes // 2)]
         picked += [read_episode(same[i]) for i in chosen]  # only these are read whole
-    wm = ActionConditionedWorldModel.from_pretrained(world_model)
-    m = evaluate_judge_on_imagined(load_judge(judge), wm, picked, seed=seed)
+    wm = ActionConditionedWorldModel.from_pretrained(world_model, device=device)
+    judge_model = load_judge(judge, device=device if device is not None else "auto")
+    m = evaluate_judge_on_imagined(judge_model, wm, picked, seed=seed)
     failures = m["fp"] + m["tn"]
     return {**m, "false_success_rate": m["fp"] / failures if failures else None}
 

@@ -64,6 +64,10 @@ class GRPOConfig:
     # the other tasks still move, as a side effect; the snapshot check on the station guards them
     train_tasks: tuple[str, ...] = ()
     seed: int = 0
+    # where train_grpo puts the policy, the world model and the judge, and whether their forward
+    # passes autocast to bf16 (``robot_bridge.devices``: "auto" follows GYMNAST_DEVICE / the machine)
+    device: str = "auto"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         for name in (
@@ -100,6 +104,10 @@ class GRPOConfig:
         ):
             raise ValueError(f"train_tasks must be a list of task names, got {self.train_tasks!r}")
         self.train_tasks = tuple(self.train_tasks)
+        from robot_bridge.devices import check_device_setting, check_precision_setting
+
+        check_device_setting(self.device, "GRPOConfig.device")
+        check_precision_setting(self.precision, "GRPOConfig.precision")
         if self.task_sampling not in TASK_SAMPLING:
             raise ValueError(
                 f"task_sampling must be one of {TASK_SAMPLING}, got {self.task_sampling!r}"
@@ -322,12 +330,14 @@ def grpo_update(
     config: GRPOConfig,
     reference=None,
     group_tasks: Sequence[str] | None = None,
+    precision: str = "fp32",
 ) -> dict:
     """PPO epochs over the kept groups; returns loss statistics (NaN loss raises).
 
     ``reference``: the frozen starting policy, needed when ``config.kl_coef > 0``.
     ``group_tasks``: each start's task; given, each task's kept groups carry an equal share of
-    the update (``task_balance_weights``).
+    the update (``task_balance_weights``). ``precision`` "bf16" autocasts the forward passes on
+    CUDA (the policy's weights and the surrogate stay fp32).
     """
     if config.kl_coef > 0 and reference is None:
         raise ValueError("kl_coef > 0 needs the frozen reference policy (train_grpo makes one)")
@@ -369,6 +379,7 @@ def grpo_update(
                     old[idx],
                     adv[idx],
                     config,
+                    precision,
                 )
                 (loss * (len(idx) / len(part))).backward()
                 for k, v in s.items():
@@ -385,13 +396,20 @@ def grpo_update(
     }
 
 
-def _minibatch_loss(policy, reference, obs, instr, tokens, old, adv, config: GRPOConfig):
+def _minibatch_loss(
+    policy, reference, obs, instr, tokens, old, adv, config: GRPOConfig, precision: str = "fp32"
+):
     """The clipped surrogate (+ KL to the reference, - entropy bonus) on one micro-batch."""
-    ts = policy.token_stats(obs, instr, tokens, temperature=config.temperature)
+    from robot_bridge.devices import autocast
+
+    with autocast(policy.device, precision):
+        ts = policy.token_stats(obs, instr, tokens, temperature=config.temperature)
     loss, s = clipped_surrogate(ts.logprobs, old, adv, config.clip_low, config.clip_high)
     s = {**s, "entropy": float(ts.entropy.detach().mean())}
     if config.kl_coef > 0:
-        ref_kl = reference_kl(reference, obs, instr, tokens, ts.logprobs, config.temperature)
+        with autocast(policy.device, precision):
+            ref = reference_kl(reference, obs, instr, tokens, ts.logprobs, config.temperature)
+        ref_kl = ref.float()
         loss = loss + config.kl_coef * ref_kl
         s["ref_kl"] = float(ref_kl.detach())
     if config.entropy_coef > 0:
@@ -413,12 +431,19 @@ def train_grpo(
     progress: bool = True,
     on_step=None,
 ) -> list[GRPOStats]:
-    """Run ``config.steps`` GRPO steps; ``on_step(stats)`` is called after each (for tracking)."""
+    """Run ``config.steps`` GRPO steps; ``on_step(stats)`` is called after each (for tracking).
+
+    The policy, the world model and the judge (when it has weights) move once to
+    ``config.device``; rollouts and the update autocast per ``config.precision``."""
+    from robot_bridge.devices import autocast, placement
+
     if not starts:
         raise ValueError(
             "train_grpo needs at least one start (a real initial frame and an instruction)"
         )
     starts = training_starts(starts, config.train_tasks)
+    dev, precision = placement(config.device, config.precision)
+    place_models(dev, policy, world_model, judge)
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator(device=policy.device).manual_seed(config.seed)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -435,10 +460,13 @@ def train_grpo(
             else None
         )
         batch = _draw_starts(starts, config, rng, weights)
-        rollouts = imagine_rollouts(policy, world_model, batch, config, generator)
-        rewards = score_rollouts(judge, rollouts, config)
+        with autocast(dev, precision):
+            rollouts = imagine_rollouts(policy, world_model, batch, config, generator)
+            rewards = score_rollouts(judge, rollouts, config)
         group_tasks = [task_key(s) for s in batch] if config.task_balanced_loss else None
-        update = grpo_update(policy, optimizer, rollouts, rewards, config, reference, group_tasks)
+        update = grpo_update(
+            policy, optimizer, rollouts, rewards, config, reference, group_tasks, precision
+        )
         per_task = signal.record(batch, rewards.view(len(batch), config.group_size), config)
         stats = GRPOStats(
             step=step,
@@ -467,6 +495,13 @@ def train_grpo(
             on_step(stats)
     bar.close()
     return history
+
+
+def place_models(device, *models) -> None:
+    """Move each model (an ``nn.Module`` or a judge with a ``to``) to ``device``, once."""
+    for m in models:
+        if m is not None and callable(getattr(m, "to", None)):
+            m.to(device)
 
 
 def _frozen_copy(policy):

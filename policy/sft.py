@@ -96,7 +96,7 @@ def _soft_targets(targets: torch.Tensor, n_bins: int, sigma: float) -> torch.Ten
     Bins are ordered, so a near miss should cost less than a far one; hard one-hot targets make
     every wrong bin equally wrong and spend the early steps on bin-level noise.
     """
-    bins = torch.arange(n_bins, dtype=torch.float32)
+    bins = torch.arange(n_bins, dtype=torch.float32, device=targets.device)
     w = torch.exp(-0.5 * ((bins - targets[..., None].float()) / sigma) ** 2)  # (N, A, n_bins)
     return w / w.sum(-1, keepdim=True)
 
@@ -138,6 +138,8 @@ def train_sft(
     refit_action_stats: bool = False,
     callback: Callable[[int, dict], None] | None = None,
     label_sigma: float = 3.0,
+    device: str | torch.device | None = None,
+    precision: str | None = None,
 ) -> tuple[VLAPolicy, dict]:
     """Finetune (or build and train) a VLA on episodes; returns (policy, metrics).
 
@@ -145,10 +147,15 @@ def train_sft(
     ``VLAPolicy`` keeps its action stats (so its tokens keep their meaning) unless
     ``refit_action_stats``. ``label_sigma`` > 0 trains on Gaussian-smoothed bin targets of
     that width in bins (0: one-hot cross-entropy). ``callback(step, {"loss", "token_accuracy", "lr", "grad_norm"})`` is
-    called every step (e.g. for MLflow).
+    called every step (e.g. for MLflow). ``device`` / ``precision``: ``robot_bridge.devices``
+    settings (None: "auto"); the policy moves there once and "bf16" autocasts its forward pass
+    (fp32 weights, optimizer and loss).
     """
     from tqdm.auto import tqdm
 
+    from robot_bridge.devices import autocast, placement
+
+    dev, precision = placement(device, precision)
     if label_sigma < 0:
         raise ValueError(f"label_sigma must be >= 0 (bins), got {label_sigma}")
     if steps < 1 or batch_size < 1 or lr <= 0:
@@ -170,6 +177,7 @@ def train_sft(
             policy.set_action_stats(stats)
     else:
         raise TypeError(f"expected a VLAPolicy or VLAConfig, got {type(policy_or_config).__name__}")
+    policy.to(dev)
 
     cfg = policy.config
     windows = build_windows(episodes, cfg.chunk_size, policy.image_size)
@@ -191,9 +199,10 @@ def train_sft(
     for step in bar:
         idx = rng.integers(0, len(windows), size=batch_size)
         images = augment_images(windows.frames[idx], augment, rng)
-        logits = policy.action_logits(images, [windows.instructions[i] for i in idx])  # (B, N, 256)
-        target = targets[idx].to(logits.device)  # (B, N)
-        loss = action_loss(logits, target, label_sigma)
+        with autocast(dev, precision):
+            logits = policy.action_logits(images, [windows.instructions[i] for i in idx])
+        target = targets[idx].to(dev)  # (B, N)
+        loss = action_loss(logits, target, label_sigma)  # logits: (B, N, 256) float32
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"SFT loss is {loss.item()} at step {step} (lr={sched.get_last_lr()[0]:.2e}); "
@@ -230,6 +239,8 @@ def train_sft(
         "steps_per_s": steps / elapsed,
         "num_episodes": len(episodes),
         "num_windows": len(windows),
+        "device": str(dev),
+        "precision": precision,
         **greedy_action_error(policy, windows, rng),
     }
     return policy, metrics

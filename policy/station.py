@@ -2,7 +2,13 @@
 
 Decoding: greedy by default (deterministic for evaluation); set ``station_temperature`` in the
 checkpoint's config.json, or the ``GYMNAST_VLA_TEMPERATURE`` environment variable (which wins), to
-sample instead. ``GYMNAST_VLA_DEVICE`` picks the torch device (default cpu).
+sample instead. ``GYMNAST_VLA_DEVICE`` picks the torch device through the same resolver as
+training (``robot_bridge.devices.resolve_device``: "cpu", "cuda", "cuda:N" or "auto"), but unset it
+means the CPU, not "auto": the robot host's control loop must not depend on, or compete for, a
+GPU that training jobs may hold; the tiny VLA acts well within a control step on a CPU; and the
+champion and the challenger it compares then run on the same device with the same numerics,
+whatever the host has. ``GYMNAST_DEVICE`` (the trainers' setting) is deliberately not read here:
+a sim station started beside a GPU training job would otherwise follow it onto the GPU.
 """
 
 from __future__ import annotations
@@ -18,6 +24,13 @@ from robot_bridge.policies.base import Policy
 
 TEMPERATURE_ENV = "GYMNAST_VLA_TEMPERATURE"
 DEVICE_ENV = "GYMNAST_VLA_DEVICE"
+
+
+def station_device() -> torch.device:
+    """The station policy's device: ``GYMNAST_VLA_DEVICE``, else the CPU (see the module doc)."""
+    from robot_bridge.devices import resolve_device
+
+    return resolve_device(None, env=DEVICE_ENV, default="cpu")
 
 
 class VLAStationPolicy(Policy):
@@ -39,9 +52,7 @@ class VLAStationPolicy(Policy):
                 f"{TEMPERATURE_ENV} / station_temperature must be a number, got {raw!r}"
             ) from None
         # A station's checkpoint came over the wire: no remote code, no base_model_path.
-        vla = VLAPolicy.from_pretrained(
-            path, device=os.environ.get(DEVICE_ENV, "cpu"), trust_remote_code=False
-        )
+        vla = VLAPolicy.from_pretrained(path, device=station_device(), trust_remote_code=False)
         return cls(vla, temperature)
 
     def reset(self, task: str, instruction: str, seed: int | None = None) -> None:

@@ -341,11 +341,14 @@ class VLAPolicy(nn.Module):
     def from_pretrained(
         cls,
         directory: str | Path,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         *,
         trust_remote_code: bool | None = None,
     ) -> VLAPolicy:
         """Load a directory written by :meth:`save_pretrained` (offline).
+
+        ``device``: a ``robot_bridge.devices`` setting (None: "auto", CUDA when present; a station
+        passes its own, CPU by default).
 
         ``trust_remote_code``: None follows the saved config (off unless the user turned it on
         for their own model); False (what a station passes) never imports code named by the
@@ -355,6 +358,9 @@ class VLAPolicy(nn.Module):
         from transformers import AutoProcessor
         from transformers.modeling_utils import no_init_weights
 
+        from robot_bridge.devices import resolve_device
+
+        device = resolve_device(device)
         d = Path(directory)
         meta = read_checkpoint_config(d)
         config = VLAConfig.from_dict(meta["config"])
@@ -378,7 +384,7 @@ class VLAPolicy(nn.Module):
         weights = d / WEIGHTS_NAME
         if not weights.is_file():
             raise CheckpointError(f"VLA checkpoint {d} has no {WEIGHTS_NAME}")
-        state = load_file(str(weights), device=str(device))
+        state = load_file(str(weights))  # host memory; the model moves once, below
         _check_weights(_unique_state_dict(model), state, weights)
         model.load_state_dict(state, strict=False)  # tied duplicates are absent on purpose
         policy = cls(config, model, processor, meta["action_stats"], meta.get("base_model_path"))

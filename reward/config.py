@@ -50,7 +50,9 @@ class VLMJudgeConfig:
     # PaliGemma, processor otherwise.
     input_path: str = "auto"
     inference_batch_size: int = 64
-    device: str = "cpu"
+    # a ``robot_bridge.devices`` setting: "auto" (GYMNAST_DEVICE, else CUDA when present, else CPU),
+    # "cpu", "cuda" or "cuda:N"; resolved when the judge is built or loaded
+    device: str = "auto"
     dtype: str = "float32"
     seed: int = 0
     # tiny architecture (ignored by large, which reads the checkpoint's config)
@@ -102,6 +104,12 @@ class VLMJudgeConfig:
             0.0 <= self.tta_brightness < 1.0,
             f"tta_brightness must be in [0, 1), got {self.tta_brightness}",
         )
+        from robot_bridge.devices import DeviceError, check_device_setting
+
+        try:
+            check_device_setting(self.device)
+        except DeviceError as e:
+            raise JudgeConfigError(str(e)) from None
         _check(
             self.dtype in ("float32", "bfloat16", "float16"),
             f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}",

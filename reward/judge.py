@@ -140,6 +140,10 @@ class SuccessJudge(ABC):
             votes=votes,
         )
 
+    def to(self, device: Any) -> SuccessJudge:
+        """Move the judge's weights to ``device``; a judge without local weights stays put."""
+        return self
+
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the judge's config (backends with weights add them)."""
         path = Path(path)
@@ -171,10 +175,16 @@ def make_judge(name: str, config: Any = None, **kwargs: Any) -> SuccessJudge:
     return get_judge_class(name).from_config(config, **kwargs)  # type: ignore[attr-defined]
 
 
-def load_judge(path: str | Path) -> SuccessJudge:
-    """Load any saved judge; the backend is read from ``judge_config.json``."""
+def load_judge(path: str | Path, device: Any = None) -> SuccessJudge:
+    """Load any saved judge; the backend is read from ``judge_config.json``.
+
+    ``device``: where a judge with local weights runs (a ``robot_bridge.devices`` setting); None
+    keeps the saved config's setting."""
     cfg_path = Path(path) / JUDGE_CONFIG_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no {JUDGE_CONFIG_NAME} in {path}; not a saved judge directory")
     backend = json.loads(cfg_path.read_text()).get("backend")
-    return get_judge_class(backend).from_pretrained(path)  # type: ignore[attr-defined]
+    cls = get_judge_class(backend)
+    if device is not None and getattr(cls, "has_weights", False):
+        return cls.from_pretrained(path, device=str(device))  # type: ignore[attr-defined]
+    return cls.from_pretrained(path)  # type: ignore[attr-defined]

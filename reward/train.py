@@ -176,15 +176,26 @@ def finetune_judge(
     seed: int = 0,
     val_episodes: Sequence[Any] | None = None,
     progress: bool = True,
+    device: Any = None,
+    precision: str | None = None,
     **options: Any,
 ) -> tuple[VLMJudge, dict[str, Any]]:
     """Train the judge on labelled episodes; with ``val_episodes``, calibrate its threshold.
 
     ``options`` are further ``JudgeTrainConfig`` fields (early_negatives, augment, ...).
+    ``device`` / ``precision``: ``robot_bridge.devices`` settings; None keeps a given judge where it
+    is (a config builds it on its ``device`` setting) and "auto" precision; "bf16" autocasts the
+    forward pass on CUDA (fp32 weights, optimizer and loss). Augmentation stays on the CPU (its
+    generator too); the augmented batch moves to the judge's device.
     Returns the trained judge (in eval mode) and metrics (loss, speed, data counts, val F1).
     """
     train = JudgeTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, **options)
+    from robot_bridge.devices import autocast, resolve_precision
+
     judge = _as_vlm_judge(judge_or_config, episodes)
+    if device is not None:
+        judge.to(device)
+    precision = resolve_precision(precision, judge.device)
     ex = build_examples(judge, episodes, train)
     if ex.n_skipped:
         log.warning(
@@ -202,8 +213,11 @@ def finetune_judge(
         for step in range(steps):
             idx = _balanced_batch(ex, batch_size, train.early_batch_frac, gen)
             x = augment(ex.images[idx].float() / 255.0, train.augment, gen)
-            margin = judge.yes_no_margin(x, [ex.instructions[i] for i in idx.tolist()])
-            loss = F.binary_cross_entropy_with_logits(margin, ex.labels[idx].to(margin.device))
+            with autocast(judge.device, precision):
+                margin = judge.yes_no_margin(x, [ex.instructions[i] for i in idx.tolist()])
+            loss = F.binary_cross_entropy_with_logits(
+                margin.float(), ex.labels[idx].to(margin.device)
+            )
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"judge loss is {loss.item()} at step {step} (lr {lr})")
             opt.zero_grad(set_to_none=True)
@@ -234,6 +248,8 @@ def finetune_judge(
         "n_negative": int(((ex.labels == 0) & ~ex.early).sum()),
         "n_early_negatives": int(ex.early.sum()),
         "train_config": train.to_dict(),
+        "device": str(judge.device),
+        "precision": precision,
     }
     if val_episodes is not None:
         _, metrics["val_calibration"] = calibrate_threshold(judge, val_episodes)

@@ -227,10 +227,18 @@ class VLMJudge(SuccessJudge):
     """Yes/no VLM judge; see the module docstring for the image and the vote."""
 
     backend = "vlm"
+    has_weights = True  # load_judge(path, device=...) passes the device on
 
-    def __init__(self, config: VLMJudgeConfig, model: torch.nn.Module, processor: Any) -> None:
+    def __init__(
+        self, config: VLMJudgeConfig, model: torch.nn.Module, processor: Any, device: Any = None
+    ) -> None:
+        from robot_bridge.devices import resolve_device
+
         self.config = config
-        self.model = model.to(config.device).eval()
+        # ``device`` (when given) wins over config.device, which stays the saved setting ("auto"
+        # by default), so a judge does not pin the device of the machine it was trained on
+        self.device = resolve_device(config.device if device is None else device)
+        self.model = model.to(self.device).eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self._prefix_cache: dict[str, list[int]] = {}
@@ -252,8 +260,10 @@ class VLMJudge(SuccessJudge):
         return cls(config, build_tiny_model(config, processor.tokenizer), processor)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides: Any) -> VLMJudge:
-        """Load a saved judge, or a plain local HF checkpoint (then the large preset applies)."""
+    def from_pretrained(cls, path: str | Path, device: Any = None, **overrides: Any) -> VLMJudge:
+        """Load a saved judge, or a plain local HF checkpoint (then the large preset applies).
+
+        ``device``: where it runs (a ``robot_bridge.devices`` setting; None: the config's)."""
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"judge checkpoint directory {path} does not exist")
@@ -269,12 +279,12 @@ class VLMJudge(SuccessJudge):
             if size is not None and "image_size" not in overrides:
                 d["image_size"] = size
         config = VLMJudgeConfig.from_dict({**d, **overrides})
-        return cls._load(path, config)
+        return cls._load(path, config, device)
 
     @classmethod
-    def _load(cls, path: Path, config: VLMJudgeConfig) -> VLMJudge:
+    def _load(cls, path: Path, config: VLMJudgeConfig, device: Any = None) -> VLMJudge:
         model = load_model(path, config)
-        return cls(config, model, load_processor(path))
+        return cls(config, model, load_processor(path), device=device)
 
     def save_pretrained(self, path: str | Path) -> Path:
         """config.json + model.safetensors (HF layout), tokenizer / processor files, judge_config.json."""
@@ -283,6 +293,14 @@ class VLMJudge(SuccessJudge):
         self.model.save_pretrained(path, safe_serialization=True)
         self.processor.save_pretrained(path)
         return super().save_pretrained(path)
+
+    def to(self, device: Any) -> VLMJudge:
+        """Move the weights to ``device`` (a torch device or a ``robot_bridge.devices`` setting)."""
+        from robot_bridge.devices import resolve_device
+
+        self.device = resolve_device(device)
+        self.model.to(self.device)
+        return self
 
     def _resolve(self) -> None:
         cfg, mcfg = self.config, self.model.config
@@ -361,7 +379,7 @@ class VLMJudge(SuccessJudge):
         return self._prefix_cache[instruction]
 
     def _fast_logits(self, images: torch.Tensor, instructions: list[str]) -> torch.Tensor:
-        dev = self.config.device
+        dev = self.device
         ids = [self._prefix_ids(t) for t in instructions]
         b, length = len(ids), max(len(x) for x in ids)
         # Right padding keeps every real token at the same position whatever the batch holds,
@@ -373,7 +391,10 @@ class VLMJudge(SuccessJudge):
             input_ids[i, : len(x)] = torch.tensor(x)
             mask[i, : len(x)] = 1
         last = mask.sum(1) - 1  # (B,)
-        pixels = ((images - self.pixel_mean) / self.pixel_std).to(dev, DTYPES[self.config.dtype])
+        x = images.to(dev)
+        pixels = ((x - self.pixel_mean.to(dev)) / self.pixel_std.to(dev)).to(
+            DTYPES[self.config.dtype]
+        )
         hidden = self.model.model(
             input_ids=input_ids.to(dev), pixel_values=pixels, attention_mask=mask.to(dev)
         ).last_hidden_state  # (B, L, D)
@@ -392,7 +413,7 @@ class VLMJudge(SuccessJudge):
         texts = [self._processor_text(t) for t in instructions]
         self.tokenizer.padding_side = "right"
         inputs = self.processor(text=texts, images=pils, return_tensors="pt", padding=True)
-        inputs = {k: v.to(self.config.device) for k, v in inputs.items()}
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(DTYPES[self.config.dtype])
         logits = self.model(**inputs).logits  # (B, L, V)
         mask = inputs["attention_mask"]

@@ -107,9 +107,12 @@ class VAECodec(Codec):
         self.vae.eval()  # frozen: never in training mode
         return self
 
+    def to_cache(self, frames):
+        return self.encode(frames).cpu()  # the dataset's cache stays in host memory
+
     @torch.no_grad()
     def encode(self, frames):
-        x = frames.to(self.vae.dtype) / 127.5 - 1.0
+        x = frames.to(self.vae.device, self.vae.dtype) / 127.5 - 1.0
         mean = self.vae.encode(x).latent_dist.mode()
         return (mean.float() - self.shift_factor) * self.scaling_factor
 

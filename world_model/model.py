@@ -246,13 +246,19 @@ class ActionConditionedWorldModel(nn.Module):
         return d
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> ActionConditionedWorldModel:
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device | None = None
+    ) -> ActionConditionedWorldModel:
+        """Load a checkpoint onto ``device`` (``robot_bridge.devices`` setting; None: "auto")."""
+        from robot_bridge.devices import resolve_device
+
+        dev = resolve_device(device)
         d = Path(directory)
         if not (d / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{str(d)!r} is not a world-model checkpoint: no {CONFIG_NAME}")
         config = WorldModelConfig.load(d / CONFIG_NAME)
         vae_path = d / VAE_DIRNAME if (d / VAE_DIRNAME / CONFIG_NAME).is_file() else None
-        model = cls(config, vae_path=vae_path)
+        model = cls(config, vae_path=vae_path).to(dev)
         model.load_weights(d)
         return model
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from robot_bridge.devices import autocast, placement
 from world_model.config import WorldModelConfig
 from world_model.data import EpisodeLike, WindowDataset
 from world_model.model import ActionConditionedWorldModel
@@ -33,20 +34,26 @@ def train_world_model(
     init_from: str | Path | None = None,
     grad_clip: float = 1.0,
     warmup_steps: int = 20,
+    device: str | torch.device | None = None,
+    precision: str | None = None,
 ) -> tuple[ActionConditionedWorldModel, dict[str, Any]]:
     """Train for ``steps`` optimizer steps on random windows of ``episodes``.
 
     A config builds a fresh model whose action statistics are fitted on these episodes. With
     ``init_from`` (a checkpoint directory) the model is warm-started from it and keeps the
     checkpoint's action statistics, since the learned action embedding depends on them.
+    ``device`` / ``precision``: see ``robot_bridge.devices`` (None: "auto", CUDA when present); the
+    model moves there once, batches and the noise generator live there, and "bf16" autocasts
+    the forward pass (fp32 weights, optimizer and loss).
     Returns the model (in eval mode) and metrics: per-step ``loss``, ``steps_per_s``, ...
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(
             f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}"
         )
+    dev, precision = placement(device, precision)
     torch.manual_seed(seed)
-    model = _build(model_or_config, init_from)
+    model = _build(model_or_config, init_from).to(dev)
     cfg = model.config
     data = WindowDataset(episodes, model.codec, cfg.image_size, cfg.context_frames, cfg.action_dim)
     fresh = isinstance(model_or_config, WorldModelConfig) and init_from is None
@@ -67,7 +74,8 @@ def train_world_model(
     for step in bar:
         idx = torch.from_numpy(rng.integers(0, len(data), size=batch_size))
         batch = {k: v.to(model.device) for k, v in data.batch(idx).items()}
-        loss = model.training_loss(**batch, generator=gen)
+        with autocast(dev, precision):
+            loss = model.training_loss(**batch, generator=gen)
         if not math.isfinite(loss.item()):
             raise NonFiniteLossError(
                 f"world-model loss is {loss.item()} at step {step} (lr={lr}); stopping"
@@ -96,6 +104,8 @@ def train_world_model(
         "transitions": len(data),
         "episodes": len(episodes),
         "warm_start": str(init_from) if init_from is not None else None,
+        "device": str(dev),
+        "precision": precision,
     }
     return model, metrics
 
