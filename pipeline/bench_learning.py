@@ -580,6 +580,9 @@ def format_report(r: dict) -> str:
         f"{last} beats SFT beyond the 95% intervals on {len(better)} of {len(verdicts)} tasks"
         + (f" ({', '.join(better)})" if better else ""),
         *([format_verdict(r["verdict"])] if "verdict" in r else []),
+        "world model open-loop on held-out real episodes, worst step's PSNR lead over "
+        f"repeating the first frame: {r['world_model'].get('rollout_psnr_over_copy_first_min_db', float('nan')):+.1f} dB "
+        f"over {r['world_model'].get('rollout_horizon', float('nan')):.0f} steps (target >= +3)",
         f"judge held-out F1: {r['judge'].get('heldout_f1', float('nan')):.3f}  "
         f"(precision {r['judge'].get('heldout_precision', float('nan')):.3f}, recall {r['judge'].get('heldout_recall', float('nan')):.3f})",
         "judge on imagined replays of real episodes vs their real outcome: "

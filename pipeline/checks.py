@@ -1,5 +1,6 @@
 """Asset checks of the round: data integrity, model regressions, and the promotion gate."""
 
+import json
 import math
 from pathlib import Path
 
@@ -96,9 +97,48 @@ HELDOUT_METRIC = "next_frame_mse"
 @dg.asset_check(
     asset=world_model,
     partitions_def=ROUNDS,
-    description="Held-out next-frame error not worse than last round's beyond a tolerance.",
+    description="Held-out next-frame error not worse than last round's beyond a tolerance; "
+    "with it, open-loop rollouts on held-out real episodes over the GRPO horizon: PSNR per step "
+    "beside repeating the real first frame (a world model worth training in beats it).",
 )
 def world_model_heldout_error(
+    context: dg.AssetCheckExecutionContext, settings: LoopSettings, world_model: ModelArtifact
+) -> dg.AssetCheckResult:
+    result = _heldout_error(context, settings, world_model)
+    return dg.AssetCheckResult(
+        passed=result.passed,
+        severity=result.severity,
+        description=result.description,
+        metadata={**result.metadata, **open_loop_metadata(world_model.path)},
+    )
+
+
+def open_loop_metadata(model_dir: Path) -> dict:
+    """The open-loop figures saved beside a world model (``stages.OPEN_LOOP_FILE``), if any."""
+    from pipeline.stages import OPEN_LOOP_FILE
+
+    path = Path(model_dir) / OPEN_LOOP_FILE
+    if not path.is_file():
+        return {}
+    r = json.loads(path.read_text())
+    rows = [
+        f"| {k + 1} | {p:.1f} | {c:.1f} | {p - c:+.1f} |"
+        for k, (p, c) in enumerate(
+            zip(r["psnr_per_step"], r["copy_first_psnr_per_step"], strict=True)
+        )
+    ]
+    table = (
+        "| step | imagined PSNR dB | copy-first PSNR dB | lead |\n|---|---|---|---|\n"
+        + "\n".join(rows)
+    )
+    return {
+        "open_loop_horizon": r["horizon"],
+        "psnr_over_copy_first_min_db": r["psnr_over_copy_first_min_db"],
+        "open_loop_psnr": dg.MetadataValue.md(table),
+    }
+
+
+def _heldout_error(
     context: dg.AssetCheckExecutionContext, settings: LoopSettings, world_model: ModelArtifact
 ) -> dg.AssetCheckResult:
     if HELDOUT_METRIC not in world_model.metrics:

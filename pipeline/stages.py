@@ -556,14 +556,40 @@ def refresh_world_model(
             precision=cfg.precision,
         )
     out = Path(model.save_pretrained(out_dir))
-    evaluation = evaluate_world_model(model, held, max_windows=64, max_episodes=4, seed=cfg.seed)
-    sample = rollout_error(model, held[:1], horizon=40, max_episodes=1, seed=cfg.seed)
+    horizon = grpo_horizon_steps(cfg)  # what GRPO imagines, judged against the real episode
+    evaluation = evaluate_world_model(
+        model, held, horizon=horizon, max_windows=64, max_episodes=4, seed=cfg.seed
+    )
+    (out / OPEN_LOOP_FILE).write_text(json.dumps(open_loop_record(evaluation), indent=1))
+    sample = rollout_error(model, held[:1], horizon=horizon, max_episodes=1, seed=cfg.seed)
     preview = write_side_by_side_video(
         sample["real"][0], sample["imagined"][0], out / "preview.mp4"
     )
     return ModelArtifact(
         out, checkpoint_sha256(out), _scalars(metrics) | _scalars(evaluation), [Path(preview)]
     )
+
+
+OPEN_LOOP_FILE = "open_loop.json"  # beside a world model: its open-loop PSNR per step
+
+
+def grpo_horizon_steps(cfg: RoundConfig) -> int:
+    """Imagined frames per GRPO rollout: policy calls x the VLA's action chunk."""
+    from policy.config import VLAConfig
+    from policy.grpo import GRPOConfig
+
+    chunks = cfg.grpo_overrides.get("horizon_chunks", GRPOConfig.preset("tiny").horizon_chunks)
+    return int(chunks) * VLAConfig.from_preset(cfg.model_preset).chunk_size
+
+
+def open_loop_record(evaluation: dict) -> dict:
+    """Open-loop rollouts on held-out real episodes: PSNR per step beside copy-first-frame."""
+    return {
+        "horizon": evaluation["rollout_horizon"],
+        "psnr_per_step": evaluation["rollout_psnr_per_step"],
+        "copy_first_psnr_per_step": evaluation["rollout_copy_first_psnr_per_step"],
+        "psnr_over_copy_first_min_db": evaluation["rollout_psnr_over_copy_first_min_db"],
+    }
 
 
 def refresh_judge(

@@ -270,6 +270,16 @@ def test_evaluation_and_side_by_side_video(tmp_path, episodes):
     metrics = evaluate_world_model(model, episodes[:2], horizon=4, max_windows=8)
     assert len(metrics["rollout_mse_per_step"]) == 4 and metrics["next_frame_windows"] == 8
     assert all(np.isfinite(v) for v in metrics["rollout_mse_per_step"])
+    # the copy-first-frame baseline repeats the real initial frame: by hand, step k compares
+    # frames[0] with frames[k] of each episode
+    frames = [np.asarray(e.frames[:7], np.float64) / 255 for e in episodes[:2]]
+    by_hand = [
+        10 * np.log10(1 / np.mean([np.mean((f[0] - f[k]) ** 2) for f in frames]))
+        for k in range(1, 7)
+    ]
+    np.testing.assert_allclose(ro["copy_first_psnr"], by_hand, rtol=1e-5)
+    lead = [p - c for p, c in zip(metrics["rollout_psnr_per_step"], by_hand[:4], strict=True)]
+    assert metrics["rollout_psnr_over_copy_first_min_db"] == pytest.approx(min(lead), rel=1e-5)
     mp4 = write_side_by_side_video(ro["real"][0], ro["imagined"][0], tmp_path / "side.mp4", scale=2)
     with av.open(str(mp4)) as container:
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
