@@ -19,6 +19,7 @@ Asset bodies only wire resources to the typed stage functions in ``pipeline.stag
 
 import base64
 import io
+import math
 import os
 import resource
 import time
@@ -151,7 +152,12 @@ def frame_strip(episode_path: Path, out: Path, n: int = 6) -> Path:
 
 
 def preview_md(path: Path, caption: str, max_width: int = 768) -> dg.MetadataValue:
-    """Markdown with the preview inlined (PNG) or linked (video), for the asset's page in the UI."""
+    """Markdown with the preview inlined as a PNG data URI, for the asset's page in the UI.
+
+    The UI renders markdown metadata in place when it is under 1,000 characters and behind a
+    "[Show Markdown]" button otherwise (every inlined image), whose dialog draws the image
+    (its markdown sanitizer allows ``data:`` sources). A video is shown as a strip of its frames
+    (``video_md``); anything else as its path."""
     if path.suffix.lower() != ".png":
         return dg.MetadataValue.md(f"**{caption}**: `{path}`")
     from PIL import Image
@@ -166,14 +172,60 @@ def preview_md(path: Path, caption: str, max_width: int = 768) -> dg.MetadataVal
     )
 
 
-def evaluation_metadata(ev: Evaluation) -> dict:
-    meta: dict = {"episodes": len(ev.episodes), "success_rate": ev.success_rate}
+def video_md(video: Path, caption: str, strip_dir: Path, max_width: int = 1024) -> dg.MetadataValue:
+    """An imagined-vs-real preview video inline: a PNG strip of its frames (real on top, imagined
+    below), written to ``strip_dir`` (never into the checkpoint folder: that would change its
+    checksum). Falls back to the path if the video cannot be read."""
+    from pipeline.charts import video_strip
+
+    video = Path(video)
+    if video.suffix.lower() == ".png":
+        return preview_md(video, caption)
+    try:
+        strip = video_strip(video, Path(strip_dir) / f"{video.parent.parent.name}_{video.stem}.png")
+    except Exception as e:  # a preview must never fail the step
+        warnings.warn(f"no frame strip of {video}: {e}", stacklevel=2)
+        return preview_md(video, caption)
+    return preview_md(
+        strip, f"{caption}; top: real, bottom: imagined, time left to right", max_width
+    )
+
+
+def evaluation_metadata(ev: Evaluation, prefix: str = "") -> dict:
+    """Success per task as text with its interval, and as numbers (``success/<task>``) that the
+    UI plots across partitions (the asset's Plots tab). ``prefix``: ``champion/`` etc."""
+    meta: dict = {}
+    if not prefix:
+        meta["episodes"] = len(ev.episodes)
+    if not math.isnan(ev.success_rate):
+        meta[f"{prefix}success_rate"] = dg.MetadataValue.float(ev.success_rate)
     for task, r in ev.per_task.items():
         lo, hi = r.ci95
-        meta[f"{task}/success"] = dg.MetadataValue.text(
+        meta[f"{prefix}{task}/success"] = dg.MetadataValue.text(
             f"{r.successes}/{r.labelled} [{lo:.2f}, {hi:.2f}]"
         )
+        if r.labelled:
+            meta[f"{prefix}success/{task}"] = dg.MetadataValue.float(r.success_rate)
     return meta
+
+
+def gate_metadata(ev: ChallengerEvaluation) -> dict:
+    """real_evaluation's numbers: the challenger's (``success/<task>``) and the champion's on the
+    same gate seeds (``champion/success/<task>``)."""
+    return {
+        **evaluation_metadata(ev.evaluation),
+        **evaluation_metadata(ev.champion_evaluation, "champion/"),
+    }
+
+
+def success_chart(store, round_key: str, current: ChallengerEvaluation, promoted: bool) -> Path:
+    """The success-over-rounds chart up to this round, as a PNG in the round's previews."""
+    from pipeline.charts import plot_success_over_rounds, success_history
+
+    points = success_history(store, round_key, current=current, promoted=promoted)
+    return plot_success_over_rounds(
+        points, store.round_dir(round_key) / "previews" / "success_over_rounds.png"
+    )
 
 
 def evaluation_metrics(ev: Evaluation, prefix: str) -> dict[str, float]:
@@ -195,11 +247,11 @@ def common_metadata(run, started: float, sha256: str | None = None) -> dict:
     return meta
 
 
-def model_metadata(art: ModelArtifact) -> dict:
+def model_metadata(art: ModelArtifact, preview_dir: Path) -> dict:
     meta = {f"metric/{k}": float(v) for k, v in art.metrics.items()}
     meta["checkpoint"] = dg.MetadataValue.path(str(art.path))
     for p in art.previews:
-        meta["preview"] = preview_md(Path(p), "imagined vs. real rollout (real | imagined)")
+        meta["preview"] = video_md(Path(p), "imagined vs. real rollout", preview_dir)
         meta["preview_file"] = dg.MetadataValue.path(str(p))
     return meta
 
@@ -417,7 +469,7 @@ def _refresh(
         metadata={
             "warm_start_from": previous[0] if previous else "scratch (first round)",
             "registered_version": f"{kind} v{version}",
-            **model_metadata(art),
+            **model_metadata(art, store.round_dir(r) / "previews"),
             **common_metadata(run, t0, art.sha256),
         },
     )
@@ -462,19 +514,19 @@ def challenger(
         metadata={
             "registered_version": f"policy v{version}",
             "grew_from_champion": real_episodes.champion.sha256,
-            **model_metadata(art),
-            **_trained_in_preview(world_model),
+            **model_metadata(art, store.round_dir(r) / "previews"),
+            **_trained_in_preview(world_model, store.round_dir(r) / "previews"),
             **common_metadata(run, t0, art.sha256),
         },
     )
 
 
-def _trained_in_preview(world_model: ModelArtifact) -> dict:
+def _trained_in_preview(world_model: ModelArtifact, preview_dir: Path) -> dict:
     if not world_model.previews:
         return {}
     p = Path(world_model.previews[0])
     return {
-        "preview": preview_md(p, "the world model it trained in (real | imagined)"),
+        "preview": video_md(p, "the world model it trained in", preview_dir),
         "preview_file": dg.MetadataValue.path(str(p)),
     }
 
@@ -534,7 +586,7 @@ def real_evaluation(
     return dg.Output(
         ChallengerEvaluation(challenger, ev, gate, champion_ev),
         metadata={
-            **evaluation_metadata(ev),
+            **gate_metadata(ChallengerEvaluation(challenger, ev, gate, champion_ev)),
             **({"snapshot_check": dg.MetadataValue.json(snapshot)} if snapshot else {}),
             "preview": preview_md(preview, "a real episode of the challenger"),
             **common_metadata(run, t0, challenger.sha256),
@@ -604,6 +656,9 @@ def champion(
         }
         run.log_metrics(metrics)
         run.set_tags({"decision": decision.reason})
+        chart = success_chart(settings.store, r, real_evaluation, decision.promote)
+        run.log_artifact(chart, "charts")
+        tracker.log_round_artifact(r, chart, "charts")
         tracker.finish_round(
             r, metrics=metrics, tags={"promoted": decision.promote, "decision": decision.reason}
         )
@@ -617,6 +672,9 @@ def champion(
             "challenger_success": decision.challenger_rate,
             "reason": decision.reason,
             "per_task": dg.MetadataValue.json(decision.per_task),
+            "success_over_rounds": preview_md(
+                chart, "success over rounds: champion vs challenger, 95% Wilson intervals"
+            ),
             "preview": preview_md(
                 settings.store.round_dir(r)
                 / "previews"

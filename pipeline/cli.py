@@ -257,8 +257,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: N improvement rounds through Dagster on a simulated station, tracked in MLflow."""
     from pipeline import demo
 
-    os.environ.setdefault("GYMNAST_PRESET", args.preset)
-    return demo.main(args.rounds, gymnast_home(), station=args.station, keys_dir=args.keys)
+    os.environ["GYMNAST_PRESET"] = resolve_preset(args.preset)
+    return demo.main(
+        args.rounds,
+        gymnast_home(),
+        station=args.station,
+        keys_dir=args.keys,
+        log_path=args.log_file,
+    )
+
+
+def resolve_preset(flag: str | None) -> str:
+    """``--preset`` if given, else $GYMNAST_PRESET, else ``tiny``; an unknown name is an error."""
+    from pipeline.stages import ROUND_PRESETS
+
+    preset = flag or os.environ.get("GYMNAST_PRESET") or "tiny"
+    if preset not in ROUND_PRESETS:
+        raise SystemExit(
+            f"unknown round preset {preset!r} (from GYMNAST_PRESET); "
+            f"valid: {', '.join(ROUND_PRESETS)}"
+        )
+    return preset
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """Every environment variable gymnast reads or sets, with the values set now."""
+    from pipeline.environment import format_table
+
+    print(format_table(markdown=args.markdown), end="" if args.markdown else "\n")
+    return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -306,7 +333,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("gymnast")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.stages import ROUND_PRESETS
     from robot_bridge import serve
 
     p = argparse.ArgumentParser(
@@ -314,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="World-Gymnast improvement loop: a ZMQ robot station, episodes, world model, "
         "VLA policy RL in imagination, and nightly rounds in Dagster.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     st = sub.add_parser(
@@ -323,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
         "`gymnast station keys DIR` makes CURVE keys.",
     )
     serve.build_parser(st)
-    st.set_defaults(func=cmd_station)
+    # under $GYMNAST_HOME like every other store (``python -m robot_bridge`` on a robot host keeps
+    # its own default); set_defaults also updates the default the help shows
+    st.set_defaults(func=cmd_station, episodes_dir=gymnast_home() / "station" / "episodes")
 
     ep = sub.add_parser("episodes", help="list, validate, recover and export recorded episodes")
     ep_sub = ep.add_subparsers(dest="episodes_command", required=True)
@@ -383,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="send a checkpoint to a station and run an evaluation job there",
         description="Upload a checkpoint (chunked, sha256-verified; CURVE-authenticated with --keys), "
         "run N episodes per task with automatic success labels, copy every episode "
-        "here as it finishes, print per-task success with 95%% Wilson intervals. "
+        "here as it finishes, print per-task success with 95% Wilson intervals. "
         "Re-running resumes: episodes already here are not run again.",
     )
     di.add_argument(
@@ -456,11 +497,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     de.add_argument("--rounds", type=int, default=2)
     de.add_argument(
-        "--preset", default="tiny", help="RoundConfig preset (GYMNAST_PRESET wins if set)"
+        "--preset",
+        default=None,
+        choices=list(ROUND_PRESETS),
+        help="RoundConfig preset, one of %(choices)s (default: $GYMNAST_PRESET, else tiny; "
+        "the flag wins over the environment)",
+    )
+    de.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        help="where library warnings, Dagster's log lines, MLflow links and encoder output go "
+        "(default $GYMNAST_HOME/logs/demo.log); the console shows progress bars and round tables",
     )
     de.add_argument("--station", default=None, help="use this station instead of a simulated one")
     de.add_argument("--keys", type=Path, default=None, help="CURVE keys directory for --station")
     de.set_defaults(func=cmd_demo)
+
+    en = sub.add_parser(
+        "env",
+        help="every environment variable gymnast reads or sets, and its value now",
+        description="Every environment variable gymnast reads or sets (pipeline/environment.py), "
+        "with the values set now; --markdown prints docs/environment.md.",
+    )
+    en.add_argument("--markdown", action="store_true", help="the docs page, no values")
+    en.set_defaults(func=cmd_env)
 
     dv = sub.add_parser(
         "dev", help="dagster dev with a simulated station and the MLflow server running"

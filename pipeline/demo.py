@@ -6,10 +6,16 @@ round schedule through the same job the nightly schedule launches, each step in 
 (the multiprocess executor, as in a deployment). A round that was interrupted is resumed: assets
 already materialized are not run again, and the station skips episodes already collected. It
 ends with one table per round and writes ``$GYMNAST_HOME/demo_summary.json``.
+
+The console shows progress bars and the round tables only; library warnings, Dagster's log lines,
+MLflow's run links and the video encoder's banner go to ``$GYMNAST_HOME/logs/demo.log`` (named on
+the first line; ``--log-file`` picks another), from this process and every step process alike
+(``pipeline.console``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -58,11 +64,14 @@ def local_stack(
     tracking_uri: str | None = None,
     backend: str = "sim",
     keys_dir: Path | None = None,
+    say=None,
 ) -> Iterator[dict[str, str]]:
-    """Environment for the definitions: a station and an MLflow server (started unless given)."""
+    """Environment for the definitions: a station and an MLflow server (started unless given).
+    ``say`` prints what was started (default: ``print`` to stdout)."""
     from pipeline.tracking import TrackingServer
     from robot_bridge.launch import StationProcess
 
+    say = say or (lambda message: print(message, flush=True))
     home = Path(home).resolve()
     env = {"GYMNAST_HOME": str(home), "DAGSTER_HOME": str(prepare_dagster_home(home))}
     with ExitStack() as stack:
@@ -73,13 +82,11 @@ def local_stack(
                 )
             )
             station = proc.endpoint
-            print(f"simulated {backend} station on {station}", flush=True)
+            say(f"simulated {backend} station on {station}")
         if tracking_uri is None:
-            print("starting the MLflow tracking server ...", flush=True)
+            say("starting the MLflow tracking server ...")
             tracking_uri = stack.enter_context(TrackingServer(home / "mlflow")).uri
-            print(
-                f"MLflow tracking server on {tracking_uri} (store: {home / 'mlflow'})", flush=True
-            )
+            say(f"MLflow tracking server on {tracking_uri} (store: {home / 'mlflow'})")
         env |= {"GYMNAST_STATION": station, "MLFLOW_TRACKING_URI": tracking_uri}
         if keys_dir is not None:
             env["GYMNAST_STATION_KEYS"] = str(keys_dir)
@@ -132,23 +139,35 @@ def missing_stages(instance, round_key: str) -> list[str]:
 
 
 def _blocked(instance, stage: str, round_key: str) -> bool:
-    import dagster as dg
-    from dagster._core.event_api import PartitionKeyFilter
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+    """Whether a blocking check of ``stage`` last ended the round: its newest event in the round's
+    runs is a plan that was never evaluated (the run stopped before the check) or an ERROR failure.
 
-    keys = [dg.AssetCheckKey(dg.AssetKey(stage), c) for c in BLOCKING_CHECKS.get(stage, ())]
+    Read from the runs' event logs with Dagster's public API (runs tagged with the round's
+    partition), not from the storage's private check-execution tables."""
+    import dagster as dg
+
+    keys = {dg.AssetCheckKey(dg.AssetKey(stage), c) for c in BLOCKING_CHECKS.get(stage, ())}
     if not keys:
         return False
-    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        keys, partition_filter=PartitionKeyFilter(key=round_key)
-    )
-    for record in latest.values():
-        if record.status == AssetCheckExecutionRecordStatus.PLANNED:
+    kinds = {
+        dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
+        dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+    }
+    latest: dict = {}  # check key -> (timestamp, event data)
+    runs = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": round_key}))
+    for record in runs:
+        for entry in instance.all_logs(record.dagster_run.run_id, of_type=kinds):
+            data = entry.dagster_event.event_specific_data
+            key = data.asset_check_key
+            if key not in keys or getattr(data, "partition", None) not in (None, round_key):
+                continue
+            if key not in latest or entry.timestamp >= latest[key][0]:
+                latest[key] = (entry.timestamp, data)
+    for _, data in latest.values():
+        if not isinstance(data, dg.AssetCheckEvaluation):
             return True  # planned, never evaluated: the run stopped before the check
-        if record.status == AssetCheckExecutionRecordStatus.FAILED:
-            evaluation = record.event.dagster_event.event_specific_data
-            if evaluation.severity == dg.AssetCheckSeverity.ERROR:
-                return True
+        if not data.passed and data.severity == dg.AssetCheckSeverity.ERROR:
+            return True
     return False
 
 
@@ -182,15 +201,18 @@ def run_round(instance, round_key: str, *, log_level: str = "WARNING") -> str | 
             )
             or "see the Dagster run log"
         )
-        record_failed_round(
-            {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "run_id": result.run_id,
-                "round": round_key,
-                "failed_steps": steps,
-                "message": messages,
-            }
-        )
+        # MLflow prints the round run's link when it is marked FAILED: to stderr (with a log:
+        # the log), not among the round tables
+        with contextlib.redirect_stdout(sys.stderr):
+            record_failed_round(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "run_id": result.run_id,
+                    "round": round_key,
+                    "failed_steps": steps,
+                    "message": messages,
+                }
+            )
         raise RoundFailed(round_key, steps, messages)
     return result.run_id
 
@@ -322,12 +344,28 @@ def run_demo(
     tracking_uri: str | None = None,
     keys_dir: Path | None = None,
     summary_path: Path | None = None,
+    log_path: Path | None = None,
 ) -> list[RoundSummary]:
+    """The rounds, one table each. With ``log_path`` the console shows progress bars and the
+    tables only; library warnings, Dagster's log lines, MLflow's run links and encoder banners
+    (of this process and every step process) go to ``log_path`` (``pipeline.console``)."""
+    home = Path(home).resolve()
+    if log_path is None:
+        return _run_demo(rounds, home, station, tracking_uri, keys_dir, summary_path, None)
+    from pipeline.console import routed_to_log
+
+    print(f"log: {log_path} (warnings, Dagster's log lines, MLflow links, encoder output)")
+    with routed_to_log(log_path):
+        return _run_demo(rounds, home, station, tracking_uri, keys_dir, summary_path, log_path)
+
+
+def _run_demo(rounds, home, station, tracking_uri, keys_dir, summary_path, log_path):
     import dagster as dg
 
-    home = Path(home).resolve()
     t_start = time.monotonic()
-    with local_stack(home, station=station, tracking_uri=tracking_uri, keys_dir=keys_dir):
+    # with a log, what the stack starts is logged, not shown (sys.stderr is routed to the log)
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if log_path else None
+    with local_stack(home, station=station, tracking_uri=tracking_uri, keys_dir=keys_dir, say=say):
         instance = dg.DagsterInstance.get()
         for pool in ("robot", "gpu"):
             instance.event_log_storage.set_concurrency_slots(pool, 1)
@@ -355,6 +393,7 @@ def run_demo(
         "peak_rss_mb_children": children_peak,
         "dagster_home": str(home / "dagster"),
         "mlflow_store": str(home / "mlflow"),
+        "log": str(log_path) if log_path else None,
     }
     path = summary_path or home / "demo_summary.json"
     path.write_text(json.dumps(out, indent=1, default=str))
@@ -367,13 +406,20 @@ def run_demo(
     return summaries
 
 
-def main(rounds: int, home: Path, **kw) -> int:
+def default_log_path(home: Path) -> Path:
+    """Where ``gymnast demo`` logs what the console does not show."""
+    return Path(home).resolve() / "logs" / "demo.log"
+
+
+def main(rounds: int, home: Path, *, log_path: Path | None = None, **kw) -> int:
+    log_path = log_path or default_log_path(home)
     try:
-        run_demo(rounds, home, **kw)
+        run_demo(rounds, home, log_path=log_path, **kw)
     except RoundFailed as e:
         print(
             f"\n{e}\nNothing recorded is lost: re-run the same command to resume the round "
-            "(finished stages are kept, finished episodes are not collected again).",
+            "(finished stages are kept, finished episodes are not collected again). "
+            f"Details: {log_path}",
             file=sys.stderr,
         )
         return 1

@@ -15,6 +15,9 @@ Everything is configured from environment variables, so one set of definitions s
 | ``GYMNAST_JUDGE_F1_FLOOR`` / ``GYMNAST_WM_TOLERANCE`` | judge F1 floor; world-model error growth allowed | 0.5 / 0.25 |
 | ``GYMNAST_EXPLOIT_TOLERANCE`` | share of the challenger's real failures the world model may imagine as successes | 0.2 |
 | ``GYMNAST_ROUND_CRON`` / ``GYMNAST_TIMEZONE`` / ``GYMNAST_ROUNDS_START`` | the round schedule | ``0 2 * * *`` / UTC / 2026-01-01 |
+
+Every variable gymnast reads or sets, these and the rest: ``pipeline.environment``, printed by
+``gymnast env`` and kept in ``docs/environment.md`` (a test checks both against the code).
 """
 
 from __future__ import annotations

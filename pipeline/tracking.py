@@ -253,6 +253,16 @@ class RoundTracker:
             self.client.update_run(run_id, status="RUNNING")  # a resumed round
         return run_id
 
+    def log_round_artifact(
+        self, round_key: str, local_file: str | Path, artifact_path: str | None = None
+    ) -> str | None:
+        """A file on the round's parent run (charts of the whole loop); its run id, None if the
+        round has no run."""
+        run_id = self.find_round_run(round_key)
+        if run_id is not None:
+            self.client.log_artifact(run_id, str(local_file), artifact_path)
+        return run_id
+
     def finish_round(
         self,
         round_key: str,

@@ -1,4 +1,5 @@
-"""The Dagster UI in a real headless Chromium: a finished round's asset graph renders, materialized."""
+"""The Dagster UI in a real headless Chromium: a finished round's asset graph renders, materialized,
+and the champion's page shows the success-over-rounds chart."""
 
 import contextlib
 import json
@@ -160,7 +161,25 @@ def test_asset_graph_of_a_finished_round_renders_materialized(finished_round, we
             page.get_by_text("Materialized (", exact=False).first.wait_for(timeout=60_000)
             materialized[name] = page.inner_text("body")
         page.screenshot(path="/tmp/gymnast_dagster_champion.png", full_page=True)
+
+        # the champion's page for the round shows the success-over-rounds chart: a PNG inlined in
+        # its metadata (markdown over 1,000 characters sits behind "[Show Markdown]", whose
+        # dialog draws it)
+        page.goto(
+            f"{webserver}/assets/champion?view=partitions&partition={round_key}",
+            wait_until="domcontentloaded",
+        )
+        row = page.locator("tr", has_text="success_over_rounds").first
+        row.wait_for(timeout=60_000)
+        row.get_by_text("[Show Markdown]").first.click()
+        chart = page.locator('img[alt^="success over rounds"]').first
+        chart.wait_for(state="visible", timeout=60_000)
+        chart_src = chart.get_attribute("src") or ""
+        chart_size = chart.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        page.screenshot(path="/tmp/gymnast_dagster_success_chart.png", full_page=True)
         browser.close()
+    assert chart_src.startswith("data:image/png;base64,")
+    assert chart_size[0] > 300 and chart_size[1] > 200  # decoded and drawn, not a broken image
     assert shot.stat().st_size > 10_000
     for name, text in materialized.items():
         assert "Materialized (1)" in text, name

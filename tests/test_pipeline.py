@@ -746,3 +746,402 @@ def test_learning_bench_evaluates_each_task_as_often_as_asked_and_judges_by_the_
         [("open_drawer", EVAL_SEED + i) for i in range(2)]
         + [("close_drawer", EVAL_SEED + i) for i in range(3)]
     )  # the second evaluation ran only open drawer's new seed
+
+
+# --- rounds you can see: numeric metadata, the success chart, inline previews (fast) ------------------
+
+
+def _gate(champion: dict, challenger: dict, sha: str = "e" * 64) -> ChallengerEvaluation:
+    art = ModelArtifact(Path("/x/challenger"), sha, {})
+    return ChallengerEvaluation(
+        art, _evaluation(challenger, sha), 1000, _evaluation(champion, "f" * 64)
+    )
+
+
+def test_gate_metadata_is_numeric_per_task_for_challenger_and_champion():
+    from pipeline.assets import gate_metadata
+
+    gate = range(1000, 1004)
+    ev = _gate(
+        {("open_drawer", s): s < 1001 for s in gate} | {("close_drawer", s): False for s in gate},
+        {("open_drawer", s): s < 1003 for s in gate} | {("close_drawer", s): True for s in gate},
+    )
+    meta = gate_metadata(ev)
+    expected = {
+        "success/open_drawer": 0.75,
+        "success/close_drawer": 1.0,
+        "champion/success/open_drawer": 0.25,
+        "champion/success/close_drawer": 0.0,
+        "success_rate": 7 / 8,
+        "champion/success_rate": 1 / 8,
+    }
+    for key, value in expected.items():  # floats: the UI plots them across partitions
+        assert isinstance(meta[key], dg.FloatMetadataValue), key
+        assert meta[key].value == pytest.approx(value), key
+    assert meta["open_drawer/success"].value.startswith("3/4 [")  # the interval, as text
+    assert meta["champion/open_drawer/success"].value.startswith("1/4 [")
+    assert meta["episodes"] == 8
+
+
+def test_success_over_rounds_chart_reads_every_gate_and_is_inlined(tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from pipeline.assets import preview_md, success_chart
+    from pipeline.charts import ALL_TASKS, success_history
+    from pipeline.resources import ChampionRecord
+
+    store = RoundStore(tmp_path)
+    gate = range(1000, 1010)
+    r1, r2, r3 = "2026-01-02_0200", "2026-01-03_0200", "2026-01-04_0200"
+    store.save(
+        "real_evaluation",
+        r1,
+        _gate(
+            {("open_drawer", s): s < 1002 for s in gate}, {("open_drawer", s): True for s in gate}
+        ),
+    )
+    decision = PromotionDecision(True, "mcnemar", 0.002, 0.2, 1.0, {}, {}, "better")
+    store.save(
+        "champion", r1, ChampionRecord(ModelArtifact(tmp_path, "e" * 64, {}), True, decision, "")
+    )
+    (tmp_path / "rounds" / r2).mkdir(parents=True)  # a round that stopped before its gate
+    current = _gate(
+        {("open_drawer", s): True for s in gate}, {("open_drawer", s): s < 1005 for s in gate}
+    )
+    points = success_history(store, r3, current=current, promoted=False)
+    assert [p.round for p in points] == [r1, r3]
+    assert [p.promoted for p in points] == [True, False]
+    assert (
+        points[0].champion[ALL_TASKS].successes,
+        points[0].challenger["open_drawer"].labelled,
+    ) == (
+        2,
+        10,
+    )
+    lo, hi = points[1].challenger[ALL_TASKS].ci95  # 5/10: the Wilson interval
+    assert lo == pytest.approx(0.2366, abs=1e-3) and hi == pytest.approx(0.7634, abs=1e-3)
+
+    chart = success_chart(store, r3, current, promoted=False)
+    assert chart == store.round_dir(r3) / "previews" / "success_over_rounds.png"
+    with Image.open(chart) as img:
+        assert img.format == "PNG" and img.width > 300 and img.height > 200
+    md = preview_md(chart, "success over rounds").value
+    assert md.startswith("**success over rounds**")
+    data = md.split("(data:image/png;base64,", 1)[1].rstrip(")")
+    with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+        assert img.format == "PNG"
+
+
+def test_imagined_vs_real_video_is_shown_as_an_inline_strip(tmp_path):
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.assets import model_metadata
+    from world_model.evaluate import write_side_by_side_video
+
+    real = np.zeros((8, 16, 16, 3), np.uint8)
+    real[..., 0] = 200  # red: real
+    imagined = np.zeros_like(real)
+    imagined[..., 2] = 200  # blue: imagined
+    ckpt = tmp_path / "wm"
+    video = write_side_by_side_video(real, imagined, ckpt / "preview.mp4")
+    before = sorted(p.name for p in ckpt.iterdir())
+    art = ModelArtifact(ckpt, "a" * 64, {"loss": 0.1}, [Path(video)])
+    meta = model_metadata(art, tmp_path / "previews")
+    assert sorted(p.name for p in ckpt.iterdir()) == before  # the checkpoint is left as it was
+    md = meta["preview"].value
+    assert "top: real, bottom: imagined" in md and "data:image/png;base64," in md
+    assert meta["preview_file"].value == str(video)
+    data = md.split("(data:image/png;base64,", 1)[1].rstrip(")")
+    with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+        strip = np.asarray(img.convert("RGB")).astype(int)
+    top, bottom = strip[: strip.shape[0] // 3], strip[-strip.shape[0] // 3 :]
+    assert top[..., 0].mean() > top[..., 2].mean() + 50  # real frames on top
+    assert bottom[..., 2].mean() > bottom[..., 0].mean() + 50  # imagined below
+
+
+# --- conventions: CLI, environment, dg, public Dagster API, the demo console (fast) ------------------
+
+
+def test_gymnast_version_presets_and_help_without_doubled_percent(tmp_path, monkeypatch, capsys):
+    from pipeline import cli, demo
+    from pipeline.stages import ROUND_PRESETS
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == "gymnast 0.1.0"
+
+    monkeypatch.setenv("GYMNAST_HOME", str(tmp_path / "home"))
+    parser = cli.build_parser()
+    # the station's episodes live under GYMNAST_HOME, and its help says so
+    assert parser.parse_args(["station"]).episodes_dir == tmp_path / "home" / "station" / "episodes"
+    commands = [
+        "station",
+        "episodes",
+        "collect",
+        "dispatch",
+        "serve",
+        "demo",
+        "env",
+        "dev",
+        "bench",
+    ]
+    helps = {}
+    for argv in [[c] for c in commands] + [
+        ["bench", b] for b in ("bridge", "safety", "learning", "loop")
+    ]:
+        with pytest.raises(SystemExit):
+            cli.main([*argv, "--help"])
+        helps[" ".join(argv)] = capsys.readouterr().out
+    for name, text in helps.items():
+        assert "%%" not in text, name  # argparse does not %-format descriptions
+    assert "95% Wilson intervals" in " ".join(helps["dispatch"].split())
+    # (argparse may break a long default across lines)
+    assert str(tmp_path / "home" / "station" / "episodes") in "".join(helps["station"].split())
+    assert "{" + ",".join(ROUND_PRESETS) + "}" in helps["demo"]  # --preset lists its choices
+
+    seen = {}
+    monkeypatch.setattr(
+        demo, "main", lambda *a, **kw: seen.setdefault("preset", os.environ["GYMNAST_PRESET"]) and 0
+    )
+    monkeypatch.setenv("GYMNAST_PRESET", "bench")
+    cli.main(["demo", "--preset", "smoke"])
+    assert seen.pop("preset") == "smoke"  # the flag wins over the environment
+    monkeypatch.setenv("GYMNAST_PRESET", "bench")
+    cli.main(["demo"])
+    assert seen.pop("preset") == "bench"  # no flag: the environment
+    monkeypatch.delenv("GYMNAST_PRESET")
+    cli.main(["demo"])
+    assert seen.pop("preset") == "tiny"
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--preset", "huge"])
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def _named_environment_variables() -> dict[str, set[str]]:
+    """Variables the code names: os.environ / os.getenv / dg.EnvVar with a literal, or a literal
+    that looks like one of ours or of the services it configures."""
+    import ast
+    import re
+
+    looks_like = re.compile(
+        r"^(GYMNAST|MLFLOW|DAGSTER|MUJOCO|PYOPENGL|HF|OPENAI|SVT)_[A-Z0-9_]*[A-Z0-9]$"
+    )
+    found: dict[str, set[str]] = {}
+    for package in ("pipeline", "robot_bridge", "policy", "world_model", "reward"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if path == REPO / "pipeline" / "environment.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                name = None
+                if (
+                    isinstance(node, ast.Call)
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                ):
+                    f = ast.unparse(node.func)
+                    if f in {
+                        "os.environ.get",
+                        "os.getenv",
+                        "os.environ.setdefault",
+                        "os.environ.pop",
+                        "dg.EnvVar",
+                        "EnvVar",
+                    }:
+                        name = node.args[0].value
+                elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
+                    if isinstance(node.slice, ast.Constant):
+                        name = node.slice.value
+                elif (
+                    isinstance(node, ast.Constant)
+                    and isinstance(node.value, str)
+                    and looks_like.match(node.value)
+                ):
+                    name = node.value
+                if isinstance(name, str):
+                    found.setdefault(name, set()).add(str(path.relative_to(REPO)))
+    return found
+
+
+def test_every_environment_variable_is_listed_and_the_docs_page_is_current():
+    from pipeline.environment import BY_NAME, format_table
+
+    named = _named_environment_variables()
+    missing = {n: sorted(p) for n, p in named.items() if n not in BY_NAME}
+    assert not missing, (
+        f"add these to pipeline/environment.py (then regenerate the docs): {missing}"
+    )
+    stale = sorted(set(BY_NAME) - set(named))
+    assert not stale, f"listed in pipeline/environment.py but named nowhere in the code: {stale}"
+    page = (REPO / "docs" / "environment.md").read_text()
+    assert page == format_table(markdown=True), (
+        "docs/environment.md is stale: gymnast env --markdown > docs/environment.md"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "env"],
+        env={**os.environ, "GYMNAST_PRESET": "smoke"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "GYMNAST_PRESET" in out.stdout and "= smoke" in out.stdout
+
+
+def test_pipeline_uses_no_private_dagster_modules():
+    import ast
+
+    for path in sorted((REPO / "pipeline").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                assert not name.startswith("dagster._"), f"{path.name} imports {name}"
+
+
+def test_dg_project_config_points_at_the_definitions():
+    import shutil
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]
+    assert config["dg"]["directory_type"] == "project"
+    assert (
+        config["dg"]["project"]["code_location_target_module"] == config["dagster"]["module_name"]
+    )
+    assert config["dg"]["project"]["code_location_name"] == config["dagster"]["code_location_name"]
+    # dagster-dg-cli is a dev dependency: the check runs wherever the tests do
+    dg_cli = shutil.which("dg", path=str(Path(sys.executable).parent))
+    assert dg_cli is not None, "dg not installed next to this interpreter (uv sync)"
+    out = subprocess.run(
+        [dg_cli, "check", "defs"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0 and "All definitions loaded successfully" in out.stdout + out.stderr
+
+
+def test_blocked_stage_is_read_from_the_runs_of_the_round(tmp_path):
+    from pipeline import demo
+
+    parts = dg.StaticPartitionsDefinition(["r1", "r2", "r3"])
+    outcome = {}
+
+    @dg.asset(name="real_episodes", partitions_def=parts)
+    def episodes():
+        return 1
+
+    @dg.asset_check(
+        asset=episodes, name="champion_episode_integrity", blocking=True, partitions_def=parts
+    )
+    def integrity(context: dg.AssetCheckExecutionContext):
+        passed, severity = outcome[context.partition_key]
+        return dg.AssetCheckResult(passed=passed, severity=severity)
+
+    outcome |= {
+        "r1": (False, dg.AssetCheckSeverity.ERROR),
+        "r2": (False, dg.AssetCheckSeverity.WARN),
+        "r3": (True, dg.AssetCheckSeverity.ERROR),
+    }
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        for key in ("r1", "r2", "r3"):
+            dg.materialize(
+                [episodes, integrity], partition_key=key, instance=instance, raise_on_error=False
+            )
+        assert demo._blocked(instance, "real_episodes", "r1")  # ERROR: the round stopped there
+        assert not demo._blocked(instance, "real_episodes", "r2")  # WARN: it went on
+        assert not demo._blocked(instance, "real_episodes", "r3")
+        assert not demo._blocked(instance, "dataset", "r1")  # no blocking check
+        outcome["r1"] = (True, dg.AssetCheckSeverity.ERROR)  # a re-run that passed unblocks it
+        dg.materialize([episodes, integrity], partition_key="r1", instance=instance)
+        assert not demo._blocked(instance, "real_episodes", "r1")
+
+
+CONSOLE_SCRIPT = r'''
+import subprocess, sys, warnings
+from pathlib import Path
+from pipeline.console import routed_to_log
+
+CHILD = """
+import logging, os, sys, time, warnings
+from tqdm import tqdm
+logging.basicConfig(level=logging.DEBUG)
+logging.getLogger("dagster").debug("STEP_WORKER_STARTED - Executing step in subprocess.")
+warnings.warn("a library warning")
+for _ in tqdm(range(3), desc="sft", file=sys.stderr, mininterval=0):
+    time.sleep(0.01)
+print("View run challenger at: http://127.0.0.1:5000/#/experiments/1/runs/abc", file=sys.stderr)
+print("stdout chatter of a library")
+os.write(2, b"Svt[info]: -------------------------------------------\\n")
+"""
+with routed_to_log(Path(sys.argv[1])):
+    print("| task | champion | challenger |")
+    warnings.warn("a warning in the demo process")
+    subprocess.run([sys.executable, "-c", CHILD], check=True)
+    print("| open_drawer | 1/2 | 2/2 |")
+print("after")
+'''
+
+
+def test_demo_console_shows_bars_and_tables_and_logs_the_rest(tmp_path):
+    log = tmp_path / "logs" / "demo.log"
+    out = subprocess.run(
+        [sys.executable, "-c", CONSOLE_SCRIPT, str(log)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "| task | champion | challenger |",
+        "| open_drawer | 1/2 | 2/2 |",
+        "after",
+    ]
+    assert "sft: 100%" in out.stderr and "3/3" in out.stderr  # the progress bar
+    console = out.stdout + out.stderr
+    logged = log.read_text()
+    for line in (
+        "STEP_WORKER_STARTED",
+        "a library warning",
+        "a warning in the demo process",
+        "View run challenger at: http://",
+        "stdout chatter of a library",
+        "Svt[info]: ----",
+    ):
+        assert line in logged and line not in console, line
+    assert "sft:" not in logged
+
+
+def test_stderr_router_keeps_bars_apart_from_lines():
+    import io
+
+    from pipeline.console import StderrRouter
+
+    console, log = io.StringIO(), io.StringIO()
+    router = StderrRouter(console, log)
+    for chunk in (
+        "\rGRPO:  0%|",
+        "\rGRPO: 100%|",
+        "\n",
+        "2026 - dagster - DEBUG - x\n",
+        "Svt[info]: ",
+        "banner\n",
+    ):
+        router.feed(chunk)
+    router.feed("half a line ")
+    router.feed("\rnot a bar: inside a line\n")
+    assert console.getvalue() == "\rGRPO:  0%|\rGRPO: 100%|\n"
+    assert log.getvalue() == (
+        "2026 - dagster - DEBUG - x\nSvt[info]: banner\nhalf a line \rnot a bar: inside a line\n"
+    )
