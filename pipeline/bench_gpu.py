@@ -358,15 +358,22 @@ def run(
     return rows, table
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gymnast bench gpu", description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="bf16", choices=("auto", "fp32", "bf16"))
     p.add_argument("--quick", action="store_true", help="tiny sizes, one iteration (CPU test)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak")
     p.add_argument("--only", nargs="+", choices=("wm", "grpo", "vla"), default=None)
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
-    args = p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="gymnast bench gpu", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run_from_args(p.parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     rows, table = run(
         args.device,

@@ -323,6 +323,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from pipeline import bench_learning
 
         return bench_learning.run_from_args(args)
+    if args.bench_command == "gpu":
+        from pipeline import bench_gpu
+
+        return bench_gpu.run_from_args(args)
     if args.bench_command == "loop":
         from pipeline import bench_loop
 
@@ -545,6 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--upload-gb", type=float, default=32.0, help="upload size (default: the 32 GiB limit)"
     )
     b.add_argument("--json", type=Path, default=None)
+    b = be_sub.add_parser(
+        "gpu",
+        help="imagined frames/s, GRPO step time and memory, VLA chunks/s with MFU (for a GPU)",
+    )
+    from pipeline import bench_gpu
+
+    bench_gpu.add_arguments(b)
     b = be_sub.add_parser(
         "learning", help="SFT vs RL-in-imagination on the simulated station (about an hour on CPU)"
     )

@@ -395,7 +395,13 @@ def test_every_benchmark_is_reachable_from_the_cli():
     from pipeline.cli import build_parser
 
     parser = build_parser()
-    for argv in (["bench", "bridge"], ["bench", "learning"], ["bench", "loop", "--rounds", "1"]):
+    for argv in (
+        ["bench", "bridge"],
+        ["bench", "learning"],
+        ["bench", "loop", "--rounds", "1"],
+        ["bench", "safety", "--upload-gb", "1"],
+        ["bench", "gpu", "--quick"],
+    ):
         args = parser.parse_args(argv)
         assert args.func.__name__ == "cmd_bench" and args.bench_command == argv[1]
     args = parser.parse_args(["bench", "learning", "--dyna", "2", "--dyna-from", "rl"])
