@@ -44,7 +44,16 @@ from robot_bridge.spec import ACTION_HIGH, ACTION_LOW
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
+METADATA_NAME = "gymnast_vla.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
+# 2: config.json is the transformers model config (+ "policy_type"), our metadata in
+# gymnast_vla.json. 1 (still read): everything in config.json, the model config under
+# "model_config".
+FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1
+# Keys of ours that config.json carries beside the transformers config: "policy_type" (what the
+# station's registry dispatches on) and, when a pipeline copy sets it, "station_temperature".
+_OUR_CONFIG_KEYS = ("policy_type", "station_temperature", "format_version")
 
 
 class CheckpointError(ValueError):
@@ -161,6 +170,31 @@ def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _rename_checkpoint_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict:
+    """Module names for tensors saved under transformers' on-disk names.
+
+    transformers >= 4.52 renamed some models' modules (PaliGemma: ``language_model.model.*`` ->
+    ``model.language_model.*``) and its ``save_pretrained`` writes the old names back, mapping
+    them on load with the class's ``_checkpoint_conversion_mapping``; so do we, so a directory
+    transformers saved over ours still loads. Names already fitting the model are left alone.
+    """
+    import re
+
+    mapping = getattr(model, "_checkpoint_conversion_mapping", None) or {}
+    if not mapping:
+        return state
+    expected = set(model.state_dict())
+    out = {}
+    for key, tensor in state.items():
+        if key not in expected:
+            for pattern, replacement in mapping.items():
+                key, n = re.subn(pattern, replacement, key)
+                if n:
+                    break
+        out[key] = tensor
+    return out
+
+
 def _check_weights(
     expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], path: Path
 ) -> None:
@@ -202,6 +236,8 @@ class VLAPolicy(nn.Module):
         self.model = model
         self.processor = processor
         self.base_model_path = base_model_path
+        # How a station decodes this checkpoint (0 = greedy); from_pretrained sets the saved one.
+        self.station_temperature: object = 0.0
         tok = processor.tokenizer
         # OpenVLA: the 256 action bins are the last 256 ids of the tokenizer's base vocabulary.
         self.action_token_start = tok.vocab_size - config.n_bins
@@ -308,8 +344,20 @@ class VLAPolicy(nn.Module):
 
     # ----- persistence ------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, station_temperature: float = 0.0) -> Path:
-        """Write config.json (policy_type "vla"), model.safetensors and the processor files.
+        """Write a directory that transformers loads as a model, plus our action-head metadata.
 
+        - ``config.json``: the transformers model config (what ``model.config.save_pretrained``
+          writes, ``model_type`` "paligemma" for the tiny preset) with one extra key,
+          ``"policy_type": "vla"``, which the station's policy registry dispatches on
+          (transformers keeps unknown keys as config attributes);
+        - ``model.safetensors``: the weights under transformers' own names, tied duplicates
+          (``lm_head.weight``) left out as transformers leaves them out;
+        - ``generation_config.json`` (when the model has one) and the processor files;
+        - ``gymnast_vla.json``: our metadata (format version, ``VLAConfig``, action bins'
+          q01/q99 statistics, where the action ids start, the query tokens, station decoding).
+
+        So ``PaliGemmaForConditionalGeneration.from_pretrained(directory)`` (or the Auto classes)
+        loads the bare model, and :meth:`from_pretrained` loads the policy.
         ``station_temperature`` is how a station job decodes this checkpoint (0 = greedy).
         """
         from safetensors.torch import save_file
@@ -321,6 +369,15 @@ class VLAPolicy(nn.Module):
         }
         save_file(tensors, str(d / WEIGHTS_NAME), metadata={"format": "pt"})
         self.processor.save_pretrained(d)
+        hf_config = self.model.config.to_dict()
+        for key in _OUR_CONFIG_KEYS:
+            hf_config.pop(key, None)  # a config loaded from one of our checkpoints carries them
+        hf_config["architectures"] = [type(self.model).__name__]
+        hf_config["policy_type"] = "vla"
+        (d / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+        generation_config = getattr(self.model, "generation_config", None)
+        if generation_config is not None:
+            (d / GENERATION_CONFIG_NAME).write_text(generation_config.to_json_string())
         meta = {
             "policy_type": "vla",
             "format_version": FORMAT_VERSION,
@@ -330,11 +387,10 @@ class VLAPolicy(nn.Module):
             "action_token_start": self.action_token_start,
             "query_token_ids": self.query_token_ids,
             "model_class": type(self.model).__name__,
-            "model_config": self.model.config.to_dict(),
             "base_model_path": self.base_model_path,
             "station_temperature": float(station_temperature),
         }
-        (d / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        (d / METADATA_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         return d
 
     @classmethod
@@ -345,7 +401,8 @@ class VLAPolicy(nn.Module):
         *,
         trust_remote_code: bool | None = None,
     ) -> VLAPolicy:
-        """Load a directory written by :meth:`save_pretrained` (offline).
+        """Load a directory written by :meth:`save_pretrained` (offline), in either layout
+        (format 2, or format 1 with everything in config.json).
 
         ``device``: a ``robot_bridge.devices`` setting (None: "auto", CUDA when present; a station
         passes its own, CPU by default).
@@ -384,15 +441,18 @@ class VLAPolicy(nn.Module):
         weights = d / WEIGHTS_NAME
         if not weights.is_file():
             raise CheckpointError(f"VLA checkpoint {d} has no {WEIGHTS_NAME}")
-        state = load_file(str(weights))  # host memory; the model moves once, below
+        # host memory; the model moves once, below
+        state = _rename_checkpoint_keys(model, load_file(str(weights)))
         _check_weights(_unique_state_dict(model), state, weights)
         model.load_state_dict(state, strict=False)  # tied duplicates are absent on purpose
         policy = cls(config, model, processor, meta["action_stats"], meta.get("base_model_path"))
         if policy.action_token_start != meta["action_token_start"]:
             raise CheckpointError(
-                f"{d}: tokenizer puts action tokens at {policy.action_token_start}, config.json says "
-                f"{meta['action_token_start']}"
+                f"{d}: tokenizer puts action tokens at {policy.action_token_start}, "
+                f"{meta['metadata_file']} says {meta['action_token_start']}"
             )
+        # Kept as saved; the station parses it (and the environment variable that overrides it).
+        policy.station_temperature = meta.get("station_temperature", 0.0)
         return policy.to(device)
 
     # ----- inputs -----------------------------------------------------------------------
@@ -575,25 +635,61 @@ def check_images(images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor
 
 
 def read_checkpoint_config(directory: str | Path) -> dict:
+    """A VLA checkpoint's metadata, the same dict for both layouts.
+
+    Keys: ``policy_type``, ``format_version``, ``config`` (VLAConfig dict), ``action_stats``,
+    ``action_token_start``, ``model_config`` (the transformers config dict, our keys removed),
+    ``base_model_path``, ``station_temperature`` (config.json's, where a copy made for a station
+    job sets it, wins over gymnast_vla.json's), ``metadata_file`` (where the metadata was read).
+    """
     d = Path(directory)
     path = d / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"VLA checkpoint {d} has no {CONFIG_NAME}")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
-    if meta.get("policy_type") != "vla":
-        raise CheckpointError(f"{path} has policy_type {meta.get('policy_type')!r}, expected 'vla'")
-    if meta.get("format_version") != FORMAT_VERSION:
+    config = _read_json(path, d)
+    if config.get("policy_type") != "vla":
         raise CheckpointError(
-            f"{path} has format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}"
+            f"{path} has policy_type {config.get('policy_type')!r}, expected 'vla'"
         )
-    required = ("config", "action_stats", "action_token_start", "model_config")
+    meta_path = d / METADATA_NAME
+    if meta_path.is_file():
+        meta = _read_json(meta_path, d)
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{meta_path} has format_version {meta.get('format_version')!r}, expected "
+                f"{FORMAT_VERSION}"
+            )
+        meta = dict(meta)
+        meta["model_config"] = {k: v for k, v in config.items() if k not in _OUR_CONFIG_KEYS}
+        if "station_temperature" in config:
+            meta["station_temperature"] = config["station_temperature"]
+        meta["metadata_file"] = METADATA_NAME
+        required = ("config", "action_stats", "action_token_start")
+        where = meta_path
+    elif config.get("format_version") == LEGACY_FORMAT_VERSION:
+        meta = dict(config, metadata_file=CONFIG_NAME)
+        required = ("config", "action_stats", "action_token_start", "model_config")
+        where = path
+    else:
+        raise CheckpointError(
+            f"VLA checkpoint {d} has no {METADATA_NAME} (format {FORMAT_VERSION}) and its "
+            f"{CONFIG_NAME} has format_version {config.get('format_version')!r}, not the "
+            f"legacy {LEGACY_FORMAT_VERSION}"
+        )
     missing = [k for k in required if k not in meta]
     if missing:
-        raise CheckpointError(f"{path} lacks keys {missing}")
+        raise CheckpointError(f"{where} lacks keys {missing}")
     return meta
+
+
+def _read_json(path: Path, d: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"VLA checkpoint {d} has no {path.name}")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 def _hf_config(meta: dict, trust_remote_code: bool):

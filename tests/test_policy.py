@@ -15,7 +15,7 @@ from policy.sft import chunk_actions, train_sft
 from policy.tokenization import ActionTokenizer
 from policy.vla import CheckpointError, VLAPolicy
 from robot_bridge.backends.base import Observation
-from robot_bridge.policies import PolicyLoadError, load_policy
+from robot_bridge.policies import PolicyLoadError, load_policy, read_policy_config
 from robot_bridge.spec import TASKS
 
 INSTRUCTIONS = [t.instruction for t in TASKS.values()]
@@ -91,8 +91,10 @@ def test_tiny_builds_saves_and_reloads_offline_with_identical_log_probs(tiny, tm
     policy.save_pretrained(tmp_path / "ckpt1")
     loaded = VLAPolicy.from_pretrained(tmp_path / "ckpt1")
     config = json.loads((tmp_path / "ckpt1" / "config.json").read_text())
-    assert config["policy_type"] == "vla" and config["preset"] == "tiny"
-    assert len(config["action_stats"]["q01"]) == 7
+    assert config["policy_type"] == "vla" and config["model_type"] == "paligemma"
+    meta = json.loads((tmp_path / "ckpt1" / "gymnast_vla.json").read_text())
+    assert meta["format_version"] == 2 and meta["preset"] == "tiny"
+    assert len(meta["action_stats"]["q01"]) == 7
     imgs, ins = frames(3), INSTRUCTIONS[:3]
     s = policy.sample(imgs, ins, generator=torch.Generator().manual_seed(0))
     assert torch.equal(policy.log_probs(imgs, ins, s.tokens), loaded.log_probs(imgs, ins, s.tokens))
@@ -101,6 +103,116 @@ def test_tiny_builds_saves_and_reloads_offline_with_identical_log_probs(tiny, tm
     )
     assert names == ["<act_0>", "<act_255>"]
     assert loaded.action_token_start + 256 == loaded.processor.tokenizer.vocab_size  # last 256 ids
+
+
+def _inputs(policy: VLAPolicy, imgs: np.ndarray, ins: list[str]) -> dict:
+    ids, mask = policy.text_inputs(ins)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values": policy.pixel_values(imgs),
+        "position_ids": mask.cumsum(-1).clamp(min=1),
+    }
+
+
+def test_checkpoint_is_a_transformers_model_directory(tiny, tmp_path, capfd):
+    """transformers' own class loads our directory as the model, silently, with equal logits;
+    the action-head metadata sits beside it in gymnast_vla.json."""
+    from transformers import AutoModelForImageTextToText, PaliGemmaForConditionalGeneration
+
+    from robot_bridge.checkpoints import refuse_code
+
+    d = tiny.save_pretrained(tmp_path / "ckpt", station_temperature=0.5)
+    refuse_code(d)  # still data only: no auto_map, no code
+    capfd.readouterr()
+    hf, info = PaliGemmaForConditionalGeneration.from_pretrained(d, output_loading_info=True)
+    assert info == {
+        "missing_keys": [],
+        "unexpected_keys": [],
+        "mismatched_keys": [],
+        "error_msgs": [],
+    }
+    err = capfd.readouterr().err
+    assert (
+        "policy_type" not in err and "were not used" not in err and "newly initialized" not in err
+    )
+    assert hf.config.policy_type == "vla"  # the extra key rides along as an attribute
+    assert hf.lm_head.weight.data_ptr() == hf.get_input_embeddings().weight.data_ptr()  # tied
+    imgs, ins = frames(2, seed=5), INSTRUCTIONS[:2]
+    kwargs = _inputs(tiny, imgs, ins)
+    with torch.no_grad():
+        ours = tiny.model.eval()(**kwargs).logits
+        assert torch.equal(hf.eval()(**kwargs).logits, ours)
+        auto = AutoModelForImageTextToText.from_pretrained(d).eval()
+        assert torch.equal(auto(**kwargs).logits, ours)
+    meta = json.loads((d / "gymnast_vla.json").read_text())
+    assert meta["policy_type"] == "vla" and meta["config"]["n_bins"] == 256
+    assert meta["action_stats"] == tiny.action_tokenizer.to_dict()
+    assert meta["query_token_ids"] == tiny.query_token_ids and meta["station_temperature"] == 0.5
+    assert not {"config", "action_stats", "model_config"} & set(
+        json.loads((d / "config.json").read_text())
+    )
+    # Our loader reads both files; a model transformers saved over ours loads back too.
+    loaded = VLAPolicy.from_pretrained(d)
+    assert loaded.station_temperature == 0.5
+    s = tiny.sample(imgs, ins, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded.log_probs(imgs, ins, s.tokens), tiny.log_probs(imgs, ins, s.tokens))
+    hf.save_pretrained(d)  # config.json and weights as transformers writes them (policy_type kept)
+    again = VLAPolicy.from_pretrained(d)
+    assert torch.equal(again.log_probs(imgs, ins, s.tokens), tiny.log_probs(imgs, ins, s.tokens))
+
+
+def _to_format_1(d):
+    """Rewrite a checkpoint in the format-1 layout (what save_pretrained wrote before)."""
+    hf = json.loads((d / "config.json").read_text())
+    meta = json.loads((d / "gymnast_vla.json").read_text())
+    hf.pop("policy_type")
+    hf.pop("architectures")
+    old = {**meta, "format_version": 1, "model_config": hf}
+    (d / "config.json").write_text(json.dumps(old, indent=2))
+    (d / "gymnast_vla.json").unlink()
+    (d / "generation_config.json").unlink()
+    return d
+
+
+def test_format_1_checkpoints_still_load_and_resave_in_format_2(tiny, tmp_path):
+    d = _to_format_1(tiny.save_pretrained(tmp_path / "old", station_temperature=1.2))
+    assert json.loads((d / "config.json").read_text())["model_config"]["model_type"] == "paligemma"
+    old = VLAPolicy.from_pretrained(d)
+    assert old.station_temperature == 1.2 and old.query_token_ids == tiny.query_token_ids
+    imgs, ins = frames(2, seed=6), INSTRUCTIONS[:2]
+    s = tiny.sample(imgs, ins, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(old.log_probs(imgs, ins, s.tokens), tiny.log_probs(imgs, ins, s.tokens))
+    station = load_policy(d)  # what a station holding an old checkpoint does
+    assert station.temperature == 1.2
+    new = old.save_pretrained(tmp_path / "new")
+    hf_config = json.loads((new / "config.json").read_text())
+    assert hf_config["policy_type"] == "vla" and "format_version" not in hf_config
+    assert json.loads((new / "gymnast_vla.json").read_text())["format_version"] == 2
+    again = VLAPolicy.from_pretrained(new)
+    assert torch.equal(again.log_probs(imgs, ins, s.tokens), tiny.log_probs(imgs, ins, s.tokens))
+    # A config.json that is neither layout is refused by name.
+    (new / "gymnast_vla.json").unlink()
+    with pytest.raises(CheckpointError, match="no gymnast_vla.json.*format_version None"):
+        VLAPolicy.from_pretrained(new)
+
+
+def test_format_2_config_naming_remote_code_is_refused_by_both_loaders(tiny, tmp_path):
+    """auto_map now sits at the top of config.json (the transformers config), base_model_path in
+    gymnast_vla.json: our loader refuses without trust_remote_code, the station refuses the file."""
+    d = tiny.save_pretrained(tmp_path / "ckpt")
+    hf_config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(
+        json.dumps({**hf_config, "auto_map": {"AutoConfig": "evil.EvilConfig"}})
+    )
+    meta = json.loads((d / "gymnast_vla.json").read_text())
+    (d / "gymnast_vla.json").write_text(json.dumps({**meta, "base_model_path": str(tmp_path)}))
+    with pytest.raises(CheckpointError, match="remote code"):
+        VLAPolicy.from_pretrained(d, trust_remote_code=False)
+    with pytest.raises(CheckpointError, match="remote code"):
+        VLAPolicy.from_pretrained(d)
+    with pytest.raises(PolicyLoadError, match="refused file 'config.json'.*auto_map"):
+        load_policy(d)
 
 
 def test_from_local_path_loads_a_transformers_checkpoint(tiny, tmp_path):
@@ -293,6 +405,7 @@ def test_distractors_and_augmentations_keep_frames_valid():
 # ----- station --------------------------------------------------------------------------------
 def test_station_loads_vla_checkpoint_and_acts(tiny, tmp_path, monkeypatch):
     tiny.save_pretrained(tmp_path / "vla")
+    assert read_policy_config(tmp_path / "vla")["policy_type"] == "vla"
     policy = load_policy(tmp_path / "vla")
     assert type(policy).__name__ == "VLAStationPolicy" and policy.temperature == 0.0
     obs = Observation(image=frames(1)[0], state=np.zeros(7, np.float32), timestamp=0.0, seq=0)
@@ -307,6 +420,16 @@ def test_station_loads_vla_checkpoint_and_acts(tiny, tmp_path, monkeypatch):
     a = sampling.act(obs, "open the drawer")
     sampling.reset("open_drawer", "open the drawer", seed=7)
     assert np.array_equal(a, sampling.act(obs, "open the drawer"))  # seeded
+    monkeypatch.delenv("GYMNAST_VLA_TEMPERATURE")
+    # The checkpoint's own setting: gymnast_vla.json's, and config.json's (which a pipeline
+    # copy for an exploration job writes) over it.
+    tiny.save_pretrained(tmp_path / "warm", station_temperature=0.7)
+    assert load_policy(tmp_path / "warm").temperature == 0.7
+    hf_config = json.loads((tmp_path / "warm" / "config.json").read_text())
+    (tmp_path / "warm" / "config.json").write_text(
+        json.dumps({**hf_config, "station_temperature": 1.3})
+    )
+    assert load_policy(tmp_path / "warm").temperature == 1.3
 
 
 # ----- errors -----------------------------------------------------------------------------------

@@ -149,10 +149,12 @@ def test_the_vla_loader_refuses_remote_code_and_never_follows_base_model_path(
     evil_module(base, tmp_path / "ran")
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_vla_dir, ckpt)
-    meta = json.loads((ckpt / "config.json").read_text())
-    meta["model_config"]["auto_map"] = {"AutoConfig": "evil.EvilConfig"}
+    hf_config = json.loads((ckpt / "config.json").read_text())
+    hf_config["auto_map"] = {"AutoConfig": "evil.EvilConfig"}
+    (ckpt / "config.json").write_text(json.dumps(hf_config))
+    meta = json.loads((ckpt / "gymnast_vla.json").read_text())
     meta["base_model_path"] = str(base)
-    (ckpt / "config.json").write_text(json.dumps(meta))
+    (ckpt / "gymnast_vla.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="remote code"):
         VLAPolicy.from_pretrained(ckpt, trust_remote_code=False)
     with pytest.raises(CheckpointError, match="remote code"):

@@ -127,11 +127,70 @@ def test_save_load_round_trip_identical_rollout(tmp_path, episodes):
     actions = torch.from_numpy(np.stack([episodes[0].actions[:3], episodes[1].actions[:3]]))
     before = rollout_frames(model, init, actions)
     model.save_pretrained(tmp_path / "ckpt")
-    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {"config.json", "model.safetensors"}
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    }
     loaded = ActionConditionedWorldModel.from_pretrained(tmp_path / "ckpt")
     assert loaded.config == model.config  # including the fitted action statistics
     assert torch.equal(rollout_frames(loaded, init, actions), before)
     assert not torch.equal(rollout_frames(loaded, init, actions, seed=1), before)
+
+
+def test_checkpoint_is_a_diffusers_model(tmp_path, episodes):
+    """A diffusers ModelMixin + ConfigMixin: diffusers' own from_pretrained / from_config load it
+    (safetensors), and a one-step rollout with a fixed generator matches the saved model."""
+    import json
+
+    from diffusers import ModelMixin
+    from diffusers.configuration_utils import ConfigMixin
+
+    model, _ = train_world_model(small_config(), episodes, steps=1, batch_size=4, progress=False)
+    assert isinstance(model, ModelMixin) and isinstance(model, ConfigMixin)
+    init = episodes[0].frames[:1].repeat(2, axis=0)
+    actions = torch.from_numpy(np.stack([episodes[0].actions[:1], episodes[1].actions[:1]]))
+    before = rollout_frames(model, init, actions)
+    d = model.save_pretrained(tmp_path / "ckpt")
+    saved = json.loads((d / "config.json").read_text())
+    assert saved["_class_name"] == "ActionConditionedWorldModel" and "_diffusers_version" in saved
+    assert saved["action_std"] == list(model.config.action_std)  # the fitted statistics
+    # diffusers' ModelMixin.from_pretrained itself, with its defaults (low_cpu_mem_usage etc.)
+    plain, info = ModelMixin.from_pretrained.__func__(
+        ActionConditionedWorldModel, str(d), output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert plain.config == model.config and plain.dtype == torch.float32
+    assert torch.equal(rollout_frames(plain, init, actions), before)
+    ours = ActionConditionedWorldModel.from_pretrained(d, device="cpu")
+    assert torch.equal(rollout_frames(ours, init, actions), before)
+    # from_config / the diffusers config view
+    fresh = ActionConditionedWorldModel.from_config(ActionConditionedWorldModel.load_config(d))
+    assert fresh.config == model.config
+    assert ours.config.action_mean == model.config.action_mean
+    assert dict(ours._internal_dict)["_name_or_path"] == str(d)
+    # keyword construction, as from_config does it, equals the config-object form
+    assert ActionConditionedWorldModel(**small_config().__dict__).config == small_config()
+
+
+def test_checkpoints_written_before_diffusers_still_load(tmp_path, episodes):
+    model, _ = train_world_model(small_config(), episodes, steps=1, batch_size=4, progress=False)
+    old = tmp_path / "old"
+    old.mkdir()
+    model.config.save(old / "config.json")  # the old layout: bare fields, model.safetensors
+    save_file(
+        {k: v.contiguous() for k, v in model.trainable_state_dict().items()},
+        str(old / "model.safetensors"),
+    )
+    init = episodes[0].frames[:1].repeat(2, axis=0)
+    actions = torch.from_numpy(np.stack([episodes[0].actions[:1], episodes[1].actions[:1]]))
+    loaded = ActionConditionedWorldModel.from_pretrained(old, device="cpu")
+    assert loaded.config == model.config
+    assert torch.equal(rollout_frames(loaded, init, actions), rollout_frames(model, init, actions))
+    fresh = ActionConditionedWorldModel(small_config())
+    fresh.load_weights(old)  # warm start from an old checkpoint
+    new = loaded.save_pretrained(tmp_path / "new")
+    again = ActionConditionedWorldModel.from_pretrained(new, device="cpu")
+    assert torch.equal(rollout_frames(again, init, actions), rollout_frames(model, init, actions))
 
 
 def test_mismatched_checkpoint_errors_name_the_problem(tmp_path):
@@ -142,7 +201,7 @@ def test_mismatched_checkpoint_errors_name_the_problem(tmp_path):
         ActionConditionedWorldModel(
             small_config(unet_block_out_channels=(16, 32, 48))
         ).load_weights(tmp_path / "a")
-    weights = tmp_path / "a" / "model.safetensors"
+    weights = tmp_path / "a" / "diffusion_pytorch_model.safetensors"
     tensors = load_file(weights)
     tensors.pop("null_action")
     tensors["extra.weight"] = torch.zeros(2)
@@ -346,7 +405,8 @@ def test_large_preset_loads_local_vae_and_runs(tmp_path, episodes):
         tmp_path / "large" / "vae" / "config.json"
     ).is_file()  # the checkpoint is self-contained
     assert not any(
-        k.startswith("codec.") for k in load_file(tmp_path / "large" / "model.safetensors")
+        k.startswith("codec.")
+        for k in load_file(tmp_path / "large" / "diffusion_pytorch_model.safetensors")
     )
     loaded = ActionConditionedWorldModel.from_pretrained(tmp_path / "large")
     assert torch.equal(rollout_frames(loaded, init, actions), frames)

@@ -208,7 +208,10 @@ class WorldModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> WorldModelConfig:
+        """Read a config.json: ours, or the diffusers one the model writes (its ``_class_name``,
+        ``_diffusers_version`` and other ``_`` keys are diffusers' bookkeeping, skipped)."""
         data = json.loads(Path(path).read_text())
+        data = {k: v for k, v in data.items() if not k.startswith("_")}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:

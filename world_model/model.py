@@ -3,17 +3,27 @@
 One new frame per action, autoregressively: the backbone denoises the next frame given the last
 ``context_frames`` frames and the action, with v-prediction, a few DDIM steps, context noise
 augmentation and classifier-free guidance on the action (learned null action).
+
+The model is a diffusers ``ModelMixin`` + ``ConfigMixin``: a checkpoint is ``config.json`` (the
+``WorldModelConfig`` fields, plus diffusers' ``_class_name`` / ``_diffusers_version``) and
+``diffusion_pytorch_model.safetensors``, loaded through diffusers' own ``from_pretrained``; the VAE
+codec's frozen weights live in a ``vae/`` diffusers folder beside them. Checkpoints written
+before (``model.safetensors``, no ``_class_name``) still load, directly.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, ModelMixin
+from diffusers.configuration_utils import ConfigMixin, FrozenDict
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -22,7 +32,10 @@ from world_model.codec import make_codec, resize_frames
 from world_model.config import WorldModelConfig
 
 CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+# diffusers' name for a model's weights (what ModelMixin.from_pretrained looks for); checkpoints
+# written before the model was a ModelMixin have ``model.safetensors`` and still load.
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+LEGACY_WEIGHTS_NAME = "model.safetensors"
 VAE_DIRNAME = "vae"
 
 
@@ -44,18 +57,43 @@ class WorldState:
         return self.context.shape[0]
 
 
-class ActionConditionedWorldModel(nn.Module):
-    def __init__(self, config: WorldModelConfig, vae_path: str | Path | None = None) -> None:
+class ActionConditionedWorldModel(ModelMixin, ConfigMixin):
+    """``ActionConditionedWorldModel(config)`` or ``ActionConditionedWorldModel(**fields)``.
+
+    ``config`` is the live ``WorldModelConfig`` (training fits action statistics into it); the
+    diffusers config (``_internal_dict``, what ``save_config`` writes and ``from_config`` reads) is
+    derived from it, so the two never disagree. The constructor's signature lists every
+    ``WorldModelConfig`` field, which is what ``from_config`` / ``from_pretrained`` pass
+    (equivalent to ``@register_to_config`` on those arguments; the decorator itself cannot take
+    the ``WorldModelConfig`` object form).
+    """
+
+    config_name = CONFIG_NAME
+    _supports_gradient_checkpointing = False
+
+    def __init__(
+        self,
+        config: WorldModelConfig | None = None,
+        vae_path: str | Path | None = None,
+        **fields,
+    ) -> None:
         super().__init__()
-        self.config = config
+        if config is None:
+            # diffusers' from_config passes the fields; a vae_path among them is the config's
+            config = WorldModelConfig(
+                **fields, vae_path=None if vae_path is None else str(vae_path)
+            )
+            vae_path = None
+        elif fields:
+            raise TypeError(
+                f"pass a WorldModelConfig or its fields, not both (got {sorted(fields)})"
+            )
+        self._wm_config = config
+        self._config_extras: dict = {}
         self.codec = make_codec(config, vae_path)
         self.backbone = make_backbone(config)
         e = self.backbone.cond_dim
-        # WorldGym uses Linear(action_dim -> width); one hidden layer lets the gripper's on/off and
-        # the small deltas map to separable embeddings.
-        self.action_embed = nn.Sequential(
-            nn.Linear(config.action_dim, e), nn.SiLU(), nn.Linear(e, e)
-        )
+        self.action_embed = _make_action_embed(config, e)
         self.null_action = nn.Parameter(torch.randn(e) * 0.02)
         sched = dict(
             num_train_timesteps=config.num_train_timesteps,
@@ -67,6 +105,27 @@ class ActionConditionedWorldModel(nn.Module):
         )
         self.train_scheduler = DDPMScheduler(**sched)
         self.sample_scheduler = DDIMScheduler(**sched, set_alpha_to_one=True)
+
+    # ---------------------------------------------------------------- config
+
+    @property
+    def config(self) -> WorldModelConfig:
+        return self._wm_config
+
+    @property
+    def _internal_dict(self) -> FrozenDict:
+        """The diffusers view of the config: the fields (JSON types) and diffusers' own keys."""
+        return FrozenDict({**self._wm_config.to_dict(), **self._config_extras})
+
+    @_internal_dict.setter
+    def _internal_dict(self, value) -> None:
+        # ConfigMixin.register_to_config: "_" keys (``_name_or_path``) are diffusers'; field
+        # values update the live config (validated by WorldModelConfig).
+        value = dict(value)
+        self._config_extras = {k: v for k, v in value.items() if k.startswith("_")}
+        fields = {k: v for k, v in value.items() if not k.startswith("_")}
+        if fields and fields != self._wm_config.to_dict():
+            self._wm_config = dataclasses.replace(self._wm_config, **fields)
 
     # ---------------------------------------------------------------- conditioning
 
@@ -235,10 +294,19 @@ class ActionConditionedWorldModel(nn.Module):
         """Everything but the frozen VAE, which is saved as its own diffusers folder."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("codec.")}
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, **kwargs) -> Path:
+        """``config.json`` + ``diffusion_pytorch_model.safetensors`` (+ ``vae/``), as diffusers
+        lays out a model.
+
+        The weights file holds everything but the frozen VAE, which is saved as its own diffusers
+        folder (``vae/``) so the checkpoint is self-contained. Keyword arguments are accepted for
+        diffusers-compatible calls; only safetensors is written.
+        """
+        if kwargs.pop("safe_serialization", True) is False:
+            raise ValueError("world-model checkpoints are safetensors only")
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.config.save(d / CONFIG_NAME)
+        self.save_config(d)  # the config fields, _class_name and _diffusers_version
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
         save_file(tensors, str(d / WEIGHTS_NAME), metadata={"format": "pt"})
         if self.config.codec == "vae" and not (d / VAE_DIRNAME / CONFIG_NAME).is_file():
@@ -247,20 +315,40 @@ class ActionConditionedWorldModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: str | torch.device | None = None
+        cls, directory: str | Path, device: str | torch.device | None = None, **kwargs
     ) -> ActionConditionedWorldModel:
-        """Load a checkpoint onto ``device`` (``robot_bridge.devices`` setting; None: "auto")."""
+        """Load a checkpoint onto ``device`` (``robot_bridge.devices`` setting; None: "auto").
+
+        Goes through diffusers' ``ModelMixin.from_pretrained`` (safetensors), after checking the
+        tensors fit (``CheckpointMismatchError`` naming them); a ``vae/`` folder beside the
+        weights is the codec's VAE. Other keyword arguments go to diffusers.
+        """
         from robot_bridge.devices import resolve_device
 
         dev = resolve_device(device)
         d = Path(directory)
         if not (d / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{str(d)!r} is not a world-model checkpoint: no {CONFIG_NAME}")
-        config = WorldModelConfig.load(d / CONFIG_NAME)
-        vae_path = d / VAE_DIRNAME if (d / VAE_DIRNAME / CONFIG_NAME).is_file() else None
-        model = cls(config, vae_path=vae_path).to(dev)
-        model.load_weights(d)
-        return model
+        config = WorldModelConfig.load(d / CONFIG_NAME)  # clear errors for bad fields
+        vae_dir = d / VAE_DIRNAME if (d / VAE_DIRNAME / CONFIG_NAME).is_file() else None
+        weights = _weights_file(d)
+        if weights.name == LEGACY_WEIGHTS_NAME:  # written before: not a diffusers layout
+            if kwargs:
+                raise TypeError(
+                    f"a legacy checkpoint takes no diffusers options, got {sorted(kwargs)}"
+                )
+            model = cls(config, vae_path=vae_dir).to(dev)
+            model.load_weights(d)
+            return model.eval()
+        if vae_dir is not None:
+            kwargs["vae_path"] = str(vae_dir)  # construct the codec from the checkpoint's own VAE
+        shapes = _safetensors_shapes(weights)
+        _check_tensor_shapes(_expected_shapes(config), shapes, str(d))
+        kwargs.setdefault("low_cpu_mem_usage", False)  # the codec's VAE is not in the weights
+        model = super().from_pretrained(str(d), use_safetensors=True, **kwargs)
+        if vae_dir is not None:
+            model.config.vae_path = config.vae_path  # the path it was trained with, as saved
+        return model.to(dev)
 
     def load_weights(self, directory: str | Path) -> None:
         """Load a checkpoint's weights into this model (warm start), after checking they fit."""
@@ -279,32 +367,85 @@ class ActionConditionedWorldModel(nn.Module):
             raise CheckpointMismatchError(
                 f"checkpoint {str(d)!r} has a different architecture: {lines}"
             )
-        loaded = load_file(str(d / WEIGHTS_NAME), device=str(self.device))
+        loaded = load_file(str(_weights_file(d)), device=str(self.device))
         self._check_tensors(loaded, str(d))
         self.load_state_dict(loaded, strict=False)
 
     def _check_tensors(self, loaded: dict[str, torch.Tensor], where: str) -> None:
-        expected = self.trainable_state_dict()
-        missing = sorted(expected.keys() - loaded.keys())
-        unexpected = sorted(loaded.keys() - expected.keys())
-        shapes = sorted(
-            f"{k} {tuple(loaded[k].shape)} != {tuple(v.shape)}"
-            for k, v in expected.items()
-            if k in loaded and loaded[k].shape != v.shape
-        )
-        problems = [
-            f"{name} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-            for name, keys in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("shape mismatch", shapes),
-            )
-            if keys
-        ]
-        if problems:
-            raise CheckpointMismatchError(
-                f"checkpoint {where!r} does not fit the model: " + "; ".join(problems)
-            )
+        expected = {k: tuple(v.shape) for k, v in self.trainable_state_dict().items()}
+        _check_tensor_shapes(expected, {k: tuple(v.shape) for k, v in loaded.items()}, where)
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _make_action_embed(config: WorldModelConfig, width: int) -> nn.Sequential:
+    # WorldGym uses Linear(action_dim -> width); one hidden layer lets the gripper's on/off and
+    # the small deltas map to separable embeddings.
+    return nn.Sequential(nn.Linear(config.action_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+
+def _expected_shapes(config: WorldModelConfig) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a checkpoint's tensors (``trainable_state_dict``), built on the meta
+    device: no memory, no VAE."""
+    with torch.device("meta"):
+        backbone = make_backbone(config)
+        embed = _make_action_embed(config, backbone.cond_dim)
+    shapes = {f"backbone.{k}": tuple(v.shape) for k, v in backbone.state_dict().items()}
+    shapes.update({f"action_embed.{k}": tuple(v.shape) for k, v in embed.state_dict().items()})
+    shapes["null_action"] = (backbone.cond_dim,)
+    return shapes
+
+
+def _weights_file(d: Path) -> Path:
+    for name in (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME):
+        if (d / name).is_file():
+            return d / name
+    raise FileNotFoundError(f"world-model checkpoint {str(d)!r} has no {WEIGHTS_NAME}")
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(path), framework="pt") as f:  # the header only, no tensor data
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+
+
+def _check_tensor_shapes(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], where: str
+) -> None:
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    shapes = sorted(
+        f"{k} {found[k]} != {v}" for k, v in expected.items() if k in found and found[k] != v
+    )
+    problems = [
+        f"{name} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+        for name, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", shapes),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointMismatchError(
+            f"checkpoint {where!r} does not fit the model: " + "; ".join(problems)
+        )
+
+
+def _init_signature() -> inspect.Signature:
+    """``(self, config=None, vae_path=None, *, <every other WorldModelConfig field>)``: what
+    diffusers' ``from_config`` reads to know which config.json keys are constructor arguments."""
+    params = [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("config", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+        inspect.Parameter("vae_path", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+    ]
+    for f in dataclasses.fields(WorldModelConfig):
+        if f.name == "vae_path":
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default))
+    return inspect.Signature(params)
+
+
+ActionConditionedWorldModel.__init__.__signature__ = _init_signature()
