@@ -583,7 +583,8 @@ def format_report(r: dict) -> str:
         "world model open-loop on held-out real episodes, worst step's PSNR lead over "
         f"repeating the first frame: {r['world_model'].get('rollout_psnr_over_copy_first_min_db', float('nan')):+.1f} dB "
         f"over {r['world_model'].get('rollout_horizon', float('nan')):.0f} steps (target >= +3)",
-        f"judge held-out F1: {r['judge'].get('heldout_f1', float('nan')):.3f}  "
+        f"judge held-out F1: {r['judge'].get('heldout_f1', float('nan')):.3f} over "
+        f"{_count(r['judge'], 'tp', 'fn')} successes and {_count(r['judge'], 'fp', 'tn')} failures  "
         f"(precision {r['judge'].get('heldout_precision', float('nan')):.3f}, recall {r['judge'].get('heldout_recall', float('nan')):.3f})",
         "judge on imagined replays of real episodes vs their real outcome: "
         + _prf(r["judge_on_imagined"]),
@@ -601,6 +602,12 @@ def format_report(r: dict) -> str:
         "reused from an earlier run (same settings): " + (", ".join(r["reused_stages"]) or "none"),
     ]
     return "\n".join(lines)
+
+
+def _count(judge: dict, *cells: str) -> str:
+    """Held-out positives (tp + fn) or negatives (fp + tn) of the judge's confusion counts."""
+    values = [judge.get(f"heldout_{c}") for c in cells]
+    return "?" if any(v is None for v in values) else f"{sum(values):.0f}"
 
 
 def _prf(m: dict) -> str:

@@ -68,3 +68,51 @@ def test_the_simulator_baseline_is_judged_pooled():
     assert v["pooled_target"] == {"SimRL": False} and not v["met"]
     with pytest.raises(ValueError, match="no outcomes for arm 'Iter-SFT'"):
         verdict({"World-Gymnast": [], "SFT": []}, TASKS, "World-Gymnast", ["Iter-SFT"])
+
+
+def test_the_learning_bench_report_prints_the_verdict_and_its_evidence():
+    from pipeline.bench_learning import format_report
+    from pipeline.stages import Evaluation, TaskResult
+
+    def ev(rates):
+        outs = outcomes(rates)
+        per_task = {}
+        for t in TASKS:
+            mine = [v for (task, _), v in outs.items() if task == t]
+            per_task[t] = TaskResult(t, len(mine), sum(mine), len(mine))
+        return Evaluation("a" * 64, [], per_task, outs)
+
+    sft, rl = ev({"open_drawer": 5}), ev({"open_drawer": 30, "close_drawer": 45})
+    report = {
+        "real": {"SFT": sft.to_dict(), "RL": rl.to_dict()},
+        "verdict": verdict({"SFT": [sft.outcomes], "RL": [rl.outcomes]}, TASKS, "RL", ["SFT"]),
+        "imagined": {"SFT": {t: 0.1 for t in TASKS}, "RL": {t: 0.2 for t in TASKS}},
+        "world_model": {"rollout_psnr_over_copy_first_min_db": -1.25, "rollout_horizon": 20.0},
+        "judge": {
+            "heldout_f1": 0.9,
+            "heldout_tp": 9,
+            "heldout_fn": 1,
+            "heldout_fp": 1,
+            "heldout_tn": 29,
+        },
+        "judge_on_imagined": {
+            "f1": 0.5,
+            "precision": 1.0,
+            "recall": 0.3,
+            "tp": 3,
+            "fp": 0,
+            "fn": 7,
+            "tn": 30,
+        },
+        "pearson_r": 0.5,
+        "imagined_fps_b8": 40.0,
+        "grpo": {"seconds_per_step": 18.0},
+        "peak_rss_gb": 2.0,
+        "timings_s": {"SFT": 100.0},
+        "reused_stages": [],
+    }
+    text = format_report(report)
+    assert "RL beats SFT beyond the 95% intervals on 2 of 4 tasks" in text
+    assert "TARGET MET" in text  # the rule: >= 2 tasks beyond SFT's intervals in every replicate
+    assert "over 10 successes and 30 failures" in text
+    assert "-1.2 dB over 20 steps" in text
