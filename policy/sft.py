@@ -150,18 +150,28 @@ def train_sft(
     called every step (e.g. for MLflow). ``device`` / ``precision``: ``robot_bridge.devices``
     settings (None: "auto"); the policy moves there once and "bf16" autocasts its forward pass
     (fp32 weights, optimizer and loss).
+
+    Launched by torchrun / ``accelerate launch`` with several processes (``policy.distributed``),
+    it trains data-parallel: ``batch_size`` is the global batch, every rank draws and augments
+    the same global batch and trains on its slice under DistributedDataParallel, so a step
+    matches the 1-process step on that batch; the logged loss / accuracy are global means, and
+    ``callback`` and the progress bar run on rank 0 only (callers save on
+    ``policy.distributed.is_main_process()`` only). Every rank returns the same policy.
     """
     from tqdm.auto import tqdm
 
+    from policy.distributed import DistContext
     from robot_bridge.devices import autocast, placement
 
     dev, precision = placement(device, precision)
+    ctx, dev = DistContext.setup(dev)
     if label_sigma < 0:
         raise ValueError(f"label_sigma must be >= 0 (bins), got {label_sigma}")
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(
             f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}"
         )
+    ctx.check_batch(batch_size)
     episodes = list(episodes)
     if not episodes:
         raise ValueError("train_sft got an empty list of episodes")
@@ -192,32 +202,38 @@ def train_sft(
     warmup = max(1, steps // 20) if warmup_steps is None else max(1, warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps))
 
+    model = ctx.wrap(policy)  # DDP when launched distributed (broadcasts rank 0's weights)
     policy.train()
     losses, accs = [], []
     start = time.perf_counter()
-    bar = tqdm(range(steps), disable=not progress, desc="sft", dynamic_ncols=True)
+    bar = tqdm(range(steps), disable=not (progress and ctx.is_main), desc="sft", dynamic_ncols=True)
     for step in bar:
+        # The global batch, drawn and augmented identically on every rank; each keeps its slice.
         idx = rng.integers(0, len(windows), size=batch_size)
         images = augment_images(windows.frames[idx], augment, rng)
+        mine = ctx.shard(idx)
+        idx, images = idx[mine], images[mine]
         with autocast(dev, precision):
-            logits = policy.action_logits(images, [windows.instructions[i] for i in idx])
+            logits = model(images, [windows.instructions[i] for i in idx])  # action_logits
         target = targets[idx].to(dev)  # (B, N)
         loss = action_loss(logits, target, label_sigma)  # logits: (B, N, 256) float32
-        if not torch.isfinite(loss):
+        acc_t = (logits.detach().argmax(-1) == target).float().mean()
+        # Means over ranks when distributed (the global batch's), so a NaN on any rank stops all.
+        loss_v, acc = ctx.mean(torch.stack([loss.detach(), acc_t])).tolist()
+        if not math.isfinite(loss_v):
             raise FloatingPointError(
-                f"SFT loss is {loss.item()} at step {step} (lr={sched.get_last_lr()[0]:.2e}); "
+                f"SFT loss is {loss_v} at step {step} (lr={sched.get_last_lr()[0]:.2e}); "
                 "check the episodes' actions/frames for NaN or lower the learning rate"
             )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # under DDP: gradients all-reduced (averaged over ranks) here
         grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         sched.step()
-        acc = (logits.argmax(-1) == target).float().mean().item()
-        losses.append(loss.item())
+        losses.append(loss_v)
         accs.append(acc)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.2f}")
-        if callback is not None:
+        if callback is not None and ctx.is_main:
             callback(
                 step,
                 {
@@ -241,6 +257,7 @@ def train_sft(
         "num_windows": len(windows),
         "device": str(dev),
         "precision": precision,
+        "world_size": ctx.world_size,
         **greedy_action_error(policy, windows, rng),
     }
     return policy, metrics
