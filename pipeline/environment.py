@@ -80,6 +80,24 @@ ENVIRONMENT: tuple[EnvVariable, ...] = (
         "robot_bridge.devices",
     ),
     EnvVariable(
+        "RANK",
+        "unset: one process",
+        "set by torchrun / accelerate launch: this process's rank in a data-parallel SFT run",
+        "policy.distributed",
+    ),
+    EnvVariable(
+        "WORLD_SIZE",
+        "unset: one process",
+        "set by torchrun / accelerate launch: the number of data-parallel processes",
+        "policy.distributed",
+    ),
+    EnvVariable(
+        "LOCAL_RANK",
+        "unset: one process",
+        "set by torchrun / accelerate launch: this process's GPU on its machine (cuda:LOCAL_RANK)",
+        "policy.distributed",
+    ),
+    EnvVariable(
         "MUJOCO_GL",
         "egl",
         "MuJoCo's rendering backend (egl, osmesa, glfw)",
