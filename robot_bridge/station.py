@@ -17,6 +17,7 @@ thread (see ``robot_bridge.uploads``), so an e-stop is always answered within a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +72,9 @@ MUTATING_OPS = frozenset(
         "job_cancel",
     }
 )
+
+
+LATCH_WAIT_S = 0.05  # how long an e-stop reply waits for its record to reach the disk
 
 
 @dataclass
@@ -122,20 +127,34 @@ class CachedReply:
     reply: list
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_latch(path: Path, reason: str) -> bool:
+    """Record an e-stop durably (write, fsync, rename, fsync the folder); False if it failed."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump({"reason": reason, "at": time.time()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        return True
     except OSError:
-        log.exception("could not sync %s", path)
+        log.exception("could not record the e-stop in %s (it holds until this process ends)", path)
+        return False
+
+
+def _remove_latch(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 def _digest(frames: list) -> bytes:
@@ -161,6 +180,8 @@ class Station(StepControl):
         self._arm = threading.RLock()
         self._estop = threading.Event()
         self._estop_reason = ""
+        self._latch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="estop-latch")
+        self._latched: Future | None = None
         self._restore_estop()
         self._lease: Lease | None = None
         self._episode: StepEpisode | None = None
@@ -267,6 +288,7 @@ class Station(StepControl):
             self._safe_hold()
             self._close_episode("cancelled")
         self.uploads.close()
+        self._latch.shutdown(wait=True)  # a pending e-stop record reaches the disk
 
     def handle(self, frames: list, peer: Peer = LOCAL_PEER) -> list:
         """Answer one request (without the routing frame) from ``peer``. Never raises."""
@@ -354,33 +376,36 @@ class Station(StepControl):
             self._safe_hold()
             held_ms = (time.monotonic() - t0) * 1e3
             closed = self._close_episode("estop")
-        self._persist_estop(reason)
+        latched = self._persist_estop(reason)
         log.warning("E-STOP: %s", reason)
-        return {"estop": True, "held_in_ms": held_ms, "closed_episode": closed}, {}
+        return {
+            "estop": True,
+            "held_in_ms": held_ms,
+            "latched": latched,
+            "closed_episode": closed,
+        }, {}
 
     def _estop_clear(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
-        self.config.estop_file.unlink(missing_ok=True)  # first: a crash now leaves it engaged
+        # the latch goes first (after any write still queued): a crash now leaves it engaged
+        self._latch.submit(_remove_latch, self.config.estop_file).result()
         self._estop.clear()
         self._estop_reason = ""
         log.warning("e-stop cleared by %s", self._peer.describe())
         return {"estop": False}, {}
 
-    def _persist_estop(self, reason: str) -> None:
-        """The e-stop outlives the process: a restarted station starts stopped."""
-        path = self.config.estop_file
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                json.dump({"reason": reason, "at": time.time()}, f)
-            os.replace(tmp, path)  # survives a killed process at once
-            # ... and a power cut once synced: off this thread, since an fsync behind a busy
-            # disk's writeback can take longer than a control period.
-            threading.Thread(target=_fsync_file, args=(path,), daemon=True).start()
-        except OSError:
-            log.exception(
-                "could not record the e-stop in %s (it holds until this process ends)", path
-            )
+    def _persist_estop(self, reason: str) -> bool:
+        """The e-stop outlives the process: a restarted station starts stopped. The record is
+        written on its own thread, in order with clears: behind a busy disk's writeback even a
+        small write can stall longer than a control period, and the arm is already held. The
+        reply waits for it at most ``LATCH_WAIT_S`` and says whether it is on disk."""
+        self._latched = self._latch.submit(_write_latch, self.config.estop_file, reason)
+        with contextlib.suppress(TimeoutError):
+            self._latched.result(timeout=LATCH_WAIT_S)
+        return self._estop_latched()
+
+    def _estop_latched(self) -> bool:
+        latched = self._latched
+        return latched is not None and latched.done() and bool(latched.result())
 
     def _restore_estop(self) -> None:
         path = self.config.estop_file
@@ -392,6 +417,8 @@ class Station(StepControl):
             reason = "unreadable e-stop record"
         self._estop_reason = f"engaged before the station restarted: {reason}"
         self._estop.set()
+        self._latched = Future()
+        self._latched.set_result(True)  # it is the record on disk
         log.warning(
             "E-STOP still engaged from before the restart (%s): an operator must clear it", reason
         )
@@ -549,6 +576,7 @@ class Station(StepControl):
             "auth": "curve" if self.config.keys_dir else "none",
             "estop": self._estop.is_set(),
             "estop_reason": self._estop_reason,
+            "estop_latched": self._estop.is_set() and self._estop_latched(),
             "role": self._peer.role,
             "limits": {
                 "max_array_bytes": protocol.MAX_ARRAY_BYTES,

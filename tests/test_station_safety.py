@@ -401,15 +401,20 @@ def test_only_an_operator_clears_an_estop_and_it_survives_a_restart(tmp_path, ke
     s = StationProcess("instant", episodes_dir=ep, keys_dir=keys)
     with _as(s.endpoint, keys, "client", timeout_s=3.0) as c:
         assert c.hello()["role"] == "client"
-        c.estop("test drill")
+        latched = c.estop("test drill")["latched"]
         with pytest.raises(StationError, match="operator") as e:
             c.estop_clear()
         assert e.value.code == "forbidden"
+        deadline = time.monotonic() + 10  # the record is written off the socket thread
+        while not latched and time.monotonic() < deadline:
+            latched = c.hello()["estop_latched"]
+        assert latched, "the e-stop never reached the disk"
     s.kill()  # no clean shutdown: the e-stop must still hold
     with StationProcess("instant", episodes_dir=ep, keys_dir=keys) as s2:
         with _as(s2.endpoint, keys, "client", timeout_s=3.0) as c:
             hello = c.hello()
             assert hello["estop"] and "test drill" in hello["estop_reason"]
+            assert hello["estop_latched"]
             c.acquire_lease()
             with pytest.raises(StationError) as e:
                 c.reset("open_drawer", seed=0)
