@@ -21,7 +21,11 @@ def main(rounds: int = 2, json_path: Path | None = None, keep: bool = False) -> 
     home = Path(tempfile.mkdtemp(prefix="gymnast-bench-loop-"))
     t0 = time.monotonic()
     try:
-        summaries = demo.run_demo(rounds, home, summary_path=home / "bench_loop.json")
+        # beside the home, not in it: the home is removed at the end unless kept
+        log_path = home.with_name(f"{home.name}.log")
+        summaries = demo.run_demo(
+            rounds, home, summary_path=home / "bench_loop.json", log_path=log_path
+        )
         total = time.monotonic() - t0
         data = json.loads((home / "bench_loop.json").read_text())
     except demo.RoundFailed as e:
