@@ -38,6 +38,7 @@ from robot_bridge.access import LOCAL_PEER, OPERATOR, AccessError, Peer, check_b
 from robot_bridge.backends.base import RobotBackend
 from robot_bridge.checkpoints import CheckpointError, CheckpointStore, check_checkpoint_id
 from robot_bridge.episodes import recover_partials
+from robot_bridge.episodes.writer import fsync_dir
 from robot_bridge.jobs import JOB_STATUS_PAGE, Job, JobRunner, JobSpec
 from robot_bridge.protocol import ProtocolError
 from robot_bridge.protocol import field as arg
@@ -127,14 +128,6 @@ class CachedReply:
     reply: list
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_latch(path: Path, reason: str) -> bool:
     """Record an e-stop durably (write, fsync, rename, fsync the folder); False if it failed."""
     try:
@@ -145,7 +138,7 @@ def _write_latch(path: Path, reason: str) -> bool:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
     except OSError:
         log.exception("could not record the e-stop in %s (it holds until this process ends)", path)
@@ -154,7 +147,7 @@ def _write_latch(path: Path, reason: str) -> bool:
 
 def _remove_latch(path: Path) -> None:
     path.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _digest(frames: list) -> bytes:

@@ -199,17 +199,9 @@ def assert_on(module: torch.nn.Module, device: torch.device) -> None:
 
 
 def small_world_model_config():
-    from world_model import WorldModelConfig
+    from test_world_model import small_config
 
-    return WorldModelConfig.preset(
-        "tiny",
-        image_size=32,
-        pixel_unshuffle=2,
-        unet_block_out_channels=(16, 32, 32),
-        unet_norm_num_groups=8,
-        unet_attention_head_dim=16,
-        num_inference_steps=2,
-    )
+    return small_config()
 
 
 def run_sft(device, precision):

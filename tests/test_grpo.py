@@ -36,7 +36,7 @@ from policy.grpo import (
 )
 from policy.vla import VLAPolicy
 from reward.judge import JudgeError, JudgeResult, SuccessJudge, check_batch
-from world_model import ActionConditionedWorldModel, WorldModelConfig
+from world_model import ActionConditionedWorldModel
 
 NOVEL = "wipe the table with the sponge"  # in no task and no demonstration
 
@@ -135,17 +135,10 @@ def policy() -> VLAPolicy:
 
 @pytest.fixture(scope="module")
 def world_model() -> ActionConditionedWorldModel:
-    """The tiny preset's code path, shrunk (as in tests/test_world_model.py)."""
-    config = WorldModelConfig.preset(
-        "tiny",
-        image_size=32,
-        pixel_unshuffle=2,
-        unet_block_out_channels=(16, 32, 32),
-        unet_norm_num_groups=8,
-        unet_attention_head_dim=16,
-        num_inference_steps=2,
-    )
-    return ActionConditionedWorldModel(config)
+    """The tiny preset's code path, shrunk (tests/test_world_model.py's small_config)."""
+    from test_world_model import small_config
+
+    return ActionConditionedWorldModel(small_config())
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 _RESERVE_MARGIN = 64 * 1024
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file's name in ``path`` survive a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -52,7 +53,7 @@ def _rename_no_clobber(src: Path, dst: Path) -> None:
     if dst.exists():
         raise FileExistsError(f"refusing to overwrite {dst} with {src}")
     os.rename(src, dst)
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
 
 
 class EpisodeWriter:
@@ -148,7 +149,7 @@ class EpisodeWriter:
         # A second descriptor, only to reserve disk space ahead of HDF5 (see _reserve).
         self._fd = os.open(self.partial_path, os.O_RDWR)
         self._sync()
-        _fsync_dir(self.root)  # the partial file's name must survive a power cut too
+        fsync_dir(self.root)  # the partial file's name must survive a power cut too
 
     def _guard(self, what: str, fn):
         """Run a write; turn any I/O failure into EpisodeWriteError and refuse later writes."""
