@@ -90,12 +90,15 @@ def run_on_station(
     seed: int = 0,
     progress: bool = False,
     poll_s: float = 0.25,
+    skip: dict[str, list[int]] | None = None,
 ) -> DispatchResult:
+    """``skip``: (task -> seeds) already collected; default: this checkpoint's finished episodes
+    in ``dest`` (a fleet passes those of every arm's folder)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     tasks = list(tasks)
     sha = client.upload_checkpoint(checkpoint_dir, progress=progress)
-    done = already_collected(dest, sha)
+    done = already_collected(dest, sha) if skip is None else skip
     fetched: list[Path] = []
     try:
         job_id = client.submit_job(sha, tasks, episodes_per_task, seed=seed, skip=done)

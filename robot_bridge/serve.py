@@ -121,7 +121,11 @@ def run_station(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SystemExit(f"station: {e}") from None
     backend = make_backend(args.backend, **parse_backend_args(args.backend_arg))
-    station = Station(backend, config)
+    try:
+        station = Station(backend, config)
+    except RuntimeError as e:  # its folders are another station's
+        backend.close()
+        raise SystemExit(f"station: {e}") from None
     signal.signal(signal.SIGTERM, lambda *_: station.stop())
     signal.signal(signal.SIGINT, lambda *_: station.stop())
 

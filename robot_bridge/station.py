@@ -18,6 +18,7 @@ thread (see ``robot_bridge.uploads``), so an e-stop is always answered within a 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -159,11 +160,34 @@ def _digest(frames: list) -> bytes:
     return h.digest()
 
 
+def claim_dir(path: Path):
+    """Hold ``<path>.lock`` for the station's life: two stations sharing an episode folder would
+    "recover" each other's live episodes, and sharing a checkpoint store, verify and evict each
+    other's uploads. The lock is the kernel's (flock), so a killed station never leaves it held."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 (held open on purpose)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RuntimeError(
+            f"{path} is in use by another station (pid {holder}); give each station its own "
+            "--episodes-dir and --checkpoints-dir"
+        ) from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
 class Station(StepControl):
     def __init__(self, backend: RobotBackend, config: StationConfig) -> None:
         self.backend = backend
         self.config = config
         self.config.episodes_dir.mkdir(parents=True, exist_ok=True)
+        self._dir_locks = [claim_dir(d) for d in (config.episodes_dir, config.checkpoints_dir)]
         self.recovered = recover_partials(self.config.episodes_dir, self.config.station_id)
         for p in self.recovered:
             log.warning("kept partial episode from an earlier crash: %s", p)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, replace
 
 import mujoco
@@ -334,6 +335,9 @@ class SimConfig:
     ik_iterations: int = 30
     ik_damping: float = 0.03
     settle_time: float = 0.3  # physics seconds to let objects come to rest at reset
+    # Pace steps at the real arm's control rate (one step per control_dt of wall time), so a
+    # benchmark of a fleet of simulated stations measures what arms would take, not CPU speed.
+    realtime: bool = False
 
     def __post_init__(self) -> None:
         if not 16 <= self.image_size <= 1024:
@@ -390,6 +394,7 @@ class SimBackend(RobotBackend):
         self._target_rpy = np.zeros(3)
         self._gripper_cmd = 1.0
         self._layout: _Layout | None = None
+        self._next_step_at = 0.0  # monotonic time the next paced step may start
 
     # ------------------------------------------------------------------ model lookups
 
@@ -485,6 +490,8 @@ class SimBackend(RobotBackend):
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (ACTION_DIM,) or not np.all(np.isfinite(a)):
             raise ValueError(f"action must be a finite ({ACTION_DIM},) array, got {a!r}")
+        if self.config.realtime:
+            self._pace()
         target, clipped = clip_target_position(self._target_pos + a[:3])
         self._target_pos = target.astype(np.float64)
         self._target_rpy = wrap_angle(self._target_rpy + a[3:6])
@@ -502,6 +509,15 @@ class SimBackend(RobotBackend):
             self.data.ctrl[self._arm_act] = q_start + frac * (q_goal - q_start)
             mujoco.mj_step(self.model, self.data)
         return StepOutcome(self.observe(), workspace_clipped=clipped)
+
+    def _pace(self) -> None:
+        """Wait until one control period has passed since the previous step started (a real arm
+        takes that long to move; time the policy spent thinking counts towards it)."""
+        now = time.monotonic()
+        if now < self._next_step_at:
+            time.sleep(self._next_step_at - now)
+            now = self._next_step_at
+        self._next_step_at = now + self.config.control_dt
 
     def observe(self) -> Observation:
         self._require_reset()
