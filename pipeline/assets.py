@@ -43,7 +43,7 @@ from pipeline.seeds import RoundSeeds
 from pipeline.stages import DatasetInfo, Evaluation, ModelArtifact
 from robot_bridge.client import StationError
 from robot_bridge.dispatch import DispatchError
-from robot_bridge.episodes import read_episode
+from robot_bridge.episodes import episode_id_of, read_episode
 
 # allow_nonexistent_upstream_partitions (beta) and partitioned asset checks (preview) are used
 # knowingly; without this every step process repeats both warnings in the run log.
@@ -72,6 +72,9 @@ GROUP = "round"
 # station is looked at by a person first; a re-run resumes without repeating finished episodes),
 # and training on a CPU fails deterministically (data, config), so a retry only hides the error.
 ARM_TAGS = {"gymnast/moves_arm": "true"}
+# The assets that drive arms hold a pool per arm (``robot/<station name>``, one slot each) while
+# they drive it (``resources.arm_slot``), not one pool for the asset: two runs never drive one arm,
+# and runs on different arms of a fleet go on in parallel.
 
 
 def round_seeds(cfg: stages.RoundConfig, round_key: str) -> RoundSeeds:
@@ -279,7 +282,6 @@ def _started() -> float:
 @dg.asset(
     partitions_def=ROUNDS,
     group_name=GROUP,
-    pool="robot",
     op_tags=ARM_TAGS,
     kinds={"robot"},
     description="The champion's episodes this round, collected on the station (its real evaluation, "
@@ -294,12 +296,12 @@ def real_episodes(
     r, cfg, store, t0 = context.partition_key, settings.round_config(), settings.store, _started()
     with (
         tracked_stage(context, settings, tracking, "real_episodes") as (tracker, run),
-        station.client() as client,
+        station.runner(context) as arms,
         on_the_arm("collection", r),
     ):
-        champion_round, champion = current_champion(context, settings, client, tracker, run)
+        champion_round, champion = current_champion(context, settings, arms, tracker, run)
         ev = stages.collect_episodes(
-            client,
+            arms,
             champion.path,
             store.round_dir(r) / "episodes" / "champion",
             cfg,
@@ -308,7 +310,7 @@ def real_episodes(
         )
         run.log_metrics(evaluation_metrics(ev, "champion"))
         explored = stages.explore_on_station(
-            client,
+            arms,
             champion.path,
             store.round_dir(r) / "episodes" / "explore",
             store.round_dir(r) / "explore_policy",
@@ -332,7 +334,7 @@ def real_episodes(
 
 
 def current_champion(
-    context, settings: LoopSettings, client, tracker, run
+    context, settings: LoopSettings, arms, tracker, run
 ) -> tuple[str | None, ModelArtifact]:
     """The champion after the newest earlier round, or (first round) a bootstrapped one."""
     r, store = context.partition_key, settings.store
@@ -350,7 +352,7 @@ def current_champion(
         )
         cfg = settings.round_config()
         art = stages.bootstrap_champion(
-            client,
+            arms,
             store.round_dir(r) / "bootstrap",
             cfg,
             progress=settings.progress,
@@ -366,7 +368,9 @@ def current_champion(
     partitions_def=ROUNDS,
     group_name=GROUP,
     kinds={"lerobot"},
-    description="Every real episode so far as a LeRobotDataset (v3) with action statistics.",
+    description="The round's training episodes in the loop's one LeRobotDataset (v3), with action "
+    "statistics: each round appends only the episodes it does not hold yet; the world model and "
+    "the judge train from it.",
 )
 def dataset(
     context: dg.AssetExecutionContext,
@@ -376,15 +380,17 @@ def dataset(
 ) -> dg.Output[DatasetInfo]:
     r, store, t0 = context.partition_key, settings.store, _started()
     with tracked_stage(context, settings, tracking, "dataset") as (_, run):
-        info = stages.build_dataset(
-            training_dirs(store, r), store.fresh_dir(store.round_dir(r) / "dataset")
+        # one dataset for every round, appended to (earlier rounds' files are never rewritten)
+        info = stages.build_dataset(training_dirs(store, r), store.home / "dataset")
+        run.log_metrics(
+            {"episodes": info.n_episodes, "frames": info.n_frames, "appended": info.new_episodes}
         )
-        run.log_metrics({"episodes": info.n_episodes, "frames": info.n_frames})
         run.log_artifact(info.stats_path, "dataset")
     return dg.Output(
         info,
         metadata={
             "episodes": info.n_episodes,
+            "appended_episodes": info.new_episodes,
             "frames": info.n_frames,
             "per_task": dg.MetadataValue.json(info.per_task),
             "path": dg.MetadataValue.path(str(info.path)),
@@ -428,7 +434,7 @@ def world_model(
     tracking: TrackingResource,
     dataset: DatasetInfo,
 ) -> dg.Output[ModelArtifact]:
-    return _refresh(context, settings, tracking, "world_model", stages.refresh_world_model)
+    return _refresh(context, settings, tracking, "world_model", stages.refresh_world_model, dataset)
 
 
 @dg.asset(
@@ -445,19 +451,28 @@ def judge(
     tracking: TrackingResource,
     dataset: DatasetInfo,
 ) -> dg.Output[ModelArtifact]:
-    return _refresh(context, settings, tracking, "judge", stages.refresh_judge)
+    return _refresh(context, settings, tracking, "judge", stages.refresh_judge, dataset)
 
 
 def _refresh(
-    context, settings: LoopSettings, tracking: TrackingResource, kind: str, refresh
+    context,
+    settings: LoopSettings,
+    tracking: TrackingResource,
+    kind: str,
+    refresh,
+    dataset: DatasetInfo,
 ) -> dg.Output:
-    """World model and judge: warm start from the newest earlier round's checkpoint, if any."""
+    """World model and judge: warm start from the newest earlier round's checkpoint, if any; the
+    round's episodes read from the LeRobotDataset (``dataset``), not the HDF5 files."""
+    from pipeline.lerobot_dataset import DatasetEpisodes
+
     r, store, t0 = context.partition_key, settings.store, _started()
     previous = store.latest_before(kind, r)
+    ids = tuple(episode_id_of(p) for p in dataset.episode_files)
     with tracked_stage(context, settings, tracking, kind) as (tracker, run):
         run.set_tags({"warm_start_from": previous[0] if previous else "scratch"})
         art = refresh(
-            training_dirs(store, r),
+            [DatasetEpisodes(dataset.path, ids)],
             previous[1].path if previous else None,
             store.fresh_dir(store.model_dir(kind, r)),
             settings.round_config(),
@@ -534,7 +549,6 @@ def _trained_in_preview(world_model: ModelArtifact, preview_dir: Path) -> dict:
 @dg.asset(
     partitions_def=ROUNDS,
     group_name=GROUP,
-    pool="robot",
     op_tags=ARM_TAGS,
     kinds={"robot"},
     description="The promotion gate's evidence: champion and challenger on this round's gate "
@@ -552,17 +566,15 @@ def real_evaluation(
     r, cfg, store, t0 = context.partition_key, settings.round_config(), settings.store, _started()
     with (
         tracked_stage(context, settings, tracking, "real_evaluation") as (tracker, run),
-        station.client() as client,
+        station.runner(context) as arms,
         on_the_arm("real evaluation", r),
     ):
         snapshot = {}
         if cfg.challenger_snapshots > 1:
-            challenger, snapshot = checked_challenger(
-                client, tracker, run, challenger, cfg, store, r
-            )
+            challenger, snapshot = checked_challenger(arms, tracker, run, challenger, cfg, store, r)
         gate = round_seeds(cfg, r).gate
         champion_ev = stages.evaluate_on_station(
-            client,
+            arms,
             real_episodes.champion.path,
             store.round_dir(r) / "episodes" / "gate_champion",
             cfg,
@@ -570,7 +582,7 @@ def real_evaluation(
             progress=settings.progress,
         )
         ev = stages.evaluate_on_station(
-            client,
+            arms,
             challenger.path,
             store.round_dir(r) / "episodes" / "challenger",
             cfg,
@@ -594,12 +606,12 @@ def real_evaluation(
     )
 
 
-def checked_challenger(client, tracker, run, challenger, cfg, store, r):
+def checked_challenger(arms, tracker, run, challenger, cfg, store, r):
     """The GRPO snapshot with most real successes on check seeds (``stages.select_challenger``);
     its check runs join the round's episodes (next round's data). A snapshot other than the final
     policy is registered and takes the ``challenger`` alias: what is evaluated is what is named."""
     chosen, check = stages.select_challenger(
-        client,
+        arms,
         challenger.path,
         store.round_dir(r) / "episodes",
         cfg,
@@ -641,10 +653,10 @@ def champion(
     new = real_evaluation.challenger if decision.promote else real_episodes.champion
     with (
         tracked_stage(context, settings, tracking, "champion") as (tracker, run),
-        station.client() as client,
+        station.runner(context) as arms,
         on_the_arm("dispatch of the champion", r),
     ):
-        client.upload_checkpoint(new.path)  # dispatch: the station holds what the arm runs next
+        arms.upload_checkpoint(new.path)  # dispatch: every station holds what its arm runs next
         if decision.promote:
             promote_aliases(tracker, new, r)
         record = ChampionRecord(new, decision.promote, decision, real_episodes.champion.sha256)

@@ -9,16 +9,35 @@ station, the MLflow server) as the kernel reports it after they exit.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 
-def main(rounds: int = 2, json_path: Path | None = None, keep: bool = False) -> int:
+def main(
+    rounds: int = 2, json_path: Path | None = None, keep: bool = False, postgres: str | None = None
+) -> int:
+    """The benchmark; with ``postgres`` (a server URL) in a fresh pair of databases named after
+    the temporary home, since a fresh home needs a Dagster record that has run nothing yet."""
     from pipeline import demo
 
     home = Path(tempfile.mkdtemp(prefix="gymnast-bench-loop-"))
+    databases = {}
+    if postgres:
+        databases = demo.postgres_databases(postgres, name=home.name.replace("-", "_"))
+        os.environ.update(databases)
+    try:
+        return _run(rounds, home, json_path, keep)
+    finally:
+        if databases and not keep:
+            demo.drop_postgres_databases(databases)
+
+
+def _run(rounds: int, home: Path, json_path: Path | None, keep: bool) -> int:
+    from pipeline import demo
+
     t0 = time.monotonic()
     try:
         # beside the home, not in it: the home is removed at the end unless kept

@@ -159,3 +159,63 @@ def video_strip(video: Path, out: Path, n: int = 6) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate([top, gap, bottom], axis=0)).save(out)
     return out
+
+
+def plot_arms_per_task(
+    per_replicate: dict[str, list[dict]], pooled: dict[str, dict], tasks: list[str], out: Path
+) -> Path:
+    """The learning bench's figure: one panel per task, every arm's real success in each
+    replicate (dots) and pooled over replicates (black diamonds), with 95% Wilson intervals.
+    ``per_replicate[arm][r][task]`` and ``pooled[arm][task]``: {"successes", "labelled"}."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    arms = list(per_replicate)
+    reps = max((len(v) for v in per_replicate.values()), default=0)
+    cols = min(2, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig, grid = plt.subplots(
+        rows, cols, figsize=(1.1 * len(arms) * cols + 2, 3.4 * rows + 0.5), squeeze=False
+    )
+    for spare in list(grid.flat)[len(tasks) :]:
+        spare.set_visible(False)
+    colours = plt.get_cmap("tab10")
+    width = 0.6 / max(reps + 1, 1)
+    for ax, task in zip(grid.flat, tasks, strict=False):
+        for i, arm in enumerate(arms):
+            points = [*per_replicate[arm], None]
+            for r, rep in enumerate(points):
+                rate = pooled[arm][task] if rep is None else rep[task]
+                x = i - 0.3 + width * (r + 0.5)
+                _errorbar(
+                    ax,
+                    x,
+                    Rate(rate["successes"], rate["labelled"]),
+                    "D" if rep is None else "o",
+                    "black" if rep is None else colours(r % 10),
+                    ("pooled" if rep is None else f"replicate {r}") if i == 0 else None,
+                )
+        ax.set_title(task)
+        ax.set_xticks(range(len(arms)), arms, rotation=25, ha="right", fontsize=8)
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylabel("real success, evaluation seeds")
+    handles, labels = grid.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncol=reps + 1, fontsize=8, frameon=False)
+    fig.suptitle("Success per task and arm, 95% Wilson intervals", fontsize=10, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def _errorbar(ax, x: float, r: Rate, fmt: str, colour, label) -> None:
+    if not r.labelled:
+        return
+    low, high = r.ci95
+    yerr = [[max(0.0, r.rate - low)], [max(0.0, high - r.rate)]]
+    ax.errorbar([x], [r.rate], yerr=yerr, fmt=fmt, capsize=3, color=colour, ms=4, label=label)

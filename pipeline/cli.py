@@ -66,7 +66,7 @@ def cmd_episodes(args: argparse.Namespace) -> int:
             print(f"kept and flagged: {p}")
         return 0
     if args.episodes_command == "export":
-        from robot_bridge.lerobot_export import export_lerobot
+        from pipeline.lerobot_dataset import export_lerobot
 
         paths = store.list_episodes(args.dir)
         out = export_lerobot(paths, args.out, repo_id=args.repo_id, use_videos=not args.images)
@@ -258,6 +258,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline import demo
 
     os.environ["GYMNAST_PRESET"] = resolve_preset(args.preset)
+    use_postgres(args.postgres)
     return demo.main(
         args.rounds,
         gymnast_home(),
@@ -280,11 +281,46 @@ def resolve_preset(flag: str | None) -> str:
     return preset
 
 
+def use_postgres(server_url: str | None) -> None:
+    """``--postgres URL``: Dagster and MLflow in databases on that server (created when missing),
+    through GYMNAST_DAGSTER_DB / GYMNAST_MLFLOW_DB so the step processes and the MLflow server
+    started later see the same; the flag wins over the environment. No flag: the environment
+    decides (unset: SQLite under $GYMNAST_HOME)."""
+    if server_url:
+        from pipeline.demo import postgres_databases
+
+        os.environ.update(postgres_databases(server_url))
+
+
+POSTGRES_HELP = (
+    "keep Dagster's runs and MLflow's runs and registry in PostgreSQL: databases NAME_dagster "
+    "and NAME_mlflow on the server postgresql://user:password@host:port[/NAME] (NAME default "
+    "gymnast; created when missing). Default: $GYMNAST_DAGSTER_DB / $GYMNAST_MLFLOW_DB, else "
+    "SQLite under $GYMNAST_HOME"
+)
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     """Every environment variable gymnast reads or sets, with the values set now."""
     from pipeline.environment import format_table
 
     print(format_table(markdown=args.markdown), end="" if args.markdown else "\n")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert a public checkpoint into ours (today: WorldGym's world model)."""
+    from world_model.convert_worldgym import REPORT_NAME, convert_worldgym
+
+    convert_worldgym(
+        args.src,
+        args.dst,
+        args.vae,
+        heads=args.heads,
+        weights=args.weights,
+        allow_partial=args.allow_partial,
+    )
+    print(f"wrote {args.dst} (what mapped and what did not: {Path(args.dst) / REPORT_NAME})")
     return 0
 
 
@@ -294,6 +330,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     from pipeline import demo
 
+    use_postgres(args.postgres)
     with demo.local_stack(gymnast_home(), station=args.station, keys_dir=args.keys) as env:
         print(
             f"DAGSTER_HOME={env['DAGSTER_HOME']}  MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']}"
@@ -327,10 +364,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from pipeline import bench_gpu
 
         return bench_gpu.run_from_args(args)
+    if args.bench_command == "loop" and args.stations > 1:
+        from pipeline import bench_fleet
+
+        return bench_fleet.main(args.stations, args.json)
     if args.bench_command == "loop":
         from pipeline import bench_loop
 
-        return bench_loop.main(args.rounds, args.json, keep=args.keep)
+        return bench_loop.main(args.rounds, args.json, keep=args.keep, postgres=args.postgres)
     raise AssertionError(args.bench_command)
 
 
@@ -516,6 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     de.add_argument("--station", default=None, help="use this station instead of a simulated one")
     de.add_argument("--keys", type=Path, default=None, help="CURVE keys directory for --station")
+    de.add_argument("--postgres", default=None, metavar="URL", help=POSTGRES_HELP)
     de.set_defaults(func=cmd_demo)
 
     en = sub.add_parser(
@@ -534,7 +576,25 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("--keys", type=Path, default=None)
     dv.add_argument("--host", default="127.0.0.1")
     dv.add_argument("--port", type=int, default=3000)
+    dv.add_argument("--postgres", default=None, metavar="URL", help=POSTGRES_HELP)
     dv.set_defaults(func=cmd_dev)
+
+    cv = sub.add_parser("convert", help="convert a public checkpoint into ours")
+    cv_sub = cv.add_subparsers(dest="convert_command", required=True)
+    w = cv_sub.add_parser(
+        "worldgym",
+        help="a WorldGym (world-model-eval) .pt into the large world model",
+        description="Maps WorldGym's DiT onto the large world model's backbone "
+        "(world_model/convert_worldgym.py). Its one-Linear action embedding has no place in "
+        "ours: refused unless --allow-partial, which leaves the action pathway to training.",
+    )
+    w.add_argument("src", type=Path, help="WorldGym checkpoint (.pt, weights_only)")
+    w.add_argument("dst", type=Path, help="checkpoint folder to write")
+    w.add_argument("--vae", type=Path, required=True, help="local SD3 VAE folder (diffusers)")
+    w.add_argument("--heads", type=int, default=16, help="attention heads (WorldGym 600M: 16)")
+    w.add_argument("--weights", choices=("ema", "model"), default="ema")
+    w.add_argument("--allow-partial", action="store_true", help="convert the backbone only")
+    cv.set_defaults(func=cmd_convert)
 
     be = sub.add_parser("bench", help="benchmarks that print measured figures")
     be_sub = be.add_subparsers(dest="bench_command", required=True)
@@ -557,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_gpu.add_arguments(b)
     b = be_sub.add_parser(
-        "learning", help="SFT vs RL-in-imagination on the simulated station (about an hour on CPU)"
+        "learning",
+        help="World-Gymnast vs equal-budget baselines on the simulated station, R replicates "
+        "(hours on CPU)",
     )
     from pipeline import bench_learning
 
@@ -569,8 +631,22 @@ def build_parser() -> argparse.ArgumentParser:
         "default tiny) and prints per-stage wall time and peak RSS.",
     )
     b.add_argument("--rounds", type=int, default=2)
+    b.add_argument(
+        "--stations",
+        type=int,
+        default=1,
+        help="N >= 2: instead of rounds, time a round's collection and gate evaluation on 1 "
+        "and on N simulated stations paced at the arm's 5 Hz (same episodes)",
+    )
     b.add_argument("--json", type=Path, default=None, help="also write the figures here")
     b.add_argument("--keep", action="store_true", help="keep the temporary home afterwards")
+    b.add_argument(
+        "--postgres",
+        default=None,
+        metavar="URL",
+        help="run on this PostgreSQL server (postgresql://user:password@host:port) in a fresh "
+        "pair of databases, dropped afterwards unless --keep",
+    )
     be.set_defaults(func=cmd_bench)
     return p
 

@@ -35,7 +35,8 @@ def resources() -> dict:
         ),
         # Secrets and endpoints are read when a run starts, so the definitions load without them.
         "station": StationResource(
-            endpoint=dg.EnvVar("GYMNAST_STATION"),
+            fleet_file=os.environ.get("GYMNAST_STATIONS") or None,
+            endpoint=None if os.environ.get("GYMNAST_STATIONS") else dg.EnvVar("GYMNAST_STATION"),
             keys_dir=os.environ.get("GYMNAST_STATION_KEYS") or None,
             timeout_s=float(os.environ.get("GYMNAST_STATION_TIMEOUT", "30")),
         ),

@@ -19,13 +19,13 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 STAGES = (
     "real_episodes",
@@ -48,12 +48,126 @@ class RoundFailed(RuntimeError):
 # --- the local stack -----------------------------------------------------------------------------------
 
 
+# Dagster's storage when GYMNAST_DAGSTER_DB names a PostgreSQL database. The URL (and so the
+# password) stays in the environment; the file only names the variable.
+POSTGRES_STORAGE = """
+# Added by gymnast because GYMNAST_DAGSTER_DB is set: runs, event logs and schedules in PostgreSQL.
+storage:
+  postgres:
+    postgres_url:
+      env: GYMNAST_DAGSTER_DB
+"""
+
+
 def prepare_dagster_home(home: Path) -> Path:
-    """``$GYMNAST_HOME/dagster`` holding the top-level ``dagster.yaml`` (copied: the instance config)."""
+    """``$GYMNAST_HOME/dagster`` holding the top-level ``dagster.yaml`` (the instance config), with
+    a ``storage: postgres:`` block when ``GYMNAST_DAGSTER_DB`` is set (else Dagster's SQLite
+    default). Rewritten on every start, so the storage always follows the environment."""
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    config = (REPO_ROOT / "dagster.yaml").read_text()
+    if os.environ.get("GYMNAST_DAGSTER_DB"):
+        config += POSTGRES_STORAGE
+    (dagster_home / "dagster.yaml").write_text(config)
     return dagster_home
+
+
+def postgres_databases(server_url: str, name: str | None = None) -> dict[str, str]:
+    """``{GYMNAST_DAGSTER_DB: url, GYMNAST_MLFLOW_DB: url}`` for ``--postgres URL``: databases
+    ``NAME_dagster`` and ``NAME_mlflow`` on the server of ``URL`` (NAME: ``name``, else the URL's
+    path, else ``gymnast``), created when missing. Two databases because Dagster and MLflow each
+    have a table named ``runs``; one pair per GYMNAST_HOME, since Dagster's record of what was
+    materialized must match the files in the home."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(server_url)
+    if parts.scheme.split("+")[0] not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"--postgres wants postgresql://user:password@host:port[/name], got {parts.scheme}://..."
+        )
+    name = name or parts.path.strip("/") or "gymnast"
+    urls = {
+        f"GYMNAST_{kind.upper()}_DB": urlunsplit(
+            parts._replace(scheme="postgresql", path=f"/{name}_{kind}")
+        )
+        for kind in ("dagster", "mlflow")
+    }
+    for url in urls.values():
+        _create_database(url)
+    return urls
+
+
+def _create_database(url: str) -> None:
+    """Create the database of ``url`` unless it exists."""
+    from psycopg2 import sql
+
+    with _on_server(url) as (cur, db):
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
+        if cur.fetchone() is None:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+
+
+def drop_postgres_databases(urls: dict[str, str]) -> None:
+    """Drop the databases ``postgres_databases`` made (``gymnast bench loop``'s throwaway pair),
+    ending the connections still open to them (PostgreSQL 13+)."""
+    from psycopg2 import sql
+
+    for url in urls.values():
+        with _on_server(url) as (cur, db):
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+            )
+
+
+@contextmanager
+def _on_server(url: str) -> Iterator[tuple[Any, str]]:
+    """A cursor on the server of ``url`` and the name of its database. Connected to the server's
+    ``postgres`` database in autocommit: a database is neither created nor dropped from inside
+    itself or in a transaction."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg2
+
+    parts = urlsplit(libpq_url(url))
+    conn = psycopg2.connect(urlunsplit(parts._replace(path="/postgres")))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            yield cur, parts.path.strip("/")
+    finally:
+        conn.close()
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``url`` naming psycopg2 as its driver: SQLAlchemy 2.1 reads a bare ``postgresql://`` as
+    psycopg 3, which is not installed (dagster-postgres brings psycopg2)."""
+    scheme, _, rest = url.partition("://")
+    return f"postgresql+psycopg2://{rest}" if scheme in ("postgresql", "postgres") else url
+
+
+def libpq_url(url: str) -> str:
+    """``url`` as libpq (psycopg2.connect, psql) reads it: no ``+driver`` in the scheme."""
+    scheme, _, rest = url.partition("://")
+    return f"postgresql://{rest}" if scheme.split("+")[0] in ("postgresql", "postgres") else url
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for what is printed or logged."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    credentials, host = parts.netloc.rsplit("@", 1)
+    user = credentials.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def mlflow_store(home: Path) -> str:
+    """Where the local MLflow server keeps runs and the registry: GYMNAST_MLFLOW_DB (password
+    hidden) when set, else the SQLite file under ``$GYMNAST_HOME/mlflow``."""
+    url = os.environ.get("GYMNAST_MLFLOW_DB")
+    return redacted(url) if url else f"sqlite:///{Path(home).resolve() / 'mlflow' / 'mlflow.db'}"
 
 
 @contextmanager
@@ -74,6 +188,9 @@ def local_stack(
     say = say or (lambda message: print(message, flush=True))
     home = Path(home).resolve()
     env = {"GYMNAST_HOME": str(home), "DAGSTER_HOME": str(prepare_dagster_home(home))}
+    for var in ("GYMNAST_DAGSTER_DB", "GYMNAST_MLFLOW_DB"):  # for SQLAlchemy in every process
+        if os.environ.get(var):
+            env[var] = sqlalchemy_url(os.environ[var])
     with ExitStack() as stack:
         if station is None:
             proc = stack.enter_context(
@@ -85,8 +202,9 @@ def local_stack(
             say(f"simulated {backend} station on {station}")
         if tracking_uri is None:
             say("starting the MLflow tracking server ...")
-            tracking_uri = stack.enter_context(TrackingServer(home / "mlflow")).uri
-            say(f"MLflow tracking server on {tracking_uri} (store: {home / 'mlflow'})")
+            server = TrackingServer(home / "mlflow", backend_store_uri=env.get("GYMNAST_MLFLOW_DB"))
+            tracking_uri = stack.enter_context(server).uri
+            say(f"MLflow tracking server on {tracking_uri} (store: {mlflow_store(home)})")
         env |= {"GYMNAST_STATION": station, "MLFLOW_TRACKING_URI": tracking_uri}
         if keys_dir is not None:
             env["GYMNAST_STATION_KEYS"] = str(keys_dir)
@@ -392,7 +510,7 @@ def _run_demo(rounds, home, station, tracking_uri, keys_dir, summary_path, log_p
         "total_wall_s": total,
         "peak_rss_mb_children": children_peak,
         "dagster_home": str(home / "dagster"),
-        "mlflow_store": str(home / "mlflow"),
+        "mlflow_store": mlflow_store(home),
         "log": str(log_path) if log_path else None,
     }
     path = summary_path or home / "demo_summary.json"
@@ -400,7 +518,7 @@ def _run_demo(rounds, home, station, tracking_uri, keys_dir, summary_path, log_p
     print(f"\n{len(summaries)} round(s) in {total / 60:.1f} min; summary: {path}")
     print(
         f"See them: DAGSTER_HOME={home / 'dagster'} dagster dev   |   "
-        f"mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'} "
+        f"mlflow ui --backend-store-uri {mlflow_store(home)} "
         f"--artifacts-destination {home / 'mlflow' / 'artifacts'}"
     )
     return summaries

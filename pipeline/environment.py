@@ -43,6 +43,12 @@ ENVIRONMENT: tuple[EnvVariable, ...] = (
         "pipeline.definitions, pipeline.demo",
     ),
     EnvVariable(
+        "GYMNAST_STATIONS",
+        "one station (GYMNAST_STATION)",
+        "fleet file (TOML or JSON) of several stations: name, endpoint, keys, tasks (pipeline.fleet)",
+        "pipeline.definitions",
+    ),
+    EnvVariable(
         "GYMNAST_STATION_KEYS",
         "no auth",
         "CURVE keys folder (server.key + client.key_secret)",
@@ -180,6 +186,21 @@ ENVIRONMENT: tuple[EnvVariable, ...] = (
         "pipeline.definitions, pipeline.cli, pipeline.schedules, pipeline.demo",
     ),
     EnvVariable(
+        "GYMNAST_DAGSTER_DB",
+        "unset: SQLite under DAGSTER_HOME",
+        "PostgreSQL URL (postgresql://user:password@host:port/db) of Dagster's runs, event logs "
+        "and schedules; `--postgres` sets it. DAGSTER_HOME's dagster.yaml then gets a "
+        "`storage: postgres:` block naming this variable (docs/deploy.md)",
+        "pipeline.demo, pipeline.cli, pipeline.bench_loop",
+    ),
+    EnvVariable(
+        "GYMNAST_MLFLOW_DB",
+        "unset: SQLite at $GYMNAST_HOME/mlflow/mlflow.db",
+        "backend store (PostgreSQL URL) of the MLflow server demo / dev start: runs, metrics, "
+        "registry and aliases; artifacts stay under $GYMNAST_HOME/mlflow. `--postgres` sets it",
+        "pipeline.demo, pipeline.cli, pipeline.bench_loop",
+    ),
+    EnvVariable(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
         "set to false for the local server",
         "MLflow's server-side job runner, not needed by the loop",
@@ -193,9 +214,9 @@ ENVIRONMENT: tuple[EnvVariable, ...] = (
     ),
     EnvVariable(
         "HF_HUB_OFFLINE",
-        "1 (set on import of the LeRobot export)",
-        "keeps huggingface_hub from reaching the hub during dataset export",
-        "robot_bridge.lerobot_export",
+        "1 (set on import of the LeRobot dataset module)",
+        "keeps huggingface_hub from reaching the hub while datasets are written and read",
+        "pipeline.lerobot_dataset",
     ),
 )
 

@@ -5,7 +5,8 @@ Everything is configured from environment variables, so one set of definitions s
 
 | variable | meaning | default |
 |---|---|---|
-| ``GYMNAST_STATION`` | station endpoint, ``tcp://host:port`` | required |
+| ``GYMNAST_STATION`` | station endpoint, ``tcp://host:port`` | required (unless a fleet) |
+| ``GYMNAST_STATIONS`` | fleet file (TOML/JSON) of several stations, see ``pipeline.fleet`` | one station |
 | ``GYMNAST_STATION_KEYS`` | CURVE keys folder (``server.key`` + ``client.key_secret``) | no auth |
 | ``GYMNAST_STATION_TIMEOUT`` | seconds per station request attempt (3 attempts) | 30 |
 | ``MLFLOW_TRACKING_URI`` | MLflow server | required (demo / dev start one) |
@@ -27,6 +28,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -280,20 +282,61 @@ class LoopSettings(dg.ConfigurableResource):
 
 
 class StationResource(dg.ConfigurableResource):
-    """One robot station (ZMQ endpoint, optional CURVE keys). A fleet is one resource per arm."""
+    """The arm(s): one station endpoint (``GYMNAST_STATION``) or a fleet file
+    (``GYMNAST_STATIONS``, see ``pipeline.fleet``), with optional CURVE keys."""
 
-    endpoint: str
+    endpoint: str | None = None
     keys_dir: str | None = None
     timeout_s: float = 30.0
+    fleet_file: str | None = None
+
+    def fleet(self):
+        from pipeline.fleet import Fleet
+
+        if self.fleet_file:
+            return Fleet.from_file(self.fleet_file)
+        if not self.endpoint:
+            raise dg.Failure(
+                "no station: set GYMNAST_STATION (one arm) or GYMNAST_STATIONS (a fleet file)"
+            )
+        return Fleet.single(self.endpoint, self.keys_dir, self.timeout_s)
 
     @contextmanager
-    def client(self) -> Iterator[Any]:
-        from robot_bridge.client import StationClient
+    def runner(self, context: dg.AssetExecutionContext) -> Iterator[Any]:
+        """The fleet as the stages drive it; each arm's work holds that arm's Dagster pool slot."""
+        from pipeline.fleet import FleetRunner
 
-        with StationClient(
-            self.endpoint, keys_dir=self.keys_dir, timeout_s=self.timeout_s
-        ) as client:
-            yield client
+        yield FleetRunner(
+            self.fleet(), hold_arm=lambda arm: arm_slot(context, arm), log=context.log.info
+        )
+
+
+@contextmanager
+def arm_slot(context: dg.AssetExecutionContext, arm) -> Iterator[None]:
+    """Hold the arm's pool (``robot/<name>``, one slot) while driving it: two runs never drive one
+    arm, and runs on different arms go on in parallel. A run that dies frees its slots through run
+    monitoring (``dagster.yaml``)."""
+    storage = context.instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        yield
+        return
+    step_key = f"{context.asset_key.to_user_string()}@{arm.name}"
+    storage.initialize_concurrency_limit_to_default(arm.pool)
+    if storage.get_concurrency_info(arm.pool).slot_count == 0:
+        raise dg.Failure(
+            f"pool {arm.pool} has no slot, so station {arm.name} cannot be driven: "
+            f"`dagster instance concurrency set {arm.pool} 1` (or set pools.default_limit)"
+        )
+    waiting = False
+    while not storage.claim_concurrency_slot(arm.pool, context.run_id, step_key).is_claimed:
+        if not waiting:
+            context.log.info(f"waiting for pool {arm.pool}: another run is driving {arm.name}")
+            waiting = True
+        time.sleep(1.0)
+    try:
+        yield
+    finally:
+        storage.free_concurrency_slot_for_step(context.run_id, step_key)
 
 
 class TrackingResource(dg.ConfigurableResource):

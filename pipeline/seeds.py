@@ -30,6 +30,32 @@ EVAL_RANGES = {
     "dev": 50_000,  # development: used by every run up to run Q'' and by all tuning
     "final": 9_000_000,  # final test: only for reported results, never for choosing anything
 }
+BENCH_RANGE = 10_000  # seeds per bench purpose (a job runs at most 1000 episodes per task)
+BENCH_SPAN = BENCH_CHECK + BENCH_RANGE  # one replicate's training ranges: [seed, seed + SPAN)
+# Replicate r of a bench run uses the offsets above from ``base + r * BENCH_REPLICATE_STRIDE``:
+# its own demonstrations, attempts, exploration, Dyna runs and checks, and its own torch seeds
+# (SFT, world model, judge, GRPO). The evaluation ranges are absolute: every replicate and every
+# arm runs the same evaluation seeds, which no replicate's training window reaches.
+BENCH_REPLICATE_STRIDE = 100_000
+BENCH_MAX_REPLICATES = 50
+
+
+def bench_replicate_seed(base: int, replicate: int) -> int:
+    """The config seed of replicate ``replicate`` (0: ``base`` itself, as single runs had);
+    refuses a window that would reach an evaluation range."""
+    if not 0 <= replicate < BENCH_MAX_REPLICATES:
+        raise ValueError(f"replicate must be in [0, {BENCH_MAX_REPLICATES}), got {replicate}")
+    if base < 0:
+        raise ValueError(f"the bench's seed must be >= 0, got {base}")
+    seed = base + replicate * BENCH_REPLICATE_STRIDE
+    for name, start in EVAL_RANGES.items():
+        if seed < start + BENCH_RANGE and start < seed + BENCH_SPAN:
+            raise ValueError(
+                f"replicate {replicate} of seed {base} trains on seeds {seed}-"
+                f"{seed + BENCH_SPAN - 1}, which reach the {name} evaluation range {start}+"
+            )
+    return seed
+
 
 # --- the nightly loop -----------------------------------------------------------------------------
 LOOP_PURPOSES = ("demo", "collect", "explore", "check", "gate")

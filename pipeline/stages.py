@@ -15,22 +15,30 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline import seeds
+from pipeline.fleet import FleetRunner, run_policy
 from robot_bridge.checkpoints import build_manifest
 from robot_bridge.client import StationClient
-from robot_bridge.dispatch import DispatchResult, TaskResult, run_on_station
+from robot_bridge.dispatch import DispatchResult, TaskResult
 from robot_bridge.episodes import (
     Episode,
     EpisodeHeader,
+    episode_id_of,
     list_episodes,
     read_episode,
     read_episode_header,
 )
 from robot_bridge.policies import write_policy_config
 from robot_bridge.spec import TASKS
+
+if TYPE_CHECKING:
+    from pipeline.lerobot_dataset import DatasetEpisodes
+
+Station = StationClient | FleetRunner  # one arm's client, or a fleet run as one
 
 # A round in a few minutes: the sizes the tests and smoke runs use (models barely train).
 SMOKE_ROUND = {
@@ -155,6 +163,10 @@ class RoundConfig:
     # GYMNAST_DEVICE / GYMNAST_PRECISION environment, else CUDA (bf16) when present, else CPU
     device: str = "auto"
     precision: str = "auto"
+    # LeRobot datasets a lab already has (local folders, e.g. its Bridge data) that join the world
+    # model's and the judge's training data (never their held-out splits): a path, or
+    # {"path": ..., "success": true|false|null, "image_key": ...} (pipeline.lerobot_dataset)
+    external_datasets: tuple = ()
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -247,6 +259,7 @@ class DatasetInfo:
     per_task: dict[str, dict]
     stats_path: Path
     episode_files: list[Path]
+    new_episodes: int = 0  # appended to the dataset by this round's stage
 
 
 @dataclass
@@ -303,9 +316,27 @@ def episode_paths(dirs: Sequence[str | Path]) -> list[Path]:
     return sorted({p for d in dirs for p in list_episodes(d)}, key=lambda p: p.name)
 
 
-def load_episodes(dirs: Sequence[str | Path]) -> list[Episode]:
-    """Every complete episode under the given folders, in a stable order."""
-    return [read_episode(p) for p in episode_paths(dirs)]
+def load_episodes(sources: Sequence[str | Path | DatasetEpisodes]) -> list[Episode]:
+    """Every episode of the sources, in a stable order: HDF5 episode folders (complete files),
+    LeRobot dataset folders (every episode) and ``DatasetEpisodes`` (a round's ids in a dataset)."""
+    from pipeline.lerobot_dataset import DatasetEpisodes, is_lerobot_dataset, load_lerobot_episodes
+
+    out, dirs = [], []
+    for s in sources:
+        if isinstance(s, DatasetEpisodes):
+            out += s.load()
+        elif is_lerobot_dataset(s):
+            out += load_lerobot_episodes(s)
+        else:
+            dirs.append(s)
+    return out + [read_episode(p) for p in episode_paths(dirs)]
+
+
+def external_episodes(cfg: RoundConfig) -> list[Episode]:
+    """The episodes of the round's ``external_datasets`` (a lab's own LeRobot data)."""
+    from pipeline.lerobot_dataset import ExternalDataset
+
+    return [ep for spec in cfg.external_datasets for ep in ExternalDataset.parse(spec).load()]
 
 
 def load_episode_headers(dirs: Sequence[str | Path]) -> list[EpisodeHeader]:
@@ -354,17 +385,21 @@ def _evaluation(result: DispatchResult) -> Evaluation:
 
 
 def bootstrap_champion(
-    station: StationClient,
+    station: Station,
     workdir: Path,
     cfg: RoundConfig,
     progress: bool = True,
     *,
     demo_seed: int | None = None,
+    dataset: Path | None = None,
 ) -> ModelArtifact:
     """No champion yet: scripted-expert demonstrations on the station, then SFT.
 
-    ``demo_seed``: the demonstrations' first seed (default: the bench's demonstration range)."""
+    ``demo_seed``: the demonstrations' first seed (default: the bench's demonstration range).
+    SFT reads the demonstrations back from the LeRobotDataset ``dataset`` (appended to; default
+    ``workdir/demos_dataset``), as the world model and the judge read theirs."""
     from policy.config import VLAConfig
+    from policy.distributed import barrier, is_main_process
     from policy.sft import train_sft
 
     workdir = Path(workdir)
@@ -375,7 +410,7 @@ def bootstrap_champion(
         mistake_prob=cfg.demo_mistake_prob,
         seed=cfg.seed,
     )
-    ran = run_on_station(
+    ran = run_policy(
         station,
         expert,
         cfg.tasks,
@@ -385,7 +420,7 @@ def bootstrap_champion(
         progress=progress,
     )
     # this configuration's demonstrations only: the folder may hold more from an earlier, larger run
-    demos = [read_episode(p) for p in ran.episodes]
+    demos = dataset_episodes(ran.episodes, dataset or workdir / "demos_dataset")
     successful = [e for e in demos if e.success]
     if not successful:
         raise RuntimeError(
@@ -400,7 +435,12 @@ def bootstrap_champion(
         device=cfg.device,
         precision=cfg.precision,
     )
-    out = policy.save_pretrained(workdir / "policy")
+    out = workdir / "policy"
+    # Launched data-parallel (torchrun), every rank trained the same policy: one writes it, the
+    # others wait for it before they hash it.
+    if is_main_process():
+        policy.save_pretrained(out)
+    barrier()
     return ModelArtifact(
         Path(out),
         checkpoint_sha256(Path(out)),
@@ -409,7 +449,7 @@ def bootstrap_champion(
 
 
 def collect_episodes(
-    station: StationClient,
+    station: Station,
     policy_dir: Path,
     dest: Path,
     cfg: RoundConfig,
@@ -420,7 +460,7 @@ def collect_episodes(
 ) -> Evaluation:
     """Run a policy checkpoint on the station (resumable: finished episodes are not run again)."""
     n = cfg.collect_episodes_per_task if episodes_per_task is None else episodes_per_task
-    result = run_on_station(
+    result = run_policy(
         station,
         policy_dir,
         cfg.tasks,
@@ -433,7 +473,7 @@ def collect_episodes(
 
 
 def explore_on_station(
-    station: StationClient,
+    station: Station,
     policy_dir: Path,
     dest: Path,
     sampled_dir: Path,
@@ -477,7 +517,7 @@ def sampling_checkpoint(src: Path, dst: Path, temperature: float) -> Path:
 
 
 def evaluate_on_station(
-    station: StationClient,
+    station: Station,
     policy_dir: Path,
     dest: Path,
     cfg: RoundConfig,
@@ -498,42 +538,66 @@ def evaluate_on_station(
     )
 
 
-def build_dataset(episode_dirs: Sequence[Path], out_dir: Path) -> DatasetInfo:
-    """Every real episode so far as a LeRobotDataset (v3) plus action statistics."""
-    from robot_bridge.lerobot_export import export_lerobot
+def build_dataset(episode_dirs: Sequence[Path], dataset_dir: Path) -> DatasetInfo:
+    """The round's training episodes in the loop's LeRobotDataset (v3) at ``dataset_dir``: the
+    ones it does not hold yet are appended (earlier rounds' files are not touched, a re-run adds
+    nothing), with action statistics. The record lists the round's episodes: what the world
+    model and the judge train on (``DatasetEpisodes``), even if later rounds appended more."""
+    from pipeline.lerobot_dataset import ACTION_STATS_FILE, append_episodes, dataset_entries
 
     paths = episode_paths(episode_dirs)
     if not paths:
         raise ValueError(f"no complete episodes under {[str(d) for d in episode_dirs]}")
-    out = export_lerobot(paths, out_dir, repo_id="gymnast/rounds", use_videos=True)
+    appended = append_episodes(paths, dataset_dir, repo_id="gymnast/rounds", use_videos=True)
+    entries = dataset_entries(dataset_dir)
     per_task: dict[str, dict] = {}
     n_frames = 0
     for p in paths:
-        ep = read_episode_header(p)
-        n_frames += ep.num_frames
-        t = per_task.setdefault(ep.task, {"episodes": 0, "successes": 0, "failures": 0})
+        ep = entries[episode_id_of(p)]
+        n_frames += ep["num_frames"]
+        t = per_task.setdefault(ep["task"], {"episodes": 0, "successes": 0, "failures": 0})
         t["episodes"] += 1
-        t["successes"] += int(ep.success is True)
-        t["failures"] += int(ep.success is False)
+        t["successes"] += int(ep["success"] is True)
+        t["failures"] += int(ep["success"] is False)
     return DatasetInfo(
-        Path(out), len(paths), n_frames, per_task, Path(out) / "meta" / "action_stats.json", paths
+        Path(dataset_dir),
+        len(paths),
+        n_frames,
+        per_task,
+        Path(dataset_dir) / ACTION_STATS_FILE,
+        paths,
+        len(appended.added),
     )
 
 
+def dataset_episodes(paths: Sequence[Path], dataset_dir: Path) -> list[Episode]:
+    """These episode files as training reads them: appended to the LeRobotDataset (if not in it
+    yet) and read back from it."""
+    from pipeline.lerobot_dataset import DatasetEpisodes, append_episodes
+
+    append_episodes(paths, dataset_dir)
+    ids = [episode_id_of(p) for p in paths]
+    by_id = {e.episode_id: e for e in DatasetEpisodes(Path(dataset_dir), tuple(ids)).load()}
+    return [by_id[i] for i in ids]
+
+
 def refresh_world_model(
-    episode_dirs: Sequence[Path],
+    sources: Sequence[Path | DatasetEpisodes],
     previous: Path | None,
     out_dir: Path,
     cfg: RoundConfig,
     progress: bool = True,
 ) -> ModelArtifact:
-    """Train (or warm-start from last round and finetune) the world model; held-out error and a preview."""
+    """Train (or warm-start from last round and finetune) the world model; held-out error and a
+    preview. ``sources``: see ``load_episodes`` (the loop passes its round's ``DatasetEpisodes``);
+    ``cfg.external_datasets`` join the training split (held-out error stays on our arm's data)."""
     from world_model.config import WorldModelConfig
     from world_model.evaluate import evaluate_world_model, rollout_error, write_side_by_side_video
     from world_model.train import train_world_model
 
-    episodes = load_episodes(episode_dirs)
+    episodes = load_episodes(sources)
     train, held = split_holdout(episodes, cfg.holdout_fraction)
+    train += external_episodes(cfg)
     if previous is not None:
         model, metrics = train_world_model(
             WorldModelConfig.preset(cfg.model_preset),
@@ -593,21 +657,24 @@ def open_loop_record(evaluation: dict) -> dict:
 
 
 def refresh_judge(
-    episode_dirs: Sequence[Path],
+    sources: Sequence[Path | DatasetEpisodes],
     previous: Path | None,
     out_dir: Path,
     cfg: RoundConfig,
     progress: bool = True,
 ) -> ModelArtifact:
-    """Finetune the success judge on the success-labelled real episodes; F1 on held-out ones."""
+    """Finetune the success judge on the success-labelled real episodes; F1 on held-out ones.
+    ``sources`` as for ``refresh_world_model``; labelled episodes of ``cfg.external_datasets``
+    join the training split only (threshold and held-out F1 stay on our arm's data)."""
     from reward.config import VLMJudgeConfig
     from reward.train import evaluate_judge, finetune_judge
     from reward.vlm import VLMJudge
 
-    episodes = [e for e in load_episodes(episode_dirs) if e.success is not None]
+    episodes = [e for e in load_episodes(sources) if e.success is not None]
     rest, held = split_by_label(episodes, cfg.holdout_fraction)
     # the threshold is calibrated on its own split, so held-out F1 is not flattered by it
     train, val = split_by_label(rest, cfg.holdout_fraction, salt="judge-threshold")
+    train += [e for e in external_episodes(cfg) if e.success is not None]
     if len({e.success for e in val}) < 2:  # too few episodes of one kind to calibrate on
         val = None
     start = (
@@ -717,7 +784,7 @@ def challenger_candidates(challenger_dir: Path) -> list[Path]:
 
 
 def select_challenger(
-    station: StationClient,
+    station: Station,
     challenger_dir: Path,
     dest: Path,
     cfg: RoundConfig,

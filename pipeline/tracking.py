@@ -5,7 +5,8 @@ runs each step in its own process, and several processes writing one SQLite file
 produces "database is locked"; so every writer talks HTTP to one local ``mlflow server`` (the only
 process that opens the database), which also serves artifacts (``--serve-artifacts``), so clients
 never need the artifact folder. ``TrackingServer`` starts it; ``gymnast demo`` and ``gymnast dev``
-do that for you. Production: point ``MLFLOW_TRACKING_URI`` at a shared server (Postgres backend).
+do that for you; with ``GYMNAST_MLFLOW_DB`` (``--postgres``) that server keeps runs and the registry in
+PostgreSQL instead. Production: point ``MLFLOW_TRACKING_URI`` at a shared server (Postgres backend).
 
 Registered models ``world_model``, ``judge`` and ``policy`` carry the aliases ``challenger`` (the
 newest candidate) and ``champion`` (what the arm runs); stages are never used (deprecated).
@@ -52,7 +53,9 @@ def store_paths(root: str | Path) -> tuple[str, Path]:
 
 
 class TrackingServer:
-    """A local ``mlflow server`` in a subprocess: the one writer of the SQLite store."""
+    """A local ``mlflow server`` in a subprocess: the one writer of the SQLite store under
+    ``root``, or of ``backend_store_uri`` (a PostgreSQL database) when given; artifacts stay under
+    ``root`` either way, served by the server."""
 
     def __init__(
         self,
@@ -61,10 +64,12 @@ class TrackingServer:
         host: str = "127.0.0.1",
         port: int | None = None,
         startup_timeout_s: float = 180.0,
+        backend_store_uri: str | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         backend, artifacts = store_paths(self.root)
+        backend = backend_store_uri or backend  # e.g. postgresql://... (GYMNAST_MLFLOW_DB)
         self.port = port or free_port(host)
         self.uri = f"http://{host}:{self.port}"
         cmd = [

@@ -10,7 +10,8 @@ Every arm of a replicate runs the same (task, seed) initial states, so outcomes 
   exact test.
 - **The target** (issue 17): the main arm beats each ``interval_baselines`` arm beyond the
   intervals on at least ``min_tasks`` tasks in *every* replicate, and beats each
-  ``pooled_baselines`` arm on at least ``min_tasks`` tasks pooled.
+  ``pooled_baselines`` arm on at least ``min_tasks`` tasks pooled. ``target_verdict`` fixes the
+  arms: SFT, SFT+select and Iter-SFT per replicate, Sim-RL pooled, 2 tasks.
 
 ``verdict`` returns the tables and a one-line ``met`` that the bench prints; nothing else may
 state a result.
@@ -121,8 +122,66 @@ def verdict(
     }
 
 
+INTERVAL_ARMS = ("SFT", "SFT+select", "Iter-SFT")  # beaten beyond the intervals, every replicate
+POOLED_ARMS = ("Sim-RL",)  # beaten pooled (stratified exact McNemar)
+TARGET = (
+    "the main arm beats SFT, SFT+select and Iter-SFT beyond the 95% intervals on >= {n} tasks "
+    "in every replicate, and Sim-RL on >= {n} tasks pooled"
+)
+
+
+def target_verdict(
+    outcomes: Mapping[str, Sequence[Outcomes]],
+    tasks: Sequence[str],
+    arm: str,
+    min_tasks: int = 2,
+    alpha: float = 0.05,
+) -> dict:
+    """Issue 17's target for ``arm`` against the baselines present in ``outcomes``; a baseline
+    that did not run leaves the target not met (``missing_arms``). Adds the stretch goal: every
+    task, and at least twice SFT's pooled success on the hardest task SFT solves at all."""
+    interval = [b for b in INTERVAL_ARMS if b in outcomes]
+    pooled = [b for b in POOLED_ARMS if b in outcomes]
+    v = verdict(outcomes, tasks, arm, interval, pooled, min_tasks, alpha)
+    missing = [b for b in (*INTERVAL_ARMS, *POOLED_ARMS) if b not in outcomes]
+    all_tasks = verdict(outcomes, tasks, arm, interval, pooled, len(tasks), alpha)["met"]
+    v.update(
+        target=TARGET.format(n=min_tasks),
+        missing_arms=missing,
+        met=v["met"] and not missing,
+        stretch={
+            "all_tasks": all_tasks and not missing,
+            "hardest_sft_task": _twice_sft(outcomes, tasks, arm),
+        },
+    )
+    return v
+
+
+def _twice_sft(outcomes, tasks, arm: str) -> dict | None:
+    """The task with the lowest non-zero pooled SFT success, and whether ``arm`` has at least
+    twice it pooled; None when SFT solved no task (or did not run)."""
+    if "SFT" not in outcomes:
+        return None
+
+    def pooled(name: str, task: str) -> float:
+        k = n = 0
+        for rep in outcomes[name]:
+            kk, nn, _ = task_rate(rep, task)
+            k, n = k + kk, n + nn
+        return k / n if n else 0.0
+
+    solved = {t: pooled("SFT", t) for t in tasks if pooled("SFT", t) > 0}
+    if not solved:
+        return None
+    task = min(solved, key=solved.get)
+    mine = pooled(arm, task)
+    return {"task": task, "sft": solved[task], "arm": mine, "met": mine >= 2 * solved[task]}
+
+
 def format_verdict(v: dict) -> str:
     lines = [f"verdict for {v['arm']} over {v['replicates']} replicate(s):"]
+    if "target" in v:
+        lines.append(f"  target: {v['target']}")
     for base, oks in v["interval_target_per_replicate"].items():
         wins = [sum(x == 1 for x in rep.values()) for rep in v["per_replicate_beyond"][base]]
         lines.append(
@@ -135,5 +194,20 @@ def format_verdict(v: dict) -> str:
             f"  vs {base}: tasks won pooled (stratified exact McNemar) {won} "
             f"(needs >= {v['min_tasks']}): {'met' if ok else 'NOT met'}"
         )
+    if v.get("missing_arms"):
+        lines.append(f"  not run, so the target cannot be met: {', '.join(v['missing_arms'])}")
     lines.append(f"  TARGET {'MET' if v['met'] else 'NOT MET'}")
+    stretch = v.get("stretch")
+    if stretch:
+        hard = stretch["hardest_sft_task"]
+        lines.append(
+            f"  stretch: all {len(v['pooled'].get('SFT', {})) or 'the'} tasks "
+            f"{'met' if stretch['all_tasks'] else 'not met'}; "
+            + (
+                f"hardest task SFT solves ({hard['task']}, SFT {100 * hard['sft']:.0f}% pooled): "
+                f"{100 * hard['arm']:.0f}%, {'at least' if hard['met'] else 'under'} 2x SFT"
+                if hard
+                else "SFT solves no task"
+            )
+        )
     return "\n".join(lines)

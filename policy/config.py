@@ -55,6 +55,9 @@ class VLAConfig:
     # for a model you trust; a station never does, whatever a checkpoint says.
     trust_remote_code: bool = False
     torch_dtype: str = "float32"
+    # Which dataset of an OpenVLA / OpenVLA-OFT checkpoint's dataset_statistics.json un-normalises
+    # the actions (OpenVLA's unnorm_key, e.g. "bridge_orig"); None: the file must hold exactly one.
+    unnorm_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS_NAMES:
@@ -87,6 +90,10 @@ class VLAConfig:
             raise ValueError(
                 "preset 'large' needs model_path (a local checkpoint directory), got None"
             )
+        if self.unnorm_key is not None and (
+            not isinstance(self.unnorm_key, str) or not self.unnorm_key
+        ):
+            raise ValueError(f"unnorm_key must be a dataset name or None, got {self.unnorm_key!r}")
         if self.torch_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(
                 f"torch_dtype must be float32, bfloat16 or float16, got {self.torch_dtype!r}"

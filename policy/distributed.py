@@ -19,6 +19,9 @@ The scheme, the same for every trainer that uses it:
   rank raising while the others wait in an all-reduce;
 * only rank 0 (``is_main_process()``) writes checkpoints, MLflow and progress bars.
 
+GRPO shards its rollout groups instead of a sampled batch and reduces gradients itself
+(``policy.grpo_shard`` says how and why).
+
 Why DDP and not ``accelerate.Accelerator``: accelerate is here only as a transitive dependency
 (lerobot's), not one the project declares; for plain data parallelism it wraps the same DDP; and
 its dataloader sharding would draw the per-rank batches differently from the 1-process run, while
@@ -149,6 +152,62 @@ class DistContext:
         """This rank's contiguous slice of a global batch (the whole batch when not distributed)."""
         per = self.check_batch(len(global_indices))
         return slice(self.rank * per, (self.rank + 1) * per)
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum of a small tensor over ranks (the tensor itself when not distributed)."""
+        if not self.enabled:
+            return values
+        out = values.detach().to(self._device(), copy=True)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out.to(values.device)
+
+    def all_gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``values`` (equal shapes) concatenated along dim 0 in rank order."""
+        if not self.enabled:
+            return values
+        local = values.detach().to(self._device()).contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local)
+        return torch.cat(parts).to(values.device)
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is True on any: a rank about to raise tells the
+        others, which would otherwise wait for it in the next collective."""
+        if not self.enabled:
+            return flag
+        return bool(self.sum(torch.tensor([float(flag)])) > 0)
+
+    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """All-reduce (sum) the gradients of ``params`` in one flat buffer, a missing gradient
+        counting as zeros (a rank may hold no sample of a minibatch)."""
+        if not self.enabled:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
+
+    def broadcast_parameters(self, module: torch.nn.Module) -> None:
+        """Rank 0's parameters and buffers on every rank (what DDP does when it wraps a model)."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            for t in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(t.data, src=0)
+
+    def _device(self) -> torch.device:
+        # NCCL collectives need CUDA tensors; gloo takes CPU ones
+        return (
+            torch.device("cuda", self.local_rank)
+            if dist.get_backend() == "nccl"
+            else torch.device("cpu")
+        )
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise mean of a small tensor over ranks (the tensor itself when not distributed)."""

@@ -204,3 +204,124 @@ def _run_batch(policy, envs, task, seeds, temperature, gen, max_steps):
                     done[i] = True
                     break
     return success, steps
+
+
+# --- GRPO in a simulator, rewarded by its ground truth (the bench's Sim-RL arm) ---------------------
+
+
+def sim_start(task: str, seed: int):
+    """A GRPO start the simulator resets to: ``(task, seed)`` picks the scene, as on the station.
+    Its frame is a placeholder (the rollouts render their own)."""
+    from policy.grpo import Start
+
+    start = Start(np.zeros((1, 1, 3), np.uint8), TASKS[get_task(task).name].instruction, task)
+    start.seed = int(seed)  # what SimRollouts resets to
+    return start
+
+
+class SimRollouts:
+    """``train_grpo``'s ``rollout_fn``: each of a step's ``starts x G`` rollouts resets a
+    simulator to its start's (task, seed) and runs ``horizon_chunks`` sampled chunks closed-loop,
+    executed like a station job (Bridge-clipped, success checked after every action, the episode
+    ends at success); the reward is the simulator's ground-truth success. ``parallel`` simulators
+    run side by side, so the policy samples in batches."""
+
+    def __init__(
+        self,
+        policy: ChunkSampler,
+        config,
+        backend: str = "sim_gap",
+        parallel: int = 16,
+        image_size: int = 256,
+    ) -> None:
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
+        if config.distractor_prob > 0:
+            raise ValueError("GRPO in a simulator draws its own scenes: set distractor_prob=0")
+        self.policy, self.config = policy, config
+        self.envs = [_make_backend(backend, image_size) for _ in range(parallel)]
+
+    def __call__(self, batch, generator: torch.Generator | None = None):
+        from policy.grpo import Rollouts
+
+        g = self.config.group_size
+        starts = [s for s in batch for _ in range(g)]
+        missing = [s.task for s in starts if not hasattr(s, "seed")]
+        if missing:
+            raise ValueError(
+                f"simulator starts need a seed (policy.evaluate_sim.sim_start): {missing[:3]}"
+            )
+        n = len(self.envs)
+        waves = [self._wave(starts[i : i + n], generator) for i in range(0, len(starts), n)]
+        cat = lambda k: torch.cat([w[k] for w in waves])  # noqa: E731
+        rollouts = Rollouts(
+            observations=cat(0),
+            tokens=cat(1),
+            old_logprobs=cat(2),
+            videos=cat(3),
+            instructions=[s.instruction for s in starts],
+            group=torch.arange(len(batch)).repeat_interleave(g),
+        )
+        return rollouts, cat(4)
+
+    @torch.no_grad()
+    def _wave(self, starts, generator):
+        cfg = self.config
+        envs = self.envs[: len(starts)]
+        images = [env.reset(s.task, seed=s.seed).image for env, s in zip(envs, starts, strict=True)]
+        limits = [TASKS[s.task].max_steps for s in starts]
+        steps, success = [0] * len(envs), [False] * len(envs)
+        observations, tokens, logprobs, video = [], [], [], [np.stack(images)]
+        for _ in range(cfg.horizon_chunks):
+            current = np.stack(images)
+            sample = self.policy.sample(
+                current,
+                [s.instruction for s in starts],
+                temperature=cfg.temperature,
+                generator=generator,
+            )
+            observations.append(current)
+            tokens.append(torch.as_tensor(sample.tokens).cpu())
+            logprobs.append(torch.as_tensor(sample.logprobs).float().cpu())
+            for i, chunk in enumerate(np.asarray(sample.actions)):
+                for requested in chunk:
+                    if success[i] or steps[i] >= limits[i]:
+                        break  # the episode ended: later chunks see its last frame
+                    action, _ = clip_action(validate_action(requested))
+                    images[i] = envs[i].step(action).observation.image
+                    steps[i] += 1
+                    success[i] = bool(envs[i].success())
+            video.append(np.stack(images))
+        return (
+            torch.as_tensor(np.stack(observations, axis=1)),  # (B, C, H, W, 3)
+            torch.stack(tokens, dim=1),  # (B, C, N)
+            torch.stack(logprobs, dim=1),  # (B, C, N)
+            torch.as_tensor(np.stack(video, axis=1)),  # (B, C + 1, H, W, 3): chunk boundaries
+            torch.tensor(success, dtype=torch.float32),
+        )
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def train_grpo_in_sim(
+    policy,
+    starts,
+    config,
+    backend: str = "sim_gap",
+    parallel: int = 16,
+    progress: bool = True,
+    on_step=None,
+):
+    """``policy.grpo.train_grpo`` with the simulator in place of the world model and its
+    ground-truth success in place of the judge (SIMPLER-RL): same config, same update."""
+    from policy.grpo import train_grpo
+
+    sim = SimRollouts(policy, config, backend, parallel)
+    try:
+        return train_grpo(
+            policy, None, None, starts, config, progress=progress, on_step=on_step, rollout_fn=sim
+        )
+    finally:
+        sim.close()

@@ -15,12 +15,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from policy.grpo_math import (  # noqa: F401  (re-exported: the loss lives in one place)
+    clipped_surrogate,
+    group_advantages,
+    k3,
+    keep_groups,
+    reference_kl,
+    task_balance_weights,
+)
+from policy.grpo_shard import RolloutPlan, SampleShard, step_rollouts
 
 PRESETS = ("tiny", "paper")
 TASK_SAMPLING = ("uniform", "signal", "balanced")
@@ -68,6 +77,10 @@ class GRPOConfig:
     # passes autocast to bf16 (``robot_bridge.devices``: "auto" follows GYMNAST_DEVICE / the machine)
     device: str = "auto"
     precision: str = "auto"
+    # a step's groups are imagined and judged in this many equal parts, each with a generator
+    # seeded from (seed, step, part); 0: one part per process. Under W processes each imagines
+    # rollout_shards / W parts, so a run's result depends on this, not on W (policy.grpo_shard)
+    rollout_shards: int = 0
 
     def __post_init__(self) -> None:
         for name in (
@@ -82,6 +95,8 @@ class GRPOConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rollout_shards < 0:
+            raise ValueError(f"rollout_shards must be >= 0, got {self.rollout_shards}")
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 for a group z-score, got {self.group_size}")
         if not 0 <= self.filter_low <= self.filter_high <= 1:
@@ -174,76 +189,6 @@ class GRPOStats:
     extra: dict = field(default_factory=dict)
 
 
-# --- the math -----------------------------------------------------------------------------------
-
-
-def group_advantages(rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(P, G) outcome rewards -> (P, G) advantages: the per-group z-score."""
-    mean = rewards.mean(dim=1, keepdim=True)
-    std = (
-        rewards.std(dim=1, keepdim=True, unbiased=True)
-        if rewards.shape[1] > 1
-        else torch.zeros_like(mean)
-    )
-    return (rewards - mean) / (std + eps)
-
-
-def keep_groups(rewards: torch.Tensor, low: float, high: float) -> torch.Tensor:
-    """(P, G) -> (P,) bool: groups whose success rate lies in [low, high] (dynamic sampling)."""
-    rate = rewards.float().mean(dim=1)
-    return (rate >= low) & (rate <= high)
-
-
-def task_balance_weights(group_tasks: Sequence[str], keep: torch.Tensor) -> torch.Tensor:
-    """(P,) weights on the kept groups' advantages: kept / (tasks kept * the task's kept), so
-    each task with kept groups carries an equal share of the update and the weights of the kept
-    groups still sum to their count (the step size stays that of an unweighted update)."""
-    if len(group_tasks) != len(keep):
-        raise ValueError(f"{len(group_tasks)} group tasks for {len(keep)} groups")
-    pairs = list(zip(group_tasks, keep.tolist(), strict=True))
-    count = Counter(t for t, k in pairs if k)
-    kept = sum(count.values())
-    return torch.tensor(
-        [kept / (len(count) * count[t]) if k else 0.0 for t, k in pairs], dtype=torch.float32
-    )
-
-
-def clipped_surrogate(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    clip_low: float,
-    clip_high: float,
-) -> tuple[torch.Tensor, dict]:
-    """PPO's clipped objective with an asymmetric clip, token-mean; returns (loss, stats).
-
-    ``logprobs`` / ``old_logprobs``: (M, N) per action token; ``advantages``: (M,) per rollout chunk.
-    """
-    logratio = logprobs - old_logprobs
-    ratio = logratio.exp()
-    adv = advantages[:, None].expand_as(ratio)  # (M, N)
-    unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
-    loss = torch.maximum(unclipped, clipped).mean()
-    with torch.no_grad():
-        clipfrac = ((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float().mean()
-        approx_kl = k3(logratio).mean()  # KL(pi_old || pi), >= 0
-    return loss, {"clipfrac": float(clipfrac), "approx_kl": float(approx_kl)}
-
-
-def reference_kl(reference, images, instructions, tokens, logprobs, temperature) -> torch.Tensor:
-    """k3 estimate of KL(pi || pi_ref) on the sampled tokens, token-mean (differentiable in
-    ``logprobs``; the reference is frozen)."""
-    with torch.no_grad():
-        ref = reference.token_stats(images, instructions, tokens, temperature=temperature).logprobs
-    return k3(ref.to(logprobs.dtype) - logprobs).mean()
-
-
-def k3(logratio: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL from per-sample log-ratios log(q/p) under p: r - 1 - log r >= 0."""
-    return logratio.exp() - 1 - logratio
-
-
 # --- rollouts -------------------------------------------------------------------------------------
 
 
@@ -331,18 +276,24 @@ def grpo_update(
     reference=None,
     group_tasks: Sequence[str] | None = None,
     precision: str = "fp32",
+    *,
+    plan: RolloutPlan | None = None,
+    generator: torch.Generator | None = None,
 ) -> dict:
     """PPO epochs over the kept groups; returns loss statistics (NaN loss raises).
 
     ``reference``: the frozen starting policy, needed when ``config.kl_coef > 0``.
     ``group_tasks``: each start's task; given, each task's kept groups carry an equal share of
     the update (``task_balance_weights``). ``precision`` "bf16" autocasts the forward passes on
-    CUDA (the policy's weights and the surrogate stay fp32).
+    CUDA (the policy's weights and the surrogate stay fp32). ``plan``: under data parallelism,
+    ``rollouts`` hold this rank's groups (``plan.groups``) and ``rewards`` the whole batch's
+    (``policy.grpo_shard``); None: every group is here. ``generator``: the PPO shuffle's.
     """
     if config.kl_coef > 0 and reference is None:
         raise ValueError("kl_coef > 0 needs the frozen reference policy (train_grpo makes one)")
-    n_starts = int(rollouts.group.max()) + 1
-    per_group = rewards.view(n_starts, config.group_size)  # (P, G)
+    n_starts = rewards.numel() // config.group_size
+    plan = plan or RolloutPlan.single(n_starts)
+    per_group = rewards.view(n_starts, config.group_size)  # (P, G), the whole batch
     keep = keep_groups(per_group, config.filter_low, config.filter_high)  # (P,)
     stats = {"kept_groups": int(keep.sum()), "total_groups": n_starts}
     if not keep.any():
@@ -350,50 +301,69 @@ def grpo_update(
     advantages = group_advantages(per_group)  # (P, G)
     if group_tasks is not None:
         advantages = advantages * task_balance_weights(group_tasks, keep)[:, None]
-    advantages = advantages.view(-1)  # (B,)
-    rows = keep[rollouts.group].nonzero().squeeze(1)  # rollouts of kept groups
     b, c, n = rollouts.tokens.shape
+    first = plan.groups.start * config.group_size  # this rank's first rollout in the batch
+    kept_rollouts = keep.repeat_interleave(config.group_size)  # (P*G,)
+    shard = SampleShard.make(kept_rollouts, first, b, c)
+    rows = kept_rollouts[first : first + b].nonzero().squeeze(1)  # local rollouts, kept groups
     # flatten (rollout, chunk) pairs: every policy call is one PPO sample
-    obs = rollouts.observations[rows].reshape(-1, *rollouts.observations.shape[2:])  # (M, h, w, 3)
-    tokens = rollouts.tokens[rows].reshape(-1, n).to(policy.device)  # (M, N)
-    old = rollouts.old_logprobs[rows].reshape(-1, n).to(policy.device)  # (M, N)
-    adv = advantages[rows].repeat_interleave(c).to(policy.device)  # (M,)
-    instr = [rollouts.instructions[i] for i in rows.tolist() for _ in range(c)]
-    m = len(instr)
-    policy.train()
-    totals: dict[str, float] = {}  # per-sample means, summed over epochs
+    samples = (
+        rollouts.observations[rows].reshape(-1, *rollouts.observations.shape[2:]),  # (M, h, w, 3)
+        [rollouts.instructions[i] for i in rows.tolist() for _ in range(c)],
+        rollouts.tokens[rows].reshape(-1, n).to(policy.device),  # (M, N)
+        rollouts.old_logprobs[rows].reshape(-1, n).to(policy.device),  # (M, N)
+        advantages.view(-1)[first + rows].repeat_interleave(c).to(policy.device),  # (M,)
+    )
+    params = [p for p in policy.parameters() if p.requires_grad]
+    keys = ["loss", "clipfrac", "approx_kl", "entropy"] + (["ref_kl"] if config.kl_coef else [])
+    totals = torch.zeros(len(keys), dtype=torch.float64)  # per-sample means, summed over epochs
     grad_norms = []
+    policy.train()
     for _ in range(config.ppo_epochs):
         # PPO minibatches: the shuffled epoch split into ``updates_per_epoch`` optimizer steps, each
-        # accumulating micro-batches of ``minibatch_size`` (memory)
-        for part in torch.randperm(m).tensor_split(min(config.updates_per_epoch, m)):
+        # accumulating micro-batches of ``minibatch_size`` (memory); the order is the global one
+        perm = torch.randperm(shard.total, generator=generator)
+        for part in perm.tensor_split(min(config.updates_per_epoch, shard.total)):
             optimizer.zero_grad(set_to_none=True)
-            for lo in range(0, len(part), config.minibatch_size):
-                idx = part[lo : lo + config.minibatch_size]
-                loss, s = _minibatch_loss(
-                    policy,
-                    reference,
-                    obs[idx],
-                    [instr[i] for i in idx.tolist()],
-                    tokens[idx],
-                    old[idx],
-                    adv[idx],
-                    config,
-                    precision,
-                )
-                (loss * (len(idx) / len(part))).backward()
-                for k, v in s.items():
-                    totals[k] = totals.get(k, 0.0) + v * len(idx) / m
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+            error = _accumulate(
+                policy, reference, samples, shard.local(part), len(part), shard.total,
+                config, precision, keys, totals,
+            )  # fmt: skip
+            if plan.ctx.any(error is not None):  # every rank raises, none waits for another
+                raise error or FloatingPointError("GRPO loss is non-finite on another rank")
+            plan.ctx.sum_gradients(params)  # the global minibatch's gradient on every rank
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             grad_norms.append(float(grad_norm))
     policy.eval()
+    totals = plan.ctx.sum(totals) / config.ppo_epochs
     return {
         **stats,
-        **{k: v / config.ppo_epochs for k, v in totals.items()},
+        **dict(zip(keys, totals.tolist(), strict=True)),
         "grad_norm": float(np.mean(grad_norms)),
         "optimizer_steps": len(grad_norms),
     }
+
+
+def _accumulate(
+    policy, reference, samples, idx_all, part_len, total, config, precision, keys, totals
+) -> FloatingPointError | None:
+    """Backward of this rank's samples ``idx_all`` of one minibatch of ``part_len`` (globally),
+    micro-batch by micro-batch; adds their statistics to ``totals``. A non-finite loss is
+    returned, not raised, so the caller can tell the other ranks first."""
+    obs, instr, tokens, old, adv = samples
+    for lo in range(0, len(idx_all), config.minibatch_size):
+        idx = idx_all[lo : lo + config.minibatch_size]
+        try:
+            loss, s = _minibatch_loss(
+                policy, reference, obs[idx], [instr[i] for i in idx.tolist()], tokens[idx],
+                old[idx], adv[idx], config, precision,
+            )  # fmt: skip
+        except FloatingPointError as e:
+            return e
+        (loss * (len(idx) / part_len)).backward()
+        totals += torch.tensor([s[k] for k in keys], dtype=torch.float64) * (len(idx) / total)
+    return None
 
 
 def _minibatch_loss(
@@ -430,11 +400,23 @@ def train_grpo(
     *,
     progress: bool = True,
     on_step=None,
+    rollout_fn=None,
 ) -> list[GRPOStats]:
     """Run ``config.steps`` GRPO steps; ``on_step(stats)`` is called after each (for tracking).
 
+    ``rollout_fn(batch, generator) -> (Rollouts, rewards)`` replaces imagination and the judge
+    (the world model and judge may then be None): the same GRPO in a simulator with its
+    ground-truth reward (``policy.evaluate_sim.SimRollouts``, the bench's Sim-RL arm).
+
     The policy, the world model and the judge (when it has weights) move once to
-    ``config.device``; rollouts and the update autocast per ``config.precision``."""
+    ``config.device``; rollouts and the update autocast per ``config.precision``.
+
+    Launched with several processes (torchrun; ``policy.distributed``) it runs data-parallel:
+    each rank imagines and judges its share of every step's groups with its own world model
+    and judge, and every rank takes the same optimizer steps (``policy.grpo_shard``);
+    ``on_step`` and the progress bar run on rank 0 only, and callers save on rank 0 only.
+    Every rank returns the same history."""
+    from policy.distributed import DistContext
     from robot_bridge.devices import autocast, placement
 
     if not starts:
@@ -443,15 +425,26 @@ def train_grpo(
         )
     starts = training_starts(starts, config.train_tasks)
     dev, precision = placement(config.device, config.precision)
+    ctx, dev = DistContext.setup(dev)
+    plan = RolloutPlan.make(ctx, config.starts_per_step, config.rollout_shards)
     place_models(dev, policy, world_model, judge)
+    ctx.broadcast_parameters(policy)  # identical starting weights on every rank, as DDP does
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator(device=policy.device).manual_seed(config.seed)
+    shuffle = torch.Generator().manual_seed(config.seed)  # PPO minibatches: alike on every rank
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     reference = _frozen_copy(policy) if config.kl_coef > 0 else None
+
+    def make(part: list[Start], gen: torch.Generator):
+        if rollout_fn is not None:
+            return rollout_fn(part, gen)
+        rollouts = imagine_rollouts(policy, world_model, part, config, gen)
+        return rollouts, score_rollouts(judge, rollouts, config)
+
     history: list[GRPOStats] = []
     signal = TaskSignal(starts)
-    bar = _progress(config.steps, progress)
+    bar = _progress(config.steps, progress and ctx.is_main)
     for step in range(config.steps):
         t0 = time.perf_counter()
         weights = (
@@ -459,29 +452,17 @@ def train_grpo(
             if config.task_sampling != "uniform"
             else None
         )
-        batch = _draw_starts(starts, config, rng, weights)
+        batch = _draw_starts(starts, config, rng, weights)  # the same batch on every rank
         with autocast(dev, precision):
-            rollouts = imagine_rollouts(policy, world_model, batch, config, generator)
-            rewards = score_rollouts(judge, rollouts, config)
+            rollouts, rewards = step_rollouts(plan, batch, step, config.seed, generator, make)
         group_tasks = [task_key(s) for s in batch] if config.task_balanced_loss else None
         update = grpo_update(
-            policy, optimizer, rollouts, rewards, config, reference, group_tasks, precision
-        )
+            policy, optimizer, rollouts, rewards, config, reference, group_tasks, precision,
+            plan=plan, generator=shuffle,
+        )  # fmt: skip
         per_task = signal.record(batch, rewards.view(len(batch), config.group_size), config)
-        stats = GRPOStats(
-            step=step,
-            success_rate=float(rewards.mean()),
-            kept_groups=update["kept_groups"],
-            total_groups=update["total_groups"],
-            loss=update.get("loss", math.nan),
-            clipfrac=update.get("clipfrac", math.nan),
-            approx_kl=update.get("approx_kl", math.nan),
-            entropy=update.get("entropy", math.nan),
-            grad_norm=update.get("grad_norm", math.nan),
-            seconds=time.perf_counter() - t0,
-            imagined_frames=int(rollouts.videos.shape[0] * (rollouts.videos.shape[1] - 1)),
-            extra=({"ref_kl": update["ref_kl"]} if "ref_kl" in update else {}) | per_task,
-        )
+        frames = rollouts.videos.shape[0] * (rollouts.videos.shape[1] - 1) * ctx.world_size
+        stats = _step_stats(step, rewards, update, time.perf_counter() - t0, frames, per_task)
         history.append(stats)
         bar.set_postfix(
             success=f"{stats.success_rate:.2f}",
@@ -491,10 +472,27 @@ def train_grpo(
             ent=f"{stats.entropy:.2f}",
         )
         bar.update(1)
-        if on_step is not None:
+        if on_step is not None and ctx.is_main:
             on_step(stats)
     bar.close()
     return history
+
+
+def _step_stats(step, rewards, update: dict, seconds: float, frames: int, per_task: dict):
+    return GRPOStats(
+        step=step,
+        success_rate=float(rewards.mean()),
+        kept_groups=update["kept_groups"],
+        total_groups=update["total_groups"],
+        loss=update.get("loss", math.nan),
+        clipfrac=update.get("clipfrac", math.nan),
+        approx_kl=update.get("approx_kl", math.nan),
+        entropy=update.get("entropy", math.nan),
+        grad_norm=update.get("grad_norm", math.nan),
+        seconds=seconds,
+        imagined_frames=int(frames),
+        extra=({"ref_kl": update["ref_kl"]} if "ref_kl" in update else {}) | per_task,
+    )
 
 
 def place_models(device, *models) -> None:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from policy.config import VLAConfig
+from policy.oft import action_tokenizer_from_dict
 from policy.tokenization import (
     ActionTokenizer,
     build_tiny_processor,
@@ -295,6 +296,11 @@ class VLAPolicy(nn.Module):
 
         Uses ``AutoProcessor`` / ``AutoModelForVision2Seq`` with ``local_files_only=True`` (and
         ``trust_remote_code`` from the config), so nothing is fetched from a hub.
+
+        Without ``action_stats``, a ``dataset_statistics.json`` in the folder (OpenVLA /
+        OpenVLA-OFT) decides what the action tokens mean: the dataset ``config.unnorm_key``
+        names (the only one when None), in OpenVLA's bin layout (``policy.oft``). Without either,
+        the Bridge bounds.
         """
         from transformers import AutoProcessor
 
@@ -302,6 +308,8 @@ class VLAPolicy(nn.Module):
         if not path.is_dir():
             raise CheckpointError(f"model path {path} is not a directory")
         config = config or VLAConfig.from_preset("large", model_path=str(path))
+        if action_stats is None:
+            action_stats = checkpoint_action_stats(path, config.unnorm_key)
         processor = AutoProcessor.from_pretrained(
             path, trust_remote_code=config.trust_remote_code, local_files_only=True
         )
@@ -335,7 +343,7 @@ class VLAPolicy(nn.Module):
         """Set the q01/q99 action normalisation (changes what every action token means)."""
         if isinstance(stats, ActionTokenizer):
             stats = stats.to_dict()
-        self.action_tokenizer = ActionTokenizer.from_dict(stats, self.action_token_start)
+        self.action_tokenizer = action_tokenizer_from_dict(stats, self.action_token_start)
         if self.action_tokenizer.action_dim != self.config.action_dim:
             raise ValueError(
                 f"action stats have {self.action_tokenizer.action_dim} dims, config.action_dim is "
@@ -611,6 +619,26 @@ class VLAPolicy(nn.Module):
         return sum(
             p.numel() for p in self.model.parameters() if p.requires_grad or not trainable_only
         )
+
+
+def checkpoint_action_stats(path: str | Path, unnorm_key: str | None = None) -> dict | None:
+    """The action stats of an OpenVLA-family checkpoint folder's ``dataset_statistics.json``
+    (the ``unnorm_key`` dataset), or None when the folder has no such file."""
+    from policy.oft import (
+        STATISTICS_NAME,
+        oft_action_stats,
+        read_dataset_statistics,
+        select_statistics,
+    )
+
+    file = Path(path) / STATISTICS_NAME
+    if not file.is_file():
+        if unnorm_key is not None:
+            raise CheckpointError(
+                f"unnorm_key {unnorm_key!r} is set but {Path(path)} has no {STATISTICS_NAME}"
+            )
+        return None
+    return oft_action_stats(select_statistics(read_dataset_statistics(file), unnorm_key, str(file)))
 
 
 def check_images(images: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:

@@ -386,6 +386,8 @@ class _NoBar:
 def _bar(total: int, desc: str, enabled: bool, unit: str = "B"):
     if not enabled:
         return _NoBar()
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:  # not a station dependency: a robot host without it shows no bar
+        return _NoBar()
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", leave=False)

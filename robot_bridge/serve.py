@@ -120,7 +120,10 @@ def run_station(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise SystemExit(f"station: {e}") from None
-    backend = make_backend(args.backend, **parse_backend_args(args.backend_arg))
+    try:
+        backend = make_backend(args.backend, **parse_backend_args(args.backend_arg))
+    except ModuleNotFoundError as e:  # an optional extra this host did not install
+        raise SystemExit(f"station: {e}") from None
     try:
         station = Station(backend, config)
     except RuntimeError as e:  # its folders are another station's

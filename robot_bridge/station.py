@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -416,7 +417,8 @@ class Station(StepControl):
         small write can stall longer than a control period, and the arm is already held. The
         reply waits for it at most ``LATCH_WAIT_S`` and says whether it is on disk."""
         self._latched = self._latch.submit(_write_latch, self.config.estop_file, reason)
-        with contextlib.suppress(TimeoutError):
+        # Not the builtin TimeoutError: the two are one class only from Python 3.11 on.
+        with contextlib.suppress(FutureTimeoutError):
             self._latched.result(timeout=LATCH_WAIT_S)
         return self._estop_latched()
 

@@ -81,7 +81,7 @@ def test_instance_builds_with_its_coordinator_pools_and_monitoring():
         assert instance.run_monitoring_max_resume_run_attempts == 0
         assert instance.run_retries_enabled is False
         # the pools of the assets: one slot each until `dagster instance concurrency set`
-        for pool in ("robot", "gpu"):
+        for pool in ("robot/station", "gpu"):
             info = instance.event_log_storage.get_concurrency_info(pool)
             assert (info.limit, info.using_default_limit) == (1, True), pool
         instance.event_log_storage.set_concurrency_slots("gpu", 4)

@@ -5,6 +5,7 @@ import json
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,7 +153,9 @@ def test_three_stations_one_killed_mid_collection_loses_nothing_and_resumes_its_
         kept = set(list_episodes(dest))
         assert set(e.value.episodes) == kept  # the error lists everything recorded
         plan = plan_shards(runner.fleet, TASKS, n, seed)
-        share = {a: sum(s.episodes_per_task * len(s.tasks) for s in plan if s.arm == a) for a in "abc"}
+        share = {
+            a: sum(s.episodes_per_task * len(s.tasks) for s in plan if s.arm == a) for a in "abc"
+        }
         assert share == {"a": 5, "b": 5, "c": 2}
         # the surviving arms finished their whole shares; the killed one kept what it recorded
         assert len(list_episodes(dest / "a")) == 5 and len(list_episodes(dest / "b")) == 5
@@ -180,3 +183,54 @@ def test_three_stations_one_killed_mid_collection_loses_nothing_and_resumes_its_
     finally:
         for s in stations.values():
             s.stop()
+
+
+def _drive_arm(instance_dir: str, arm: str, run: str, spans_dir: str) -> None:
+    """One Dagster run (its own process, as the daemon launches them) that drives ``arm`` for 1 s."""
+    import dagster as dg
+
+    from pipeline.resources import arm_slot
+
+    @dg.asset(config_schema={"arm": str})
+    def drive(context: dg.AssetExecutionContext) -> None:
+        with arm_slot(context, Arm(context.op_execution_context.op_config["arm"], "tcp://x:1")):
+            t0 = time.monotonic()
+            time.sleep(1.0)
+            (Path(spans_dir) / run).write_text(json.dumps([t0, time.monotonic()]))
+
+    instance = dg.DagsterInstance.from_config(instance_dir)
+    config = {"ops": {"drive": {"config": {"arm": arm}}}}
+    assert dg.materialize([drive], instance=instance, run_config=config).success
+
+
+def test_arm_pools_let_one_run_drive_an_arm_and_different_arms_work_in_parallel(tmp_path):
+    """Three real Dagster runs on one instance: each holds the arm's pool (robot/<name>, one slot
+    by the instance's default) while it drives the arm."""
+    import multiprocessing
+
+    import dagster as dg
+
+    home, spans_dir = tmp_path / "dagster", tmp_path / "spans"
+    home.mkdir()
+    spans_dir.mkdir()
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\n")
+    instance = dg.DagsterInstance.from_config(str(home))  # its databases made once, here
+    instance.event_log_storage.initialize_concurrency_limit_to_default("robot/a")
+    ctx = multiprocessing.get_context("spawn")
+    runs = [("first", "a"), ("second", "a"), ("other_arm", "b")]
+    procs = [
+        ctx.Process(target=_drive_arm, args=(str(home), arm, run, str(spans_dir)))
+        for run, arm in runs
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    spans = {run: json.loads((spans_dir / run).read_text()) for run, _ in runs}
+    first, second = sorted([spans["first"], spans["second"]])
+    assert second[0] >= first[1] - 0.05, "two runs drove arm a at once"
+    other = spans["other_arm"]
+    # arm b does not wait for arm a: its run overlaps one of arm a's runs
+    assert any(other[0] < s[1] and s[0] < other[1] for s in (first, second))
+    assert not instance.event_log_storage.get_concurrency_info("robot/a").claimed_slots

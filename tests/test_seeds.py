@@ -65,3 +65,18 @@ def test_a_block_refuses_more_episodes_than_it_holds_and_names_its_range():
     }
     with pytest.raises(ValueError, match="does not match the format"):
         RoundSeeds.for_round("round-1", ROUND_FMT)
+
+
+def test_replicates_draw_disjoint_training_seeds_that_never_reach_the_evaluation():
+    starts = [seeds.bench_replicate_seed(0, r) for r in range(seeds.BENCH_MAX_REPLICATES)]
+    assert starts[0] == 0  # replicate 0 is the single run the bench always was
+    windows = sorted((s, s + seeds.BENCH_SPAN) for s in starts)
+    assert all(a[1] <= b[0] for a, b in zip(windows, windows[1:], strict=False))
+    for lo, hi in windows:
+        for e in seeds.EVAL_RANGES.values():
+            assert hi <= e or e + seeds.BENCH_RANGE <= lo
+    assert max(hi for _, hi in windows) < seeds.LOOP_BASE
+    with pytest.raises(ValueError, match="reach the dev evaluation range"):
+        seeds.bench_replicate_seed(20_000, 0)
+    with pytest.raises(ValueError, match="replicate must be in"):
+        seeds.bench_replicate_seed(0, seeds.BENCH_MAX_REPLICATES)

@@ -116,3 +116,39 @@ def test_the_learning_bench_report_prints_the_verdict_and_its_evidence():
     assert "TARGET MET" in text  # the rule: >= 2 tasks beyond SFT's intervals in every replicate
     assert "over 10 successes and 30 failures" in text
     assert "-1.2 dB over 20 steps" in text
+
+
+def test_the_issue_target_needs_every_baseline_and_prints_itself():
+    from pipeline.verdict import target_verdict
+
+    strong = {"open_drawer": 30, "close_drawer": 45, "eggplant_in_sink": 2}
+    arms = _arms([strong] * 3)
+    arms["Sim-RL"] = arms.pop("SimRL")
+    arms["SFT+select"] = arms["SFT+selection"]
+    v = target_verdict(arms, TASKS, "World-Gymnast")
+    assert v["met"] and v["missing_arms"] == []
+    assert set(v["interval_target_per_replicate"]) == {"SFT", "SFT+select", "Iter-SFT"}
+    assert set(v["pooled_target"]) == {"Sim-RL"}
+    text = format_verdict(v)
+    assert "target: the main arm beats SFT, SFT+select and Iter-SFT" in text
+    assert "TARGET MET" in text
+    # stretch: two tasks are not all four; SFT's hardest solved task is open drawer (5/50)
+    assert not v["stretch"]["all_tasks"]
+    assert v["stretch"]["hardest_sft_task"] == {
+        "task": "open_drawer",
+        "sft": 0.1,
+        "arm": 0.6,
+        "met": True,
+    }
+    assert "hardest task SFT solves (open_drawer, SFT 10% pooled): 60%, at least 2x SFT" in text
+    # the same figures without Iter-SFT run: not met, and it says which arm is missing
+    del arms["Iter-SFT"]
+    v = target_verdict(arms, TASKS, "World-Gymnast")
+    assert not v["met"] and v["missing_arms"] == ["Iter-SFT"]
+    assert "not run, so the target cannot be met: Iter-SFT" in format_verdict(v)
+    # one replicate of three wins a single task against SFT+select: not met
+    arms = _arms([strong, strong, {"open_drawer": 30}])
+    arms["Sim-RL"], arms["SFT+select"] = arms.pop("SimRL"), arms["SFT+selection"]
+    v = target_verdict(arms, TASKS, "World-Gymnast")
+    assert v["interval_target_per_replicate"]["SFT+select"] == [True, True, False]
+    assert not v["met"]

@@ -130,5 +130,12 @@ def make_backend(name: str, **kwargs) -> RobotBackend:
             f"unknown backend {name!r}; valid backends: {', '.join(sorted(BACKENDS))}"
         )
     module_name, attr = BACKENDS[name].split(":")
-    cls = getattr(importlib.import_module(module_name), attr)
-    return cls(**kwargs)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != "mujoco":
+            raise
+        raise ModuleNotFoundError(
+            f"backend {name!r} needs MuJoCo: pip install 'gymnast-station[sim]'", name=e.name
+        ) from e
+    return getattr(module, attr)(**kwargs)

@@ -194,7 +194,7 @@ class EpisodeHeader:
 
 def make_episode_id(station_id: str, task: str) -> str:
     """A unique, sortable id: ``<station>-<task>-<UTC time>-<random>``."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     safe_station = re.sub(r"[^A-Za-z0-9_-]", "_", station_id) or "station"
     return f"{safe_station}-{task}-{stamp}-{uuid.uuid4().hex[:8]}"
 
@@ -217,7 +217,7 @@ def _note_path(path: Path) -> Path:
 
 
 def _utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _check_labels(success: bool | None, success_source: str, termination: str) -> None:

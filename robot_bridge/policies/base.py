@@ -75,7 +75,16 @@ def load_policy(checkpoint_dir: str | Path, backend: RobotBackend | None = None)
             f"valid types: {', '.join(sorted(POLICY_TYPES))}"
         )
     module_name, attr = POLICY_TYPES[policy_type].split(":")
-    cls = getattr(importlib.import_module(module_name), attr)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        # A robot host installs the training stack only for learned policies (the `vla` extra).
+        raise PolicyLoadError(
+            f"policy_type {policy_type!r} needs {module_name}, which cannot be imported on this "
+            f"host (no module {e.name!r}); a station that runs VLA checkpoints installs "
+            "gymnast-station[vla] and gymnast"
+        ) from e
+    cls = getattr(module, attr)
     return cls.from_checkpoint(Path(checkpoint_dir), config, backend)
 
 

@@ -1,0 +1,335 @@
+"""The arms of ``gymnast bench learning``: World-Gymnast (GRPO in the learned world model, judge
+reward; with and without Dyna) and the baselines it must beat with the same real budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import seeds
+from pipeline.bench_budget import iter_sft_data
+from pipeline.bench_common import DYNA_SEED, BenchContext, Leg, episodes_of
+from pipeline.stages import (
+    ModelArtifact,
+    RoundConfig,
+    _scalars,
+    bootstrap_champion,
+    challenger_candidates,
+    checkpoint_sha256,
+    collect_episodes,
+    explore_on_station,
+    load_episode_headers,
+    refresh_judge,
+    refresh_world_model,
+    select_challenger,
+    snapshot_steps,
+    snapshots_dir,
+    train_challenger,
+)
+from robot_bridge.episodes import read_episode, read_episode_header
+
+
+def first_leg(ctx: BenchContext) -> tuple[ModelArtifact, Leg]:
+    """Demonstrations -> SFT; SFT's attempts (and exploration) on the station -> world model and
+    judge; GRPO from SFT in the world model, then the snapshot check."""
+    client, workdir, cfg, progress = ctx.client, ctx.workdir, ctx.cfg, ctx.progress
+    sft = ctx.trained(
+        "demos + SFT",
+        "sft",
+        lambda: bootstrap_champion(client, workdir / "bootstrap", cfg, progress),
+    )
+    attempts = ctx.timed(
+        "SFT attempts on station",
+        lambda: collect_episodes(
+            client, sft.path, workdir / "sft_attempts", cfg, progress=progress
+        ),
+    )
+    ctx.report["sft_attempts"] = attempts.to_dict()
+    ctx.ledger.add("demos", demo_paths(ctx))
+    ctx.ledger.add("attempts", attempts.episodes)
+    ctx.ledger.add("exploration", [])
+    data_dirs = [workdir / "bootstrap" / "demos", workdir / "sft_attempts"]
+    if cfg.explore_episodes_per_task:
+        explored = ctx.timed(
+            "SFT exploration on station",
+            lambda: explore_on_station(
+                client,
+                sft.path,
+                workdir / "sft_explore",
+                workdir / "sft_explore_policy",
+                cfg,
+                progress=progress,
+            ),
+        )
+        ctx.report["sft_explore"] = explored.to_dict()
+        ctx.ledger.add("exploration", explored.episodes)
+        data_dirs.append(workdir / "sft_explore")
+    wm = ctx.trained(
+        "world model",
+        "world_model",
+        lambda: refresh_world_model(data_dirs, None, workdir / "world_model", cfg, progress),
+    )
+    judge = ctx.trained(
+        "judge",
+        "judge",
+        lambda: refresh_judge(data_dirs, None, workdir / "judge", cfg, progress),
+    )
+    rl = ctx.trained(
+        "GRPO",
+        "grpo",
+        lambda: train_challenger(
+            sft.path, wm.path, judge.path, data_dirs, workdir / "rl_policy", cfg, progress
+        ),
+    )
+    rl = checked_snapshot(ctx, rl, workdir / "snapshot_check", "")
+    return sft, Leg(wm, judge, rl, data_dirs)
+
+
+def dyna_iteration(
+    ctx: BenchContext, k: int, start: ModelArtifact, grpo_seed: int, leg: Leg
+) -> Leg:
+    """One Dyna step: the RL policy's real runs (greedy, training seeds) join the data; the world
+    model and the judge are finetuned from their last checkpoints; GRPO starts again from
+    ``start`` (the SFT policy or the last RL one). Its trained stages are reused like the first
+    leg's, keyed on the checkpoints they start from."""
+    cfg, progress = ctx.cfg, ctx.progress
+    d = ctx.workdir / f"dyna{k}"
+    # a folder per policy: an earlier run's RL policy left its runs in dyna{k}/episodes too, and
+    # they must not join this run's data
+    runs = d / "episodes" / leg.rl.sha256[:12]
+    runs_seed = cfg.seed + DYNA_SEED + 1000 * (k - 1)
+    got = ctx.timed(
+        f"Dyna {k}: RL runs on station",
+        lambda: collect_episodes(
+            ctx.client, leg.rl.path, runs, cfg, seed=runs_seed, progress=progress
+        ),
+    )
+    ctx.report[f"dyna{k}_episodes"] = got.to_dict()
+    ctx.ledger.add(f"dyna{k}_runs", got.episodes)
+    data_dirs = [*leg.data_dirs, runs]
+    # the data: every earlier folder (pinned by the settings) and the runs of this RL policy
+    runs_of = {"runs_of": leg.rl.sha256, "runs_seed": runs_seed}
+    wm = ctx.trained(
+        f"Dyna {k}: world model",
+        "world_model",
+        lambda: refresh_world_model(
+            data_dirs, leg.world_model.path, d / "world_model", cfg, progress
+        ),
+        f"dyna{k}_world_model",
+        runs_of | {"from": leg.world_model.sha256},
+    )
+    judge = ctx.trained(
+        f"Dyna {k}: judge",
+        "judge",
+        lambda: refresh_judge(data_dirs, leg.judge.path, d / "judge", cfg, progress),
+        f"dyna{k}_judge",
+        runs_of | {"from": leg.judge.sha256},
+    )
+    ctx.report[f"dyna{k}_world_model"], ctx.report[f"dyna{k}_judge"] = wm.metrics, judge.metrics
+    rl = ctx.trained(
+        f"Dyna {k}: GRPO",
+        "grpo",
+        lambda: train_challenger(
+            start.path,
+            wm.path,
+            judge.path,
+            data_dirs,
+            d / "rl_policy",
+            dataclasses.replace(cfg, seed=grpo_seed),
+            progress,
+        ),
+        f"dyna{k}_grpo",
+        runs_of
+        | {"start": start.sha256, "world_model": wm.sha256, "judge": judge.sha256}
+        | {"grpo_seed": grpo_seed},
+    )
+    rl = checked_snapshot(ctx, rl, d / "snapshot_check", f"dyna{k}_")
+    return Leg(wm, judge, rl, data_dirs)
+
+
+def checked_snapshot(
+    ctx: BenchContext, rl: ModelArtifact, dest: Path, prefix: str
+) -> ModelArtifact:
+    """``rl`` itself, or with ``cfg.challenger_snapshots`` > 1 the snapshot (of GRPO, or of a
+    baseline's SFT) that did best on the station's check seeds, the same seeds for every arm;
+    the check and its real episodes go to the report and the ledger (``{prefix}check``)."""
+    if ctx.cfg.challenger_snapshots == 1:
+        return rl
+    chosen, check = ctx.timed(
+        f"{prefix}snapshot check on station",
+        lambda: select_challenger(ctx.client, rl.path, dest, ctx.cfg, progress=ctx.progress),
+    )
+    ctx.report[f"{prefix}snapshot_check"] = check
+    shas = {checkpoint_sha256(c) for c in challenger_candidates(rl.path)}
+    ctx.ledger.add(
+        f"{prefix}check",
+        episodes_of(
+            sorted(dest.glob("check_*")),
+            ctx.cfg.tasks,
+            check["seed"],
+            ctx.cfg.snapshot_check_episodes_per_task,
+            shas,
+        ),
+    )
+    print(f"[{prefix}snapshot check] {check}", flush=True)
+    return ModelArtifact(
+        chosen, checkpoint_sha256(chosen), rl.metrics | {"snapshot": check["chosen"]}
+    )
+
+
+def demo_paths(ctx: BenchContext) -> list[Path]:
+    """This replicate's demonstrations (the folder may hold more from a larger earlier run)."""
+    cfg = ctx.cfg
+    return episodes_of(
+        [ctx.workdir / "bootstrap" / "demos"],
+        cfg.tasks,
+        cfg.seed + seeds.BENCH_DEMO,
+        cfg.demo_episodes_per_task,
+    )
+
+
+# --- the baselines ------------------------------------------------------------------------------
+
+
+def sft_with_selection(ctx: BenchContext, candidates: int) -> ModelArtifact:
+    """SFT+select: the SFT recipe again (same demonstrations, steps and seed), keeping
+    ``candidates`` evenly spaced policies; the real check picks one, on the check seeds and with
+    as many check episodes as the main arm's checks (``candidates`` = its snapshots x legs)."""
+    demos = [e for e in map(read_episode, demo_paths(ctx)) if e.success]
+    d = ctx.workdir / "sft_select"
+    art = ctx.trained(
+        "SFT+select: SFT with snapshots",
+        "sft_select",
+        lambda: train_sft_snapshots(demos, ctx.cfg, d / "policy", candidates, ctx.progress),
+        upstream={"candidates": candidates},
+    )
+    return checked_snapshot(ctx, art, d / "check", "sft_select_")
+
+
+def iter_sft(ctx: BenchContext, main_keys: list[str], candidates: int) -> ModelArtifact:
+    """Iter-SFT: SFT from scratch on the successful demonstrations and every real success among
+    the main arm's episodes (attempts, exploration, Dyna runs, checks), then the same selection
+    as SFT+select."""
+    data = iter_sft_data(ctx.ledger, main_keys, lambda p: bool(read_episode_header(p).success))
+    digest = hashlib.sha256("\n".join(sorted(p.name for p in data)).encode()).hexdigest()
+    ctx.report["iter_sft_data"] = {"episodes": len(data), "digest": digest}
+    d = ctx.workdir / "iter_sft"
+    art = ctx.trained(
+        "Iter-SFT: SFT on demos + real successes",
+        "iter_sft",
+        lambda: train_sft_snapshots(
+            [read_episode(p) for p in data], ctx.cfg, d / "policy", candidates, ctx.progress
+        ),
+        upstream={"data": digest, "candidates": candidates},
+    )
+    return checked_snapshot(ctx, art, d / "check", "iter_sft_")
+
+
+def sim_rl(ctx: BenchContext, sft: ModelArtifact, data_dirs: list[Path]) -> ModelArtifact:
+    """Sim-RL (SIMPLER-RL): GRPO from SFT in the gapped simulator (``sim_gap``) with its
+    ground-truth reward, the same GRPO settings, steps and rollouts as World-Gymnast's leg, from
+    the (task, seed) scenes of World-Gymnast's first-leg starts; then one leg's real check."""
+    starts = sorted(
+        {(h.task, int(h.seed)) for h in load_episode_headers(data_dirs) if h.task in ctx.cfg.tasks}
+    )
+    digest = hashlib.sha256(repr(starts).encode()).hexdigest()
+    d = ctx.workdir / "sim_rl"
+    art = ctx.trained(
+        "Sim-RL: GRPO in sim_gap",
+        "sim_rl",
+        lambda: train_sim_rl(sft.path, starts, d / "policy", ctx.cfg, ctx.progress),
+        upstream={"start": sft.sha256, "starts": digest},
+    )
+    ctx.report["sim_rl"] = art.metrics
+    return checked_snapshot(ctx, art, d / "check", "sim_rl_")
+
+
+def train_sft_snapshots(
+    episodes, cfg: RoundConfig, out_dir: Path, candidates: int, progress: bool = True
+) -> ModelArtifact:
+    """SFT as the SFT arm trains it (a fresh policy, ``cfg.sft_steps``, ``cfg.seed``), saving
+    ``candidates`` evenly spaced policies: the last is ``out_dir``, the earlier ones beside it
+    where ``challenger_candidates`` finds them."""
+    from policy.config import VLAConfig
+    from policy.sft import train_sft
+    from policy.tokenization import ActionTokenizer
+    from policy.vla import VLAPolicy
+
+    if not 1 <= candidates <= cfg.sft_steps:
+        raise ValueError(f"candidates must be in [1, sft_steps={cfg.sft_steps}], got {candidates}")
+    episodes = list(episodes)
+    actions = np.concatenate([np.asarray(e.actions) for e in episodes if len(e.actions)])
+    stats = ActionTokenizer.from_actions(actions, token_start=0).to_dict()
+    policy = VLAPolicy.build(VLAConfig.from_preset(cfg.model_preset), stats)
+    at = {round(cfg.sft_steps * i / candidates) for i in range(1, candidates + 1)}
+    snapshots = _fresh(snapshots_dir(Path(out_dir)))
+
+    def saved(step: int, _metrics: dict) -> None:
+        if step + 1 in at and step + 1 < cfg.sft_steps:
+            policy.save_pretrained(snapshots / f"step_{step + 1:04d}")
+
+    policy, metrics = train_sft(
+        policy,
+        episodes,
+        steps=cfg.sft_steps,
+        seed=cfg.seed,
+        progress=progress,
+        callback=saved,
+        device=cfg.device,
+        precision=cfg.precision,
+    )
+    out = Path(policy.save_pretrained(out_dir))
+    extra = {"episodes": len(episodes), "candidates": len(at)}
+    return ModelArtifact(out, checkpoint_sha256(out), _scalars(metrics) | extra)
+
+
+def train_sim_rl(
+    start: Path, starts: list[tuple[str, int]], out_dir: Path, cfg: RoundConfig, progress=True
+) -> ModelArtifact:
+    """GRPO of ``start`` in the gapped simulator, snapshots as ``train_challenger`` keeps them."""
+    from policy.evaluate_sim import sim_start, train_grpo_in_sim
+    from policy.grpo import GRPOConfig
+    from policy.vla import VLAPolicy
+
+    policy = VLAPolicy.from_pretrained(start, device=cfg.device)
+    grpo_cfg = GRPOConfig.preset(
+        "tiny",
+        steps=cfg.grpo_steps,
+        seed=cfg.seed,
+        **{"device": cfg.device, "precision": cfg.precision, **cfg.grpo_overrides},
+    )
+    snapshots = _fresh(snapshots_dir(Path(out_dir)))
+    at = snapshot_steps(cfg)
+
+    def step_done(stats) -> None:
+        if stats.step + 1 in at and stats.step + 1 < cfg.grpo_steps:
+            policy.save_pretrained(snapshots / f"step_{stats.step + 1:04d}")
+
+    history = train_grpo_in_sim(
+        policy,
+        [sim_start(t, s) for t, s in starts],
+        grpo_cfg,
+        progress=progress,
+        on_step=step_done,
+    )
+    out = Path(policy.save_pretrained(out_dir))
+    metrics = {
+        "grpo_steps": len(history),
+        "sim_success_first": history[0].success_rate,
+        "sim_success_last": history[-1].success_rate,
+        "kept_groups_total": sum(h.kept_groups for h in history),
+        "seconds_per_step": float(np.mean([h.seconds for h in history])),
+        "starts": len(starts),
+    }
+    return ModelArtifact(out, checkpoint_sha256(out), metrics)
+
+
+def _fresh(folder: Path) -> Path:
+    """An empty ``folder``: an earlier run's snapshots would pass for this one's."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    return folder

@@ -1,0 +1,231 @@
+"""The learning bench's report: per replicate and over all of them, as text, markdown and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+from pipeline.bench_budget import CATEGORIES
+from pipeline.verdict import format_verdict, intervals_beyond, target_verdict
+from robot_bridge.dispatch import wilson_interval
+
+
+def beyond_intervals(sft: dict, rl: dict) -> int:
+    """+1 when ``rl``'s 95% interval lies wholly above ``sft``'s, -1 wholly below, else 0."""
+    return intervals_beyond(rl["ci95"], sft["ci95"])
+
+
+def format_report(r: dict) -> str:
+    """One replicate's table: every arm's real success with its 95% interval, the main arm
+    against SFT, imagined success; then the verdict, budgets and the models' figures."""
+    names = list(r["real"])  # SFT, the baselines, then World-Gymnast (after each Dyna iteration)
+    last = r.get("main_arm", names[-1])
+    lines = [
+        "| task | "
+        + " | ".join(f"{n} real" for n in names)
+        + f" | {last} - SFT | beyond 95% CIs | episodes | "
+        + " | ".join(f"{n} imagined" for n in names)
+        + " |",
+        "|---|" + "---|" * (2 * len(names) + 3),
+    ]
+    verdicts = {}
+    for task, s in r["real"]["SFT"]["per_task"].items():
+        q = r["real"][last]["per_task"][task]
+        verdicts[task] = beyond_intervals(s, q)
+        lines.append(
+            f"| {task} | "
+            + " | ".join(_ci(r["real"][n]["per_task"][task]) for n in names)
+            + f" | {100 * (q['success_rate'] - s['success_rate']):+.0f} | "
+            + {1: "better", -1: "worse", 0: "no"}[verdicts[task]]
+            + f" | {q['labelled']} | "
+            + " | ".join(f"{100 * r['imagined'][n].get(task, float('nan')):.0f}%" for n in names)
+            + " |"
+        )
+    better = [t for t, v in verdicts.items() if v > 0]
+    lines += [
+        "",
+        f"{last} beats SFT beyond the 95% intervals on {len(better)} of {len(verdicts)} tasks"
+        + (f" ({', '.join(better)})" if better else ""),
+        *([format_verdict(r["verdict"])] if "verdict" in r else []),
+        "world model open-loop on held-out real episodes, worst step's PSNR lead over "
+        f"repeating the first frame: {r['world_model'].get('rollout_psnr_over_copy_first_min_db', float('nan')):+.1f} dB "
+        f"over {r['world_model'].get('rollout_horizon', float('nan')):.0f} steps (target >= +3)",
+        f"judge held-out F1: {r['judge'].get('heldout_f1', float('nan')):.3f} over "
+        f"{_count(r['judge'], 'tp', 'fn')} successes and {_count(r['judge'], 'fp', 'tn')} failures  "
+        f"(precision {r['judge'].get('heldout_precision', float('nan')):.3f}, recall {r['judge'].get('heldout_recall', float('nan')):.3f})",
+        "judge on imagined replays of real episodes vs their real outcome: "
+        + _prf(r["judge_on_imagined"]),
+        f"imagined vs real success, Pearson r over (policy, task): {r['pearson_r']:.3f}",
+        f"imagined frames/s (batch 8): {r['imagined_fps_b8']:.1f}",
+        f"GRPO seconds/step: {r['grpo']['seconds_per_step']:.1f}",
+        *(
+            f"{k.replace('_', ' ')} (real successes per task on check seeds; chosen "
+            f"{v['chosen']}): {v['candidates']}"
+            for k, v in r.items()
+            if k.endswith("snapshot_check")
+        ),
+        *_budget_lines(r),
+        f"peak RSS: {r['peak_rss_gb']:.2f} GB",
+        "stage wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in r["timings_s"].items()),
+        "reused from an earlier run (same settings): " + (", ".join(r["reused_stages"]) or "none"),
+    ]
+    return "\n".join(lines)
+
+
+def _count(judge: dict, *cells: str) -> str:
+    """Held-out positives (tp + fn) or negatives (fp + tn) of the judge's confusion counts."""
+    values = [judge.get(f"heldout_{c}") for c in cells]
+    return "?" if any(v is None for v in values) else f"{sum(values):.0f}"
+
+
+def _prf(m: dict) -> str:
+    f = {k: "n/a" if m.get(k) is None else f"{m[k]:.3f}" for k in ("f1", "precision", "recall")}
+    return (
+        f"F1 {f['f1']} (precision {f['precision']}, recall {f['recall']}; "
+        f"tp {m['tp']}, fp {m['fp']}, fn {m['fn']}, tn {m['tn']})"
+    )
+
+
+def _ci(t: dict) -> str:
+    lo, hi = wilson_interval(round(t["success_rate"] * t["labelled"]), t["labelled"])
+    return f"{100 * t['success_rate']:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def _budget_lines(r: dict) -> list[str]:
+    if "budget" not in r:
+        return []
+    out = ["real episodes used (" + " + ".join(CATEGORIES) + " = total):"]
+    for arm, b in r["budget"].items():
+        out.append(f"  {arm}: " + " + ".join(str(b[c]) for c in CATEGORIES) + f" = {b['total']}")
+    claims = r.get("budget_claims", {})
+    out += [f"  {'ok' if ok else 'NOT MET'}: {claim}" for claim, ok in claims.items()]
+    return out
+
+
+# --- over all replicates --------------------------------------------------------------------------
+
+
+def summarize(cfg, settings: dict, reports: list[dict], outcomes: dict) -> dict:
+    """The bench's report over every replicate: settings, commit and machine, each arm's success
+    per task per replicate and pooled (95% Wilson intervals), budgets, and the verdict."""
+    main = reports[0]["main_arm"]
+    tasks = list(cfg.tasks)
+    per_rep = {
+        arm: [{t: _rate(rep, t) for t in tasks} for rep in reps] for arm, reps in outcomes.items()
+    }
+    pooled = {arm: {t: _pooled(rates, t) for t in tasks} for arm, rates in per_rep.items()}
+    return {
+        "commit": _commit(),
+        "machine": _machine(),
+        "config": cfg.to_dict(),
+        "settings": settings,
+        "tasks": tasks,
+        "arms": list(outcomes),
+        "main_arm": main,
+        "per_replicate": per_rep,
+        "pooled": pooled,
+        "budget": [rep.get("budget", {}) for rep in reports],
+        "budget_claims": [rep.get("budget_claims", {}) for rep in reports],
+        "verdict": target_verdict(outcomes, tasks, main),
+        "replicates": reports,
+    }
+
+
+def _rate(outcomes: dict, task: str) -> dict:
+    mine = [v for (t, _), v in outcomes.items() if t == task]
+    k, n = sum(mine), len(mine)
+    return {"successes": k, "labelled": n, "ci95": list(wilson_interval(k, n))}
+
+
+def _pooled(rates: list[dict], task: str) -> dict:
+    k = sum(r[task]["successes"] for r in rates)
+    n = sum(r[task]["labelled"] for r in rates)
+    return {"successes": k, "labelled": n, "ci95": list(wilson_interval(k, n))}
+
+
+def _cell(r: dict) -> str:
+    if not r["labelled"]:
+        return "-"
+    lo, hi = r["ci95"]
+    rate = r["successes"] / r["labelled"]
+    return f"{100 * rate:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}] ({r['successes']}/{r['labelled']})"
+
+
+def markdown_summary(s: dict) -> str:
+    """The report as markdown: success per task and arm (each replicate, pooled), the real
+    budget of every arm in every replicate, and the verdict exactly as the bench printed it."""
+    reps = len(s["replicates"])
+    head = "| task | arm | " + " | ".join(f"replicate {r}" for r in range(reps)) + " | pooled |"
+    lines = [
+        f"commit {s['commit']}; {s['machine']['cpu']} ({s['machine']['cores']} cores); "
+        f"evaluation range {s['settings']['eval_range']}; {reps} replicate(s)",
+        "",
+        head,
+        "|---|---|" + "---|" * (reps + 1),
+    ]
+    for t in s["tasks"]:
+        for arm in s["arms"]:
+            cells = [_cell(rep[t]) for rep in s["per_replicate"][arm]]
+            lines.append(
+                f"| {t} | {arm} | " + " | ".join(cells) + f" | {_cell(s['pooled'][arm][t])} |"
+            )
+    lines += ["", "| replicate | arm | " + " | ".join(CATEGORIES) + " | total |"]
+    lines.append("|---|---|" + "---|" * (len(CATEGORIES) + 1))
+    for r, budget in enumerate(s["budget"]):
+        for arm, b in budget.items():
+            lines.append(
+                f"| {r} | {arm} | "
+                + " | ".join(str(b[c]) for c in CATEGORIES)
+                + f" | {b['total']} |"
+            )
+    lines += ["", "```", format_verdict(s["verdict"]), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(workdir: Path, s: dict) -> dict[str, Path]:
+    """``bench_learning.json``, ``.md`` and ``.png`` in ``workdir``; prints the markdown."""
+    from pipeline.charts import plot_arms_per_task
+
+    out = {
+        "json": Path(workdir) / "bench_learning.json",
+        "markdown": Path(workdir) / "bench_learning.md",
+        "figure": Path(workdir) / "bench_learning.png",
+    }
+    text = markdown_summary(s)
+    out["json"].write_text(json.dumps(s, indent=2, default=str))
+    out["markdown"].write_text(text)
+    plot_arms_per_task(s["per_replicate"], s["pooled"], s["tasks"], out["figure"])
+    print(text, flush=True)
+    print(f"report: {out['json']}, {out['markdown']}, {out['figure']}", flush=True)
+    return out
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+uncommitted" if dirty else "")
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}

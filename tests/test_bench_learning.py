@@ -1,0 +1,240 @@
+"""The learning bench's arms get the real budget they are said to get; its replicates draw
+their own seeds; its report, markdown and figure come out of hand-made outcomes."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.bench_budget import (
+    Ledger,
+    arm_keys,
+    budget_claims,
+    iter_sft_data,
+    selection_candidates,
+    wg_keys,
+)
+
+TASKS = ["open_drawer", "close_drawer", "eggplant_in_sink", "eggplant_in_basket"]
+
+
+def _files(key: str, n: int) -> list[Path]:
+    return [Path(f"/episodes/{key}/{i:04d}.h5") for i in range(n)]
+
+
+def _replicate_ledger(snapshots: int, per_task: int, dyna: int) -> tuple[Ledger, list[str]]:
+    """A replicate's ledger as the bench fills it: one check per World-Gymnast leg of
+    ``snapshots`` candidates, and the baselines' checks of ``selection_candidates`` each."""
+    tasks = len(TASKS)
+    ledger = Ledger()
+    ledger.add("demos", _files("demos", 16 * tasks))
+    ledger.add("attempts", _files("attempts", 20 * tasks))
+    ledger.add("exploration", _files("exploration", 50 * tasks))
+    check = snapshots * per_task * tasks  # select_challenger: every candidate on the same seeds
+    ledger.add("check", _files("check", check))
+    for k in range(1, dyna + 1):
+        ledger.add(f"dyna{k}_runs", _files(f"dyna{k}_runs", 20 * tasks))
+        ledger.add(f"dyna{k}_check", _files(f"dyna{k}_check", check))
+    own = selection_candidates(snapshots, dyna) * per_task * tasks
+    ledger.add("sft_select_check", _files("sft_select", own))
+    ledger.add("iter_sft_check", _files("iter_sft", own))
+    ledger.add("sim_rl_check", _files("sim_rl", check))
+    return ledger, wg_keys(dyna, checked=True)
+
+
+@pytest.mark.parametrize("dyna", [0, 1, 2])
+def test_each_arm_is_charged_every_real_episode_it_used_and_the_baselines_match_the_main_arm(
+    dyna,
+):
+    ledger, main_keys = _replicate_ledger(snapshots=4, per_task=16, dyna=dyna)
+    main = "WG" if dyna == 0 else f"WG+Dyna{dyna}"
+    arms = [
+        "SFT",
+        "SFT+select",
+        "Iter-SFT",
+        "Sim-RL",
+        "WG",
+        *(f"WG+Dyna{k}" for k in range(1, dyna + 1)),
+    ]
+    budgets = {a: ledger.budget(arm_keys(a, main_keys, checked=True)) for a in arms}
+    legs = 1 + dyna
+    assert budgets["SFT"] == {
+        "demos": 64,
+        "attempts": 0,
+        "exploration": 0,
+        "dyna_runs": 0,
+        "checks": 0,
+        "total": 64,
+    }
+    assert budgets[main] == {
+        "demos": 64,
+        "attempts": 80,
+        "exploration": 200,
+        "dyna_runs": 80 * dyna,
+        "checks": 256 * legs,  # run Q' (dyna 1): 512 check episodes
+        "total": 64 + 80 + 200 + 80 * dyna + 256 * legs,
+    }
+    assert budgets["SFT+select"]["checks"] == budgets[main]["checks"]
+    assert budgets["SFT+select"]["total"] == 64 + 256 * legs
+    assert budgets["Iter-SFT"]["total"] == budgets[main]["total"] + budgets[main]["checks"]
+    assert budgets["Sim-RL"]["checks"] == 256 and budgets["Sim-RL"]["total"] == 64 + 256
+    if dyna:  # World-Gymnast without Dyna is charged its own leg only
+        assert budgets["WG"]["total"] == 64 + 80 + 200 + 256
+    claims = budget_claims(budgets, main)
+    assert claims and all(claims.values()), claims
+    # a baseline that checked fewer episodes than the main arm is caught
+    short = Ledger(dict(ledger.runs))
+    short.add("sft_select_check", _files("sft_select", 256 * legs - 1))
+    budgets["SFT+select"] = short.budget(arm_keys("SFT+select", main_keys, True))
+    assert not budget_claims(budgets, main)["SFT+select checks == main checks"]
+
+
+def test_without_snapshots_no_arm_has_a_check_and_the_baselines_check_nothing():
+    assert selection_candidates(1, 0) == selection_candidates(1, 3) == 1
+    assert selection_candidates(4, 0) == 4 and selection_candidates(4, 1) == 8
+    assert arm_keys("SFT+select", wg_keys(0, False), checked=False) == ["demos"]
+    assert arm_keys("Iter-SFT", wg_keys(1, False), False) == [
+        "demos",
+        "attempts",
+        "exploration",
+        "dyna1_runs",
+    ]
+    with pytest.raises(ValueError, match="unknown arm"):
+        arm_keys("PPO", [], True)
+    with pytest.raises(ValueError, match="unknown real-episode purpose"):
+        Ledger().add("evaluation", [])
+    with pytest.raises(KeyError, match="no real episodes recorded"):
+        Ledger().budget(["demos"])
+
+
+def test_iter_sft_trains_on_the_demonstrations_and_every_real_success_of_the_main_arm():
+    ledger, main_keys = _replicate_ledger(snapshots=2, per_task=2, dyna=1)
+    # every third episode of every purpose succeeded; the baselines' own checks must not count
+    success = {p: i % 3 == 0 for paths in ledger.runs.values() for i, p in enumerate(paths)}
+    data = iter_sft_data(ledger, main_keys, success.__getitem__)
+    expected = [p for k in main_keys for p in ledger.runs[k] if success[p]]
+    assert sorted(data) == sorted(expected) and len(set(data)) == len(data)
+    assert {p.parent.name for p in data} == {
+        "demos",
+        "attempts",
+        "exploration",
+        "check",
+        "dyna1_runs",
+        "dyna1_check",
+    }
+
+
+def test_bad_bench_settings_fail_before_anything_runs():
+    from pipeline.bench_learning import run
+    from pipeline.stages import RoundConfig
+
+    with pytest.raises(ValueError, match="replicates must be >= 1"):
+        run(Path("/nonexistent/bench"), RoundConfig(), 1, replicates=0)
+    with pytest.raises(ValueError, match="reach the dev evaluation range"):
+        run(Path("/nonexistent/bench"), RoundConfig(seed=30_000), 1)
+
+
+def _outcomes(successes: dict[str, int], n: int = 20) -> dict:
+    return {(t, 50_000 + i): i < successes.get(t, 0) for t in TASKS for i in range(n)}
+
+
+def test_the_report_over_replicates_has_every_arm_its_budget_the_verdict_and_a_figure(tmp_path):
+    from pipeline.bench_report import summarize, write_summary
+    from pipeline.stages import RoundConfig
+
+    strong = {"open_drawer": 16, "close_drawer": 19, "eggplant_in_sink": 4}
+    arms = {
+        "SFT": {"open_drawer": 2, "close_drawer": 6, "eggplant_in_sink": 1},
+        "SFT+select": {"open_drawer": 3, "close_drawer": 7, "eggplant_in_sink": 1},
+        "Iter-SFT": {"open_drawer": 4, "close_drawer": 8},
+        "Sim-RL": {"open_drawer": 5, "close_drawer": 9},
+        "WG": strong,
+    }
+    outcomes = {a: [_outcomes(r)] * 3 for a, r in arms.items()}
+    budget = {
+        a: dict.fromkeys(["demos", "attempts", "exploration", "dyna_runs", "checks"], 1)
+        | {"total": 5}
+        for a in arms
+    }
+    reports = [{"main_arm": "WG", "budget": budget, "budget_claims": {"x": True}}] * 3
+    summary = summarize(RoundConfig(), {"eval_range": "final"}, reports, outcomes)
+    v = summary["verdict"]
+    assert v["met"] and v["missing_arms"] == [] and v["arm"] == "WG"
+    assert v["stretch"]["hardest_sft_task"] == {
+        "task": "eggplant_in_sink",
+        "sft": 0.05,
+        "arm": 0.2,
+        "met": True,
+    }
+    assert summary["pooled"]["WG"]["open_drawer"]["successes"] == 48
+    out = write_summary(tmp_path, summary)
+    text = out["markdown"].read_text()
+    assert "| open_drawer | WG | 80% [58, 92] (16/20) |" in text
+    assert "TARGET MET" in text and "| 2 | Sim-RL | 1 | 1 | 1 | 1 | 1 | 5 |" in text
+    assert out["figure"].stat().st_size > 10_000 and out["json"].is_file()
+    # without the baselines the target is not judged met, whatever SFT's figures
+    no_baselines = {a: outcomes[a] for a in ("SFT", "WG")}
+    v = summarize(RoundConfig(), {"eval_range": "dev"}, reports, no_baselines)["verdict"]
+    assert not v["met"] and v["missing_arms"] == ["SFT+select", "Iter-SFT", "Sim-RL"]
+
+
+# --- the parts that train, at toy size ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demos():
+    from policy.evaluate_sim import collect_demonstrations
+
+    return collect_demonstrations(["close_drawer"], 2, noise=0.1, image_size=64)
+
+
+@pytest.mark.timeout(300)
+def test_sft_with_selection_keeps_as_many_candidates_as_the_main_arm_checks(tmp_path, demos):
+    from pipeline.bench_arms import train_sft_snapshots
+    from pipeline.stages import RoundConfig, challenger_candidates
+
+    cfg = RoundConfig(tasks=("close_drawer",), sft_steps=6, challenger_snapshots=3)
+    n = selection_candidates(cfg.challenger_snapshots, dyna=1)  # two legs of three snapshots
+    art = train_sft_snapshots(demos, cfg, tmp_path / "policy", n, progress=False)
+    got = challenger_candidates(art.path)
+    assert [p.name for p in got] == [
+        "step_0001",
+        "step_0002",
+        "step_0003",
+        "step_0004",
+        "step_0005",
+        "policy",
+    ]
+    assert art.metrics["episodes"] == len(demos) and art.metrics["candidates"] == n
+    with pytest.raises(ValueError, match="candidates must be in"):
+        train_sft_snapshots(demos, cfg, tmp_path / "p2", 7, progress=False)
+
+
+@pytest.mark.timeout(300)
+def test_sim_rl_is_the_same_grpo_in_the_gapped_simulator_rewarded_by_ground_truth(demos):
+    import torch
+
+    from policy.config import VLAConfig
+    from policy.evaluate_sim import SimRollouts, sim_start, train_grpo_in_sim
+    from policy.grpo import GRPOConfig, Start
+    from policy.sft import train_sft
+
+    policy, _ = train_sft(VLAConfig.from_preset("tiny"), demos, steps=2, progress=False)
+    cfg = GRPOConfig.preset(
+        "tiny", group_size=2, starts_per_step=2, horizon_chunks=2, steps=1, device="cpu"
+    )
+    starts = [sim_start("close_drawer", 40_000), sim_start("close_drawer", 40_001)]
+    sim = SimRollouts(policy, cfg, "sim_gap", parallel=3)
+    try:
+        rollouts, rewards = sim(starts, torch.Generator().manual_seed(0))
+        # the policy decodes from the gapped simulator's frames, two chunks per rollout
+        assert rollouts.observations.shape[:2] == (4, 2) and rollouts.videos.shape[1] == 3
+        assert rollouts.group.tolist() == [0, 0, 1, 1] and set(rewards.tolist()) <= {0.0, 1.0}
+        assert not torch.equal(rollouts.observations[0, 0], rollouts.observations[2, 0])
+        with pytest.raises(ValueError, match="need a seed"):
+            sim([Start(demos[0].frames[0], "close the drawer", "close_drawer")])
+    finally:
+        sim.close()
+    history = train_grpo_in_sim(policy, starts, cfg, parallel=2, progress=False)
+    assert len(history) == 1 and history[0].total_groups == 2
+    with pytest.raises(ValueError, match="distractor_prob=0"):
+        SimRollouts(policy, GRPOConfig.preset("tiny", distractor_prob=0.5), parallel=1)
