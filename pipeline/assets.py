@@ -357,6 +357,7 @@ def current_champion(
             cfg,
             progress=settings.progress,
             demo_seed=round_seeds(cfg, r).demo,
+            dataset=store.home / "dataset",  # the round's dataset stage then finds them there
         )
         store.save("bootstrap", r, art)
     art = store.load("bootstrap", r)

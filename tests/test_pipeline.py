@@ -54,7 +54,7 @@ def test_round_graph_shows_previous_round_and_guards_the_arm():
 
     node = {k.to_user_string(): graph.get(k) for k in graph.get_all_asset_keys()}
     # arms are held per station inside the step (pool robot/<name>), not by an asset-level pool
-    assert {n for n, a in node.items() if a.op_tags.get("gymnast/moves_arm") == "true"} >= {
+    assert {n for n, a in node.items() if a.assets_def.op.tags.get("gymnast/moves_arm") == "true"} >= {
         "real_episodes",
         "real_evaluation",
     }

@@ -120,8 +120,7 @@ def _rounds_on(server: str, name: str, rounds: int, overrides: dict, tmp_path, m
     monkeypatch.setenv("GYMNAST_ROUND_OVERRIDES", json.dumps(overrides))
     monkeypatch.setenv("GYMNAST_JUDGE_F1_FLOOR", "0.0")
     monkeypatch.setenv("GYMNAST_PROGRESS", "0")
-    for var in ("GYMNAST_DAGSTER_DB", "GYMNAST_MLFLOW_DB"):
-        monkeypatch.delenv(var, raising=False)  # restored after the test; cli sets them
+    _unset_store_variables(monkeypatch)
     cli.use_postgres(f"{server}/{name}")
     home = tmp_path / "home"
     with demo.local_stack(home) as env:
@@ -134,6 +133,13 @@ def _rounds_on(server: str, name: str, rounds: int, overrides: dict, tmp_path, m
             yield home, env, instance, keys
         finally:
             instance.dispose()
+
+
+def _unset_store_variables(monkeypatch) -> None:
+    """Empty (which reads as unset) and restored after the test, also when the code under test
+    sets them (monkeypatch.delenv of an absent variable would not restore its absence)."""
+    for var in ("GYMNAST_DAGSTER_DB", "GYMNAST_MLFLOW_DB"):
+        monkeypatch.setenv(var, "")
 
 
 def _check_stores(home: Path, env: dict, instance, keys: list[str]) -> None:
@@ -202,6 +208,29 @@ def test_postgres_databases_and_dagster_yaml(postgres, tmp_path, monkeypatch):
     assert not {"lab_dagster", "lab_mlflow"} & names
 
 
+def test_bench_loop_runs_in_a_throwaway_pair_of_databases(postgres, monkeypatch):
+    """``gymnast bench loop --postgres``: a fresh home gets fresh databases, dropped after."""
+    from pipeline import bench_loop
+
+    def datnames() -> set[str]:
+        return {n for (n,) in _query(f"{postgres}/postgres", "SELECT datname FROM pg_database")}
+
+    seen: dict[str, object] = {}
+
+    def run(rounds, home, json_path, keep) -> int:  # the rounds themselves: the tests below
+        seen["db"] = os.environ["GYMNAST_DAGSTER_DB"]
+        seen["names"] = datnames()
+        shutil.rmtree(home)
+        return 0
+
+    _unset_store_variables(monkeypatch)
+    monkeypatch.setattr(bench_loop, "_run", run)
+    assert bench_loop.main(1, postgres=postgres) == 0
+    name = str(seen["db"]).rsplit("/", 1)[1]
+    assert name.startswith("gymnast_bench_loop_") and name in seen["names"]
+    assert name not in datnames()
+
+
 def test_without_a_server_it_skips_except_where_ci_requires_one(monkeypatch):
     monkeypatch.delenv("GYMNAST_REQUIRE_POSTGRES", raising=False)
     with pytest.raises(pytest.skip.Exception, match="apt-get install postgresql"):
@@ -211,8 +240,9 @@ def test_without_a_server_it_skips_except_where_ci_requires_one(monkeypatch):
         _unavailable("no initdb")
 
 
-# About 3 min on a quiet 2-core VM (smoke sizes, one task; most of it is the step processes'
-# imports); 14.4 min when measured here with the cores shared by other jobs (load average 7).
+# Measured 14.4 min on a 2-core VM shared with other jobs (load average 7); estimated about 3 min
+# on quiet cores from the smoke benchmark (docs/benchmarks.md: two rounds of two tasks, 5 min 51 s).
+# Most of it is the step processes' imports, not the stores.
 @pytest.mark.timeout(1800)
 def test_one_round_on_postgres(postgres, tmp_path, monkeypatch):
     """Round 1 (bootstrap, every stage) with Dagster and MLflow on PostgreSQL."""
