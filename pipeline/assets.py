@@ -14,14 +14,10 @@ store for the champion after the newest earlier round (``RoundStore.current_cham
 exactly ``champion``'s previous partition (or, if that round stopped before promotion, the
 champion it collected with); it records which round that was in its metadata.
 
-Asset bodies only wire resources to the typed stage functions in ``pipeline.stages``.
+Asset bodies only wire resources to the typed stage functions in ``pipeline.round``.
 """
 
-import base64
-import io
-import math
 import os
-import resource
 import time
 import warnings
 from collections.abc import Iterator
@@ -30,7 +26,18 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipeline import stages
+from pipeline.cluster import step_tags
+from pipeline.previews import (
+    common_metadata,
+    evaluation_metadata,
+    evaluation_metrics,
+    frame_strip,
+    gate_metadata,
+    model_metadata,
+    preview_md,
+    success_chart,
+    trained_in_preview,
+)
 from pipeline.resources import (
     ChallengerEvaluation,
     ChampionRecord,
@@ -39,11 +46,15 @@ from pipeline.resources import (
     StationResource,
     TrackingResource,
 )
+from pipeline.rollout_strip import RolloutKeeper, publish
+from pipeline.round import stages
+from pipeline.round.config import RoundConfig
+from pipeline.round.records import DatasetInfo, ModelArtifact
+from pipeline.round.statistics import decide_promotion
 from pipeline.seeds import RoundSeeds
-from pipeline.stages import DatasetInfo, Evaluation, ModelArtifact
 from robot_bridge.client import StationError
 from robot_bridge.dispatch import DispatchError
-from robot_bridge.episodes import episode_id_of, read_episode
+from robot_bridge.episodes import episode_id_of
 
 # allow_nonexistent_upstream_partitions (beta) and partitioned asset checks (preview) are used
 # knowingly; without this every step process repeats both warnings in the run log.
@@ -77,12 +88,12 @@ ARM_TAGS = {"gymnast/moves_arm": "true"}
 # and runs on different arms of a fleet go on in parallel.
 
 
-def round_seeds(cfg: stages.RoundConfig, round_key: str) -> RoundSeeds:
+def round_seeds(cfg: RoundConfig, round_key: str) -> RoundSeeds:
     """The round's seed blocks: one per purpose, never shared with another round or purpose."""
     return RoundSeeds.for_round(round_key, ROUND_FMT, cfg.seed)
 
 
-def seed_params(cfg: stages.RoundConfig, round_key: str) -> dict[str, str]:
+def seed_params(cfg: RoundConfig, round_key: str) -> dict[str, str]:
     """The blocks this round uses, as MLflow params (``seeds.gate = first-last`` ...)."""
     return round_seeds(cfg, round_key).to_params(
         {
@@ -134,131 +145,6 @@ def on_the_arm(stage: str, round_key: str) -> Iterator[None]:
         ) from e
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def frame_strip(episode_path: Path, out: Path, n: int = 6) -> Path:
-    """A PNG of ``n`` frames spread over one real episode (what the camera saw)."""
-    from PIL import Image
-
-    ep = read_episode(episode_path)
-    idx = [round(i * (len(ep.frames) - 1) / max(n - 1, 1)) for i in range(n)]
-    frames = [Image.fromarray(ep.frames[i]) for i in idx]
-    w, h = frames[0].size
-    strip = Image.new("RGB", (w * n, h))
-    for i, f in enumerate(frames):
-        strip.paste(f, (i * w, 0))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    strip.save(out)
-    return out
-
-
-def preview_md(path: Path, caption: str, max_width: int = 768) -> dg.MetadataValue:
-    """Markdown with the preview inlined as a PNG data URI, for the asset's page in the UI.
-
-    The UI renders markdown metadata in place when it is under 1,000 characters and behind a
-    "[Show Markdown]" button otherwise (every inlined image), whose dialog draws the image
-    (its markdown sanitizer allows ``data:`` sources). A video is shown as a strip of its frames
-    (``video_md``); anything else as its path."""
-    if path.suffix.lower() != ".png":
-        return dg.MetadataValue.md(f"**{caption}**: `{path}`")
-    from PIL import Image
-
-    img = Image.open(path)
-    img.thumbnail((max_width, max_width))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return dg.MetadataValue.md(
-        f"**{caption}**\n\n![{caption}](data:image/png;base64,"
-        f"{base64.b64encode(buf.getvalue()).decode()})"
-    )
-
-
-def video_md(video: Path, caption: str, strip_dir: Path, max_width: int = 1024) -> dg.MetadataValue:
-    """An imagined-vs-real preview video inline: a PNG strip of its frames (real on top, imagined
-    below), written to ``strip_dir`` (never into the checkpoint folder: that would change its
-    checksum). Falls back to the path if the video cannot be read."""
-    from pipeline.charts import video_strip
-
-    video = Path(video)
-    if video.suffix.lower() == ".png":
-        return preview_md(video, caption)
-    try:
-        strip = video_strip(video, Path(strip_dir) / f"{video.parent.parent.name}_{video.stem}.png")
-    except Exception as e:  # a preview must never fail the step
-        warnings.warn(f"no frame strip of {video}: {e}", stacklevel=2)
-        return preview_md(video, caption)
-    return preview_md(
-        strip, f"{caption}; top: real, bottom: imagined, time left to right", max_width
-    )
-
-
-def evaluation_metadata(ev: Evaluation, prefix: str = "") -> dict:
-    """Success per task as text with its interval, and as numbers (``success/<task>``) that the
-    UI plots across partitions (the asset's Plots tab). ``prefix``: ``champion/`` etc."""
-    meta: dict = {}
-    if not prefix:
-        meta["episodes"] = len(ev.episodes)
-    if not math.isnan(ev.success_rate):
-        meta[f"{prefix}success_rate"] = dg.MetadataValue.float(ev.success_rate)
-    for task, r in ev.per_task.items():
-        lo, hi = r.ci95
-        meta[f"{prefix}{task}/success"] = dg.MetadataValue.text(
-            f"{r.successes}/{r.labelled} [{lo:.2f}, {hi:.2f}]"
-        )
-        if r.labelled:
-            meta[f"{prefix}success/{task}"] = dg.MetadataValue.float(r.success_rate)
-    return meta
-
-
-def gate_metadata(ev: ChallengerEvaluation) -> dict:
-    """real_evaluation's numbers: the challenger's (``success/<task>``) and the champion's on the
-    same gate seeds (``champion/success/<task>``)."""
-    return {
-        **evaluation_metadata(ev.evaluation),
-        **evaluation_metadata(ev.champion_evaluation, "champion/"),
-    }
-
-
-def success_chart(store, round_key: str, current: ChallengerEvaluation, promoted: bool) -> Path:
-    """The success-over-rounds chart up to this round, as a PNG in the round's previews."""
-    from pipeline.charts import plot_success_over_rounds, success_history
-
-    points = success_history(store, round_key, current=current, promoted=promoted)
-    return plot_success_over_rounds(
-        points, store.round_dir(round_key) / "previews" / "success_over_rounds.png"
-    )
-
-
-def evaluation_metrics(ev: Evaluation, prefix: str) -> dict[str, float]:
-    out = {f"{prefix}/success_rate": ev.success_rate, f"{prefix}/episodes": float(len(ev.episodes))}
-    for task, r in ev.per_task.items():
-        out[f"{prefix}/{task}/success_rate"] = r.success_rate
-        out[f"{prefix}/{task}/ci95_low"], out[f"{prefix}/{task}/ci95_high"] = r.ci95
-    return out
-
-
-def common_metadata(run, started: float, sha256: str | None = None) -> dict:
-    meta = {
-        "mlflow_run": dg.MetadataValue.url(run.link),
-        "wall_s": round(time.monotonic() - started, 2),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-    }
-    if sha256:
-        meta["checkpoint_sha256"] = sha256
-    return meta
-
-
-def model_metadata(art: ModelArtifact, preview_dir: Path) -> dict:
-    meta = {f"metric/{k}": float(v) for k, v in art.metrics.items()}
-    meta["checkpoint"] = dg.MetadataValue.path(str(art.path))
-    for p in art.previews:
-        meta["preview"] = video_md(Path(p), "imagined vs. real rollout", preview_dir)
-        meta["preview_file"] = dg.MetadataValue.path(str(p))
-    return meta
-
-
 def log_model(
     tracker, run, kind: str, art: ModelArtifact, round_key: str, aliases: tuple[str, ...]
 ) -> str:
@@ -282,7 +168,7 @@ def _started() -> float:
 @dg.asset(
     partitions_def=ROUNDS,
     group_name=GROUP,
-    op_tags=ARM_TAGS,
+    op_tags={**ARM_TAGS, **step_tags("real_episodes")},
     kinds={"robot"},
     description="The champion's episodes this round, collected on the station (its real evaluation, "
     "too); the first round bootstraps a champion from scripted demonstrations (SFT).",
@@ -424,6 +310,7 @@ def training_dirs(store, round_key: str) -> list[Path]:
     partitions_def=ROUNDS,
     group_name=GROUP,
     pool="gpu",
+    op_tags=step_tags("world_model"),
     kinds={"pytorch"},
     deps=[dg.AssetDep("world_model", partition_mapping=PREVIOUS_ROUND)],
     description="The action-conditioned video world model, warm-started from last round's and "
@@ -442,6 +329,7 @@ def world_model(
     partitions_def=ROUNDS,
     group_name=GROUP,
     pool="gpu",
+    op_tags=step_tags("judge"),
     kinds={"pytorch"},
     deps=[dg.AssetDep("judge", partition_mapping=PREVIOUS_ROUND)],
     description="The VLM success judge, refreshed on the success-labelled real episodes; held-out F1.",
@@ -495,6 +383,7 @@ def _refresh(
     partitions_def=ROUNDS,
     group_name=GROUP,
     pool="gpu",
+    op_tags=step_tags("challenger"),
     kinds={"pytorch"},
     description="The challenger: the champion GRPO-finetuned in the world model, rewarded by the judge, "
     "from real initial frames.",
@@ -509,6 +398,8 @@ def challenger(
     judge: ModelArtifact,
 ) -> dg.Output[ModelArtifact]:
     r, store, t0 = context.partition_key, settings.store, _started()
+    cfg = settings.round_config()
+    keeper = RolloutKeeper(cfg.grpo_steps)  # a few rollouts of the first and last step
     with tracked_stage(context, settings, tracking, "challenger") as (tracker, run):
         run.set_tags({"champion_sha256": real_episodes.champion.sha256})
         art = stages.train_challenger(
@@ -517,40 +408,33 @@ def challenger(
             judge.path,
             training_dirs(store, r),
             store.fresh_dir(store.model_dir("policy", r)),
-            settings.round_config(),
+            cfg,
             progress=settings.progress,
             on_step=lambda s: run.log_metrics(  # extra: ref_kl, success/<task>, kept/<task>
                 {k: v for k, v in vars(s).items() if k not in ("step", "extra")} | s.extra,
                 step=s.step,
             ),
+            on_rollouts=keeper,
         )
         version = log_model(tracker, run, "policy", art, r, aliases=("challenger",))
+        rollouts = publish(keeper, store.round_dir(r) / "previews" / "grpo_rollouts.png", run)
     return dg.Output(
         art,
         metadata={
             "registered_version": f"policy v{version}",
             "grew_from_champion": real_episodes.champion.sha256,
             **model_metadata(art, store.round_dir(r) / "previews"),
-            **_trained_in_preview(world_model, store.round_dir(r) / "previews"),
+            **trained_in_preview(world_model, store.round_dir(r) / "previews"),
+            **rollouts,  # the strip of imagined rollouts, scored: where reward hacking shows
             **common_metadata(run, t0, art.sha256),
         },
     )
 
 
-def _trained_in_preview(world_model: ModelArtifact, preview_dir: Path) -> dict:
-    if not world_model.previews:
-        return {}
-    p = Path(world_model.previews[0])
-    return {
-        "preview": video_md(p, "the world model it trained in", preview_dir),
-        "preview_file": dg.MetadataValue.path(str(p)),
-    }
-
-
 @dg.asset(
     partitions_def=ROUNDS,
     group_name=GROUP,
-    op_tags=ARM_TAGS,
+    op_tags={**ARM_TAGS, **step_tags("real_evaluation")},
     kinds={"robot"},
     description="The promotion gate's evidence: champion and challenger on this round's gate "
     "seeds, which no collection, exploration, check or training stage of any round uses (paired, "
@@ -648,7 +532,7 @@ def champion(
     real_evaluation: ChallengerEvaluation,
 ) -> dg.Output[ChampionRecord]:
     r, cfg, t0 = context.partition_key, settings.round_config(), _started()
-    decision = stages.decide_promotion(
+    decision = decide_promotion(
         real_evaluation.champion_evaluation, real_evaluation.evaluation, cfg.promotion_alpha
     )
     new = real_evaluation.challenger if decision.promote else real_episodes.champion

@@ -8,7 +8,7 @@ import dagster as dg
 
 from pipeline.assets import ROUNDS, judge, real_episodes, real_evaluation, world_model
 from pipeline.resources import ChallengerEvaluation, LoopSettings, RoundEpisodes
-from pipeline.stages import Evaluation, ModelArtifact
+from pipeline.round.records import Evaluation, ModelArtifact
 from robot_bridge.episodes import list_episodes, read_episode_header, validate_episode
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
@@ -115,7 +115,7 @@ def world_model_heldout_error(
 
 def open_loop_metadata(model_dir: Path) -> dict:
     """The open-loop figures saved beside a world model (``stages.OPEN_LOOP_FILE``), if any."""
-    from pipeline.stages import OPEN_LOOP_FILE
+    from pipeline.round.stages import OPEN_LOOP_FILE
 
     path = Path(model_dir) / OPEN_LOOP_FILE
     if not path.is_file():
@@ -234,7 +234,7 @@ def promotion_gate(
             severity=ERROR,
             metadata={"error": f"the gate's evidence is not paired on fresh seeds: {why}"},
         )
-    from pipeline.stages import decide_promotion
+    from pipeline.round.statistics import decide_promotion
 
     d = decide_promotion(champ, chall, settings.round_config().promotion_alpha)
     return dg.AssetCheckResult(
@@ -269,7 +269,7 @@ def world_model_exploitation(
     world_model: ModelArtifact,
     judge: ModelArtifact,
 ) -> dg.AssetCheckResult:
-    from pipeline.stages import world_model_exploitation as measure
+    from pipeline.round.stages import world_model_exploitation as measure
 
     m = measure(world_model.path, judge.path, real_evaluation.evaluation.episodes)
     rate = m["false_success_rate"]

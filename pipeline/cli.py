@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipeline.bench.cli import add_bench_command
 from robot_bridge.spec import TASKS
 
 
@@ -270,7 +271,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def resolve_preset(flag: str | None) -> str:
     """``--preset`` if given, else $GYMNAST_PRESET, else ``tiny``; an unknown name is an error."""
-    from pipeline.stages import ROUND_PRESETS
+    from pipeline.round.config import ROUND_PRESETS
 
     preset = flag or os.environ.get("GYMNAST_PRESET") or "tiny"
     if preset not in ROUND_PRESETS:
@@ -342,39 +343,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
             return 0
 
 
-# --- benchmarks -------------------------------------------------------------------------------
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.bench_command == "bridge":
-        from robot_bridge import bench
-
-        bench.run(args.n, args.sim_steps, args.json)
-        return 0
-    if args.bench_command == "safety":
-        from robot_bridge import bench
-
-        bench.run_safety(args.upload_gb, args.json)
-        return 0
-    if args.bench_command == "learning":
-        from pipeline import bench_learning
-
-        return bench_learning.run_from_args(args)
-    if args.bench_command == "gpu":
-        from pipeline import bench_gpu
-
-        return bench_gpu.run_from_args(args)
-    if args.bench_command == "loop" and args.stations > 1:
-        from pipeline import bench_fleet
-
-        return bench_fleet.main(args.stations, args.json)
-    if args.bench_command == "loop":
-        from pipeline import bench_loop
-
-        return bench_loop.main(args.rounds, args.json, keep=args.keep, postgres=args.postgres)
-    raise AssertionError(args.bench_command)
-
-
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -388,17 +356,8 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pipeline.stages import ROUND_PRESETS
+def _add_station(sub) -> None:
     from robot_bridge import serve
-
-    p = argparse.ArgumentParser(
-        prog="gymnast",
-        description="World-Gymnast improvement loop: a ZMQ robot station, episodes, world model, "
-        "VLA policy RL in imagination, and nightly rounds in Dagster.",
-    )
-    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     st = sub.add_parser(
         "station",
@@ -411,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     # its own default); set_defaults also updates the default the help shows
     st.set_defaults(func=cmd_station, episodes_dir=gymnast_home() / "station" / "episodes")
 
+
+def _add_episodes(sub) -> None:
     ep = sub.add_parser("episodes", help="list, validate, recover and export recorded episodes")
     ep_sub = ep.add_subparsers(dest="episodes_command", required=True)
     e = ep_sub.add_parser("list", help="one line per episode and a per-task summary")
@@ -436,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ep.set_defaults(func=cmd_episodes)
 
+
+def _add_collect(sub) -> None:
     co = sub.add_parser(
         "collect", help="run a policy on a station for N episodes per task and copy them here"
     )
@@ -464,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--out", type=Path, default=gymnast_home() / "episodes" / "collected")
     co.set_defaults(func=cmd_collect)
 
+
+def _add_dispatch(sub) -> None:
     di = sub.add_parser(
         "dispatch",
         help="send a checkpoint to a station and run an evaluation job there",
@@ -513,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     di.set_defaults(func=cmd_dispatch)
 
+
+def _add_serve(sub) -> None:
     sv = sub.add_parser(
         "serve",
         help="serve a checkpoint as an AutoEval policy server (HTTP POST /act)",
@@ -532,6 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-warmup", action="store_true", help="skip the warm-up action before announcing ready"
     )
     sv.set_defaults(func=cmd_serve)
+
+
+def _add_demo(sub) -> None:
+    from pipeline.round.config import ROUND_PRESETS
 
     de = sub.add_parser(
         "demo",
@@ -560,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--postgres", default=None, metavar="URL", help=POSTGRES_HELP)
     de.set_defaults(func=cmd_demo)
 
+
+def _add_env(sub) -> None:
     en = sub.add_parser(
         "env",
         help="every environment variable gymnast reads or sets, and its value now",
@@ -569,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--markdown", action="store_true", help="the docs page, no values")
     en.set_defaults(func=cmd_env)
 
+
+def _add_dev(sub) -> None:
     dv = sub.add_parser(
         "dev", help="dagster dev with a simulated station and the MLflow server running"
     )
@@ -579,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("--postgres", default=None, metavar="URL", help=POSTGRES_HELP)
     dv.set_defaults(func=cmd_dev)
 
+
+def _add_convert(sub) -> None:
     cv = sub.add_parser("convert", help="convert a public checkpoint into ours")
     cv_sub = cv.add_subparsers(dest="convert_command", required=True)
     w = cv_sub.add_parser(
@@ -596,58 +573,26 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--allow-partial", action="store_true", help="convert the backbone only")
     cv.set_defaults(func=cmd_convert)
 
-    be = sub.add_parser("bench", help="benchmarks that print measured figures")
-    be_sub = be.add_subparsers(dest="bench_command", required=True)
-    b = be_sub.add_parser("bridge", help="step latency vs a bare ZMQ floor, and simulator steps/s")
-    b.add_argument("-n", type=int, default=2000, help="timed round trips per configuration")
-    b.add_argument("--sim-steps", type=int, default=200)
-    b.add_argument("--json", type=Path, default=None)
-    b = be_sub.add_parser(
-        "safety", help="e-stop latency during the largest upload, station memory per message"
-    )
-    b.add_argument(
-        "--upload-gb", type=float, default=32.0, help="upload size (default: the 32 GiB limit)"
-    )
-    b.add_argument("--json", type=Path, default=None)
-    b = be_sub.add_parser(
-        "gpu",
-        help="imagined frames/s, GRPO step time and memory, VLA chunks/s with MFU (for a GPU)",
-    )
-    from pipeline import bench_gpu
 
-    bench_gpu.add_arguments(b)
-    b = be_sub.add_parser(
-        "learning",
-        help="World-Gymnast vs equal-budget baselines on the simulated station, R replicates "
-        "(hours on CPU)",
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gymnast",
+        description="World-Gymnast improvement loop: a ZMQ robot station, episodes, world model, "
+        "VLA policy RL in imagination, and nightly rounds in Dagster.",
     )
-    from pipeline import bench_learning
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    bench_learning.add_arguments(b)
-    b = be_sub.add_parser(
-        "loop",
-        help="N demo rounds in a fresh home: wall time and peak memory per stage",
-        description="Runs `gymnast demo` in a temporary home (GYMNAST_PRESET picks the sizes, "
-        "default tiny) and prints per-stage wall time and peak RSS.",
-    )
-    b.add_argument("--rounds", type=int, default=2)
-    b.add_argument(
-        "--stations",
-        type=int,
-        default=1,
-        help="N >= 2: instead of rounds, time a round's collection and gate evaluation on 1 "
-        "and on N simulated stations paced at the arm's 5 Hz (same episodes)",
-    )
-    b.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    b.add_argument("--keep", action="store_true", help="keep the temporary home afterwards")
-    b.add_argument(
-        "--postgres",
-        default=None,
-        metavar="URL",
-        help="run on this PostgreSQL server (postgresql://user:password@host:port) in a fresh "
-        "pair of databases, dropped afterwards unless --keep",
-    )
-    be.set_defaults(func=cmd_bench)
+    _add_station(sub)
+    _add_episodes(sub)
+    _add_collect(sub)
+    _add_dispatch(sub)
+    _add_serve(sub)
+    _add_demo(sub)
+    _add_env(sub)
+    _add_dev(sub)
+    _add_convert(sub)
+    add_bench_command(sub)
     return p
 
 

@@ -43,6 +43,18 @@ ENVIRONMENT: tuple[EnvVariable, ...] = (
         "pipeline.definitions, pipeline.demo",
     ),
     EnvVariable(
+        "GYMNAST_EXECUTOR",
+        "multiprocess",
+        "the round job's executor: multiprocess, or k8s (a pod per step; the `cluster` extra)",
+        "pipeline.cluster",
+    ),
+    EnvVariable(
+        "GYMNAST_STEP_TAGS",
+        "none",
+        "YAML of per-step op tags by asset class (deploy/k8s/gpu_step_tags.yaml: GPU pods)",
+        "pipeline.cluster",
+    ),
+    EnvVariable(
         "GYMNAST_STATIONS",
         "one station (GYMNAST_STATION)",
         "fleet file (TOML or JSON) of several stations: name, endpoint, keys, tasks (pipeline.fleet)",
@@ -107,7 +119,7 @@ ENVIRONMENT: tuple[EnvVariable, ...] = (
         "MUJOCO_GL",
         "egl",
         "MuJoCo's rendering backend (egl, osmesa, glfw)",
-        "robot_bridge.launch, robot_bridge.bench, policy.evaluate_sim",
+        "robot_bridge.launch, pipeline.bench.station, policy.evaluate_sim",
     ),
     EnvVariable(
         "PYOPENGL_PLATFORM",
@@ -191,14 +203,14 @@ ENVIRONMENT: tuple[EnvVariable, ...] = (
         "PostgreSQL URL (postgresql://user:password@host:port/db) of Dagster's runs, event logs "
         "and schedules; `--postgres` sets it. DAGSTER_HOME's dagster.yaml then gets a "
         "`storage: postgres:` block naming this variable (docs/deploy.md)",
-        "pipeline.demo, pipeline.cli, pipeline.bench_loop",
+        "pipeline.demo, pipeline.cli, pipeline.bench.loop",
     ),
     EnvVariable(
         "GYMNAST_MLFLOW_DB",
         "unset: SQLite at $GYMNAST_HOME/mlflow/mlflow.db",
         "backend store (PostgreSQL URL) of the MLflow server demo / dev start: runs, metrics, "
         "registry and aliases; artifacts stay under $GYMNAST_HOME/mlflow. `--postgres` sets it",
-        "pipeline.demo, pipeline.cli, pipeline.bench_loop",
+        "pipeline.demo, pipeline.cli, pipeline.bench.loop",
     ),
     EnvVariable(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION",

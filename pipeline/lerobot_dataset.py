@@ -19,18 +19,18 @@ Training side only: lerobot (torch, datasets) is imported lazily, and never on t
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.dataset_journal import journal, locked, recover
 from robot_bridge.checkpoints import sha256_file
 from robot_bridge.episodes import (
     Episode,
@@ -49,7 +49,6 @@ ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 IMAGE_KEY = "observation.images.primary"
 EPISODES_SIDECAR = "meta/gymnast_episodes.json"
 ACTION_STATS_FILE = "meta/action_stats.json"
-JOURNAL = ".gymnast_append"  # inside the dataset while an append is in progress
 FINAL_OBSERVATION_NOTE = (
     "Each episode has T actions and T+1 observations; the final observation is exported as "
     "frame T with a hold action (zero deltas, the last gripper command) and next.done=True. "
@@ -198,8 +197,8 @@ def append_episodes(
     ``stats.json``, ``tasks.parquet`` and this module's two JSON files are updated)."""
     paths = [Path(p) for p in episode_paths]
     root = Path(root)
-    with _locked(root, exclusive=True):
-        _recover(root)
+    with locked(root, exclusive=True):
+        recover(root)
         if is_lerobot_dataset(root) and not (root / EPISODES_SIDECAR).is_file():
             raise EpisodeExportError(
                 f"{root} is a LeRobot dataset gymnast did not write (no {EPISODES_SIDECAR}); "
@@ -210,7 +209,7 @@ def append_episodes(
         if new:
             _check_exportable(new)
             if known:
-                with _journal(root):
+                with journal(root):
                     _resume(new, root, repo_id, image_key, vcodec)
             else:
                 _create(new, root, repo_id, fps, use_videos, image_key, vcodec)
@@ -381,63 +380,6 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-# --- one writer, and a rollback for a failed one -------------------------------------------------
-
-
-@contextmanager
-def _locked(root: Path, exclusive: bool) -> Iterator[None]:
-    """Appends (exclusive) and reads of our datasets (shared) across processes: the loop's steps
-    run in processes of their own, and a backfill may run two rounds' dataset steps at once."""
-    lock = root.parent / f".{root.name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextmanager
-def _journal(root: Path) -> Iterator[None]:
-    """Snapshot ``meta/`` and the file list before an append; roll back to it if the append fails
-    (here) or the process dies (``_recover`` at the next append). The journal's removal commits."""
-    journal = root / JOURNAL
-    tmp = root / f"{JOURNAL}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(root / "meta", tmp / "meta")
-    (tmp / "files.json").write_text(json.dumps(sorted(_files(root))))
-    os.rename(tmp, journal)  # the journal exists whole or not at all
-    try:
-        yield
-    except BaseException:
-        _recover(root)
-        raise
-    shutil.rmtree(journal)
-
-
-def _recover(root: Path) -> None:
-    journal = root / JOURNAL
-    shutil.rmtree(root / f"{JOURNAL}.tmp", ignore_errors=True)
-    if not journal.is_dir():
-        return
-    before = set(json.loads((journal / "files.json").read_text()))
-    for rel in _files(root) - before:  # what the failed append added
-        (root / rel).unlink()
-    shutil.rmtree(root / "meta")
-    shutil.copytree(journal / "meta", root / "meta")
-    shutil.rmtree(root / "images", ignore_errors=True)  # lerobot's frames awaiting encoding
-    shutil.rmtree(journal)
-
-
-def _files(root: Path) -> set[str]:
-    return {
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and not p.relative_to(root).parts[0].startswith(JOURNAL)
-    }
-
-
 # --- reading ------------------------------------------------------------------------------------
 
 
@@ -498,7 +440,7 @@ def load_lerobot_episodes(
         indices = sorted(by_id[i] for i in set(episode_ids))
         if not indices:
             return []
-    with _locked(root, exclusive=False) if sidecar else nullcontext():
+    with locked(root, exclusive=False) if sidecar else nullcontext():
         ds = LeRobotDataset(f"local/{root.name}", root=root, episodes=indices, video_backend="pyav")
         key = image_key or (ds.meta.camera_keys[0] if ds.meta.camera_keys else None)
         if key not in ds.meta.camera_keys:

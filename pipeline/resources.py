@@ -37,13 +37,8 @@ from typing import Any
 
 import dagster as dg
 
-from pipeline.stages import (
-    DatasetInfo,
-    Evaluation,
-    ModelArtifact,
-    PromotionDecision,
-    RoundConfig,
-)
+from pipeline.round.config import RoundConfig
+from pipeline.round.records import DatasetInfo, Evaluation, ModelArtifact, PromotionDecision
 from robot_bridge.dispatch import TaskResult
 
 # --- records the assets pass to each other (stored as JSON, never pickled) -----------------------
@@ -321,7 +316,10 @@ def arm_slot(context: dg.AssetExecutionContext, arm) -> Iterator[None]:
         yield
         return
     step_key = f"{context.asset_key.to_user_string()}@{arm.name}"
-    storage.initialize_concurrency_limit_to_default(arm.pool)
+    if arm.pool not in storage.get_concurrency_keys():
+        # only when missing, as Dagster's own executor does: PostgreSQL aborts the transaction of
+        # a second initialisation (a duplicate key), which SQLite forgives
+        storage.initialize_concurrency_limit_to_default(arm.pool)
     if storage.get_concurrency_info(arm.pool).slot_count == 0:
         raise dg.Failure(
             f"pool {arm.pool} has no slot, so station {arm.name} cannot be driven: "

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from pipeline.assets import GROUP
+from pipeline.cluster import round_executor
 
 ROUND_JOB = "improvement_round"
 
@@ -19,6 +20,7 @@ round_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups(GROUP),
     description="One improvement round: collect with the champion, refresh world model and judge, GRPO, "
     "real evaluation, promotion.",
+    executor_def=round_executor(),  # GYMNAST_EXECUTOR: multiprocess here, a pod per step on k8s
 )
 
 # The cron and timezone come from the round partitions (GYMNAST_ROUND_CRON, GYMNAST_TIMEZONE): each

@@ -16,6 +16,7 @@ _EXPORTS = {
     "TokenStats": "policy.vla",
     "CheckpointError": "policy.vla",
     "train_sft": "policy.sft",
+    "SFTConfig": "policy.sft",
     "AugmentConfig": "policy.augment",
     "add_distractors": "policy.augment",
     "VLAStationPolicy": "policy.station",

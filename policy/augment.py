@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gymnast_common.config import Config
+
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(Config):
     shift_pad: int = 2  # random shift (pad + crop, DrQ-style), in pixels of the given frames
     brightness: float = 0.15  # multiplicative, +- fraction
     contrast: float = 0.15  # around the per-image mean, +- fraction

@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
+from gymnast_common.config import Config
 from robot_bridge.spec import ACTION_DIM
 
 QUERY_TOKEN_MODES = ("slots", "pad")
 POS_INITS = ("sincos", "random")
 
 
+PRESETS: dict[str, dict] = {
+    "tiny": {},
+    # OpenVLA-OFT style: empty (pad) placeholders; the checkpoint decides the architecture.
+    "large": {"query_tokens": "pad", "torch_dtype": "bfloat16"},
+}
+
+
 @dataclass
-class VLAConfig:
+class VLAConfig(Config):
     """Architecture and decoding settings of a :class:`policy.vla.VLAPolicy`.
 
     ``tiny`` builds a PaliGemma-style model (SigLIP vision tower + Gemma language model) from
     scratch with a BPE tokenizer trained on robot instructions; ``large`` loads an
     OpenVLA/OpenVLA-OFT-style checkpoint from ``model_path`` (a local directory, never the hub).
     """
+
+    PRESETS = PRESETS
+    PRESET_FIELD = "preset"
 
     preset: str = "tiny"
     # Action chunking and discretisation (OpenVLA-OFT: 5 actions x 7 dims, 256 bins, q01/q99).
@@ -60,8 +70,8 @@ class VLAConfig:
     unnorm_key: str | None = None
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS_NAMES:
-            raise ValueError(f"preset must be one of {PRESETS_NAMES}, got {self.preset!r}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {list(PRESETS)}, got {self.preset!r}")
         if self.vision_pos_init not in POS_INITS:
             raise ValueError(
                 f"vision_pos_init must be one of {POS_INITS}, got {self.vision_pos_init!r}"
@@ -106,30 +116,3 @@ class VLAConfig:
     @property
     def num_image_tokens(self) -> int:
         return (self.image_size // self.patch_size) ** 2
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VLAConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VLAConfig fields {unknown}; valid fields: {sorted(known)}")
-        return cls(**d)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> VLAConfig:
-        if name not in PRESETS_NAMES:
-            raise ValueError(
-                f"unknown VLA preset {name!r}; valid presets: {', '.join(PRESETS_NAMES)}"
-            )
-        return cls(**{**_PRESETS[name], **overrides})
-
-
-_PRESETS: dict[str, dict] = {
-    "tiny": {"preset": "tiny"},
-    # OpenVLA-OFT style: empty (pad) placeholders; the checkpoint decides the architecture.
-    "large": {"preset": "large", "query_tokens": "pad", "torch_dtype": "bfloat16"},
-}
-PRESETS_NAMES = tuple(_PRESETS)

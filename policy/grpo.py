@@ -12,7 +12,6 @@ to a frozen copy of the starting policy).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from gymnast_common.config import Config
 from policy.grpo_math import (  # noqa: F401  (re-exported: the loss lives in one place)
     clipped_surrogate,
     group_advantages,
@@ -31,12 +31,31 @@ from policy.grpo_math import (  # noqa: F401  (re-exported: the loss lives in on
 )
 from policy.grpo_shard import RolloutPlan, SampleShard, step_rollouts
 
-PRESETS = ("tiny", "paper")
+PRESETS: dict[str, dict] = {
+    # the tiny VLA is trained on Gaussian-smoothed bins, so its distribution is already wide:
+    # temperature 1.0 gives it about the spread 1.6 gives a sharp 7B OFT policy (measured on the
+    # sim, 8 demos/task: open drawer 35% at T=1.0, 15% at T=1.6)
+    "tiny": {
+        "group_size": 8,
+        "starts_per_step": 4,
+        "horizon_chunks": 4,  # 20 actions: the sim's expert needs 8-17, the SFT policy ~10
+        "temperature": 1.0,
+        "ppo_epochs": 2,
+        "lr": 1e-4,
+        "steps": 20,
+        "judge_samples": 3,
+        "minibatch_size": 64,
+    },
+    # the dataclass defaults: 20 starts x 8 rollouts x 8 chunks (the paper's 160 rollouts a step)
+    "paper": {},
+}
 TASK_SAMPLING = ("uniform", "signal", "balanced")
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(Config):
+    PRESETS = PRESETS
+
     group_size: int = 8  # G rollouts per start
     starts_per_step: int = 20  # prompts per step (the paper: 20 x 8 = 160 rollouts)
     horizon_chunks: int = 8  # policy calls per rollout (8 x 5 actions = 40 frames)
@@ -127,29 +146,6 @@ class GRPOConfig:
             raise ValueError(
                 f"task_sampling must be one of {TASK_SAMPLING}, got {self.task_sampling!r}"
             )
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> GRPOConfig:
-        if name == "paper":
-            base = cls()
-        elif name == "tiny":
-            # the tiny VLA is trained on Gaussian-smoothed bins, so its distribution is already
-            # wide: temperature 1.0 gives it about the spread 1.6 gives a sharp 7B OFT policy
-            # (measured on the sim, 8 demos/task: open drawer 35% at T=1.0, 15% at T=1.6)
-            base = cls(
-                group_size=8,
-                starts_per_step=4,
-                horizon_chunks=4,  # 20 actions: the sim's expert needs 8-17, the SFT policy ~10
-                temperature=1.0,
-                ppo_epochs=2,
-                lr=1e-4,
-                steps=20,
-                judge_samples=3,
-                minibatch_size=64,
-            )
-        else:
-            raise ValueError(f"unknown GRPO preset {name!r}; valid presets: {', '.join(PRESETS)}")
-        return dataclasses.replace(base, **overrides)
 
 
 @dataclass
@@ -257,6 +253,14 @@ def _resize_like(frames: np.ndarray, world_model) -> np.ndarray:
 
 def score_rollouts(judge, rollouts: Rollouts, config: GRPOConfig) -> torch.Tensor:
     """(B,) {0, 1} rewards from the judge's majority vote; any judge failure propagates."""
+    return judge_rollouts(judge, rollouts, config)[0]
+
+
+def judge_rollouts(
+    judge, rollouts: Rollouts, config: GRPOConfig
+) -> tuple[torch.Tensor, np.ndarray]:
+    """``score_rollouts``' rewards and (B,) the judge's scores in [0, 1] (each rollout's mean
+    score over its samples: what the vote thresholds, shown beside the rollouts it rewarded)."""
     videos = [v.numpy() for v in rollouts.videos]
     result = judge.judge(videos, rollouts.instructions, n_samples=config.judge_samples)
     rewards = torch.as_tensor(result.rewards, dtype=torch.float32)
@@ -264,7 +268,7 @@ def score_rollouts(judge, rollouts: Rollouts, config: GRPOConfig) -> torch.Tenso
         raise ValueError(f"judge returned {tuple(rewards.shape)} rewards for {len(videos)} videos")
     if not torch.isfinite(rewards).all():
         raise ValueError(f"judge returned non-finite rewards: {rewards.tolist()}")
-    return rewards
+    return rewards, np.asarray(result.probabilities, dtype=np.float32).reshape(-1)
 
 
 def grpo_update(
@@ -401,8 +405,14 @@ def train_grpo(
     progress: bool = True,
     on_step=None,
     rollout_fn=None,
+    on_rollouts=None,
 ) -> list[GRPOStats]:
     """Run ``config.steps`` GRPO steps; ``on_step(stats)`` is called after each (for tracking).
+
+    ``on_rollouts(step, rollouts, rewards, scores)``, called after each step's update (before
+    ``on_step``): the step's ``Rollouts`` (this rank's), their (B,) rewards and (B,) the judge's
+    scores in [0, 1] (the rewards under ``rollout_fn``); for pictures of what GRPO was rewarded
+    for (``pipeline.rollout_strip``). The arguments are the step's own: copy what you keep.
 
     ``rollout_fn(batch, generator) -> (Rollouts, rewards)`` replaces imagination and the judge
     (the world model and judge may then be None): the same GRPO in a simulator with its
@@ -436,11 +446,17 @@ def train_grpo(
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     reference = _frozen_copy(policy) if config.kl_coef > 0 else None
 
+    scores: list[np.ndarray] = []  # the step's judge scores, part by part (for on_rollouts)
+
     def make(part: list[Start], gen: torch.Generator):
         if rollout_fn is not None:
-            return rollout_fn(part, gen)
+            rollouts, rewards = rollout_fn(part, gen)
+            scores.append(torch.as_tensor(rewards, dtype=torch.float32).cpu().numpy())
+            return rollouts, rewards
         rollouts = imagine_rollouts(policy, world_model, part, config, gen)
-        return rollouts, score_rollouts(judge, rollouts, config)
+        rewards, judged = judge_rollouts(judge, rollouts, config)
+        scores.append(judged)
+        return rollouts, rewards
 
     history: list[GRPOStats] = []
     signal = TaskSignal(starts)
@@ -453,6 +469,7 @@ def train_grpo(
             else None
         )
         batch = _draw_starts(starts, config, rng, weights)  # the same batch on every rank
+        scores.clear()
         with autocast(dev, precision):
             rollouts, rewards = step_rollouts(plan, batch, step, config.seed, generator, make)
         group_tasks = [task_key(s) for s in batch] if config.task_balanced_loss else None
@@ -472,6 +489,10 @@ def train_grpo(
             ent=f"{stats.entropy:.2f}",
         )
         bar.update(1)
+        if on_rollouts is not None and ctx.is_main:
+            first = plan.groups.start * config.group_size  # this rank's rollouts in the batch
+            mine = rewards[first : first + rollouts.videos.shape[0]]
+            on_rollouts(step, rollouts, mine, np.concatenate(scores))
         if on_step is not None and ctx.is_main:
             on_step(stats)
     bar.close()

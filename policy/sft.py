@@ -10,13 +10,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gymnast_common.config import Config
+from gymnast_common.schedule import warmup_cosine
 from policy.augment import AugmentConfig, augment_images
 from policy.config import VLAConfig
 from policy.tokenization import ActionTokenizer
@@ -113,43 +115,62 @@ def action_loss(logits: torch.Tensor, target: torch.Tensor, label_sigma: float) 
     return (soft * (soft.clamp_min(1e-12).log() - logq)).sum(-1).mean()
 
 
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # cosine to 10%
+SFT_PRESETS: dict[str, dict] = {"tiny": {}}
 
-    return f
+
+@dataclass
+class SFTConfig(Config):
+    """SFT's training options; ``train_sft`` reports the metrics of a run with these."""
+
+    PRESETS = SFT_PRESETS
+
+    steps: int = 300
+    batch_size: int = 16  # the global batch when launched data-parallel
+    lr: float = 3e-3
+    seed: int = 0
+    weight_decay: float = 0.01
+    # linear warmup over this many steps (None: a twentieth of ``steps``), then cosine to 10%
+    warmup_steps: int | None = None
+    grad_clip: float = 1.0
+    # a VLAPolicy keeps its action statistics (its tokens keep their meaning) unless this is set
+    refit_action_stats: bool = False
+    # > 0: train on Gaussian-smoothed bin targets of that width in bins; 0: one-hot cross-entropy
+    label_sigma: float = 3.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # ``robot_bridge.devices`` settings: the policy moves there once; "bf16" autocasts its forward
+    # pass (fp32 weights, optimizer and loss)
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig.from_dict(self.augment)
+        if self.label_sigma < 0:
+            raise ValueError(f"label_sigma must be >= 0 (bins), got {self.label_sigma}")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(
+                f"need steps >= 1, batch_size >= 1, lr > 0; got {self.steps}, {self.batch_size}, "
+                f"{self.lr}"
+            )
+        from robot_bridge.devices import check_device_setting, check_precision_setting
+
+        check_device_setting(self.device, "SFTConfig.device")
+        check_precision_setting(self.precision, "SFTConfig.precision")
 
 
 def train_sft(
     policy_or_config: VLAPolicy | VLAConfig,
     episodes: Iterable[EpisodeLike],
-    steps: int,
-    batch_size: int = 16,
-    lr: float = 3e-3,
-    seed: int = 0,
+    config: SFTConfig,
     progress: bool = True,
-    augment: AugmentConfig | None = None,
-    weight_decay: float = 0.01,
-    warmup_steps: int | None = None,
-    grad_clip: float = 1.0,
-    refit_action_stats: bool = False,
     callback: Callable[[int, dict], None] | None = None,
-    label_sigma: float = 3.0,
-    device: str | torch.device | None = None,
-    precision: str | None = None,
 ) -> tuple[VLAPolicy, dict]:
     """Finetune (or build and train) a VLA on episodes; returns (policy, metrics).
 
     A ``VLAConfig`` builds a fresh tiny policy whose action bins span the episodes' q01/q99. A
-    ``VLAPolicy`` keeps its action stats (so its tokens keep their meaning) unless
-    ``refit_action_stats``. ``label_sigma`` > 0 trains on Gaussian-smoothed bin targets of
-    that width in bins (0: one-hot cross-entropy). ``callback(step, {"loss", "token_accuracy", "lr", "grad_norm"})`` is
-    called every step (e.g. for MLflow). ``device`` / ``precision``: ``robot_bridge.devices``
-    settings (None: "auto"); the policy moves there once and "bf16" autocasts its forward pass
-    (fp32 weights, optimizer and loss).
+    ``VLAPolicy`` keeps its action stats unless ``config.refit_action_stats``.
+    ``callback(step, {"loss", "token_accuracy", "lr", "grad_norm"})`` is called every step (e.g.
+    for MLflow).
 
     Launched by torchrun / ``accelerate launch`` with several processes (``policy.distributed``),
     it trains data-parallel: ``batch_size`` is the global batch, every rank draws and augments
@@ -163,14 +184,10 @@ def train_sft(
     from policy.distributed import DistContext
     from robot_bridge.devices import autocast, placement
 
-    dev, precision = placement(device, precision)
+    c = config
+    steps, batch_size = c.steps, c.batch_size
+    dev, precision = placement(c.device, c.precision)
     ctx, dev = DistContext.setup(dev)
-    if label_sigma < 0:
-        raise ValueError(f"label_sigma must be >= 0 (bins), got {label_sigma}")
-    if steps < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(
-            f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}"
-        )
     ctx.check_batch(batch_size)
     episodes = list(episodes)
     if not episodes:
@@ -183,7 +200,7 @@ def train_sft(
         policy = VLAPolicy.build(policy_or_config, stats)
     elif isinstance(policy_or_config, VLAPolicy):
         policy = policy_or_config
-        if refit_action_stats:
+        if c.refit_action_stats:
             policy.set_action_stats(stats)
     else:
         raise TypeError(f"expected a VLAPolicy or VLAConfig, got {type(policy_or_config).__name__}")
@@ -194,13 +211,12 @@ def train_sft(
     targets = torch.from_numpy(
         policy.action_tokenizer.to_bins(windows.action_chunks).reshape(len(windows), -1)
     )
-    augment = AugmentConfig() if augment is None else augment
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
+    rng = np.random.default_rng(c.seed)
+    torch.manual_seed(c.seed)
     params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=weight_decay)
-    warmup = max(1, steps // 20) if warmup_steps is None else max(1, warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(warmup, steps))
+    opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
+    warmup = max(1, steps // 20) if c.warmup_steps is None else max(1, c.warmup_steps)
+    sched = warmup_cosine(opt, warmup, steps, floor=0.1)
 
     model = ctx.wrap(policy)  # DDP when launched distributed (broadcasts rank 0's weights)
     policy.train()
@@ -210,13 +226,13 @@ def train_sft(
     for step in bar:
         # The global batch, drawn and augmented identically on every rank; each keeps its slice.
         idx = rng.integers(0, len(windows), size=batch_size)
-        images = augment_images(windows.frames[idx], augment, rng)
+        images = augment_images(windows.frames[idx], c.augment, rng)
         mine = ctx.shard(idx)
         idx, images = idx[mine], images[mine]
         with autocast(dev, precision):
             logits = model(images, [windows.instructions[i] for i in idx])  # action_logits
         target = targets[idx].to(dev)  # (B, N)
-        loss = action_loss(logits, target, label_sigma)  # logits: (B, N, 256) float32
+        loss = action_loss(logits, target, c.label_sigma)  # logits: (B, N, 256) float32
         acc_t = (logits.detach().argmax(-1) == target).float().mean()
         # Means over ranks when distributed (the global batch's), so a NaN on any rank stops all.
         loss_v, acc = ctx.mean(torch.stack([loss.detach(), acc_t])).tolist()
@@ -227,7 +243,7 @@ def train_sft(
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()  # under DDP: gradients all-reduced (averaged over ranks) here
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
         opt.step()
         sched.step()
         losses.append(loss_v)

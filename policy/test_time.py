@@ -14,7 +14,7 @@ from policy.grpo import GRPOConfig, GRPOStats, Start, train_grpo
 
 def default_test_time_config() -> GRPOConfig:
     """The tiny preset for 10 steps, one start (the novel frame) per step."""
-    return GRPOConfig.preset("tiny", steps=10, starts_per_step=1)
+    return GRPOConfig.from_preset("tiny", steps=10, starts_per_step=1)
 
 
 def check_frame(frame: np.ndarray) -> None:

@@ -8,11 +8,13 @@ PaliGemma / Qwen-VL-style checkpoint from a local directory.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from gymnast_common.config import Config, ConfigError
 
-class JudgeConfigError(ValueError):
+
+class JudgeConfigError(ConfigError):
     """A judge config or checkpoint does not fit together (expected vs received in the message)."""
 
 
@@ -21,8 +23,15 @@ def _check(cond: bool, msg: str) -> None:
         raise JudgeConfigError(msg)
 
 
+# The large preset reads its architecture from the checkpoint; 224 px is PaliGemma-3B's input.
+VLM_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    "large": {"image_size": 224, "dtype": "bfloat16", "inference_batch_size": 8},
+}
+
+
 @dataclass
-class VLMJudgeConfig:
+class VLMJudgeConfig(Config):
     """A VLM asked "Did the robot {instruction}? Answer yes or no." about the end of a rollout.
 
     The score is P("yes") / (P("yes") + P("no")) for the next token. The image is the final
@@ -30,6 +39,10 @@ class VLMJudgeConfig:
     last ``frames_per_image`` frames taken every ``frame_stride`` frames, always ending at the
     final frame (real episodes stop at the first success frame, so the final frame must be seen).
     """
+
+    PRESETS = VLM_PRESETS
+    PRESET_FIELD = "preset"
+    ERROR = JudgeConfigError
 
     preset: str = "tiny"
     checkpoint_path: str | None = None  # large: a local HF checkpoint directory
@@ -132,36 +145,12 @@ class VLMJudgeConfig:
     def grid(self) -> int:
         return math.isqrt(self.frames_per_image)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["extra_instructions"] = list(self.extra_instructions)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VLMJudgeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        _check(not unknown, f"unknown VLMJudgeConfig fields {unknown}; valid: {sorted(known)}")
-        return cls(**d)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> VLMJudgeConfig:
-        _check(
-            name in VLM_PRESETS, f"unknown preset {name!r}; valid presets: {sorted(VLM_PRESETS)}"
-        )
-        return cls(**{**VLM_PRESETS[name], "preset": name, **overrides})
-
-
-# The large preset reads its architecture from the checkpoint; 224 px is PaliGemma-3B's input.
-VLM_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {},
-    "large": {"image_size": 224, "dtype": "bfloat16", "inference_batch_size": 8},
-}
-
 
 @dataclass
-class OpenAIJudgeConfig:
+class OpenAIJudgeConfig(Config):
     """An OpenAI-compatible chat endpoint judging every ``frame_stride``-th frame (World-Gymnast)."""
+
+    ERROR = JudgeConfigError
 
     model: str = "gpt-4o"
     base_url: str = "https://api.openai.com/v1"
@@ -194,20 +183,12 @@ class OpenAIJudgeConfig:
             self.max_concurrency >= 1, f"max_concurrency must be >= 1, got {self.max_concurrency}"
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> OpenAIJudgeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        _check(not unknown, f"unknown OpenAIJudgeConfig fields {unknown}; valid: {sorted(known)}")
-        return cls(**d)
-
 
 @dataclass
-class AugmentConfig:
+class AugmentConfig(Config):
     """Training-time image changes that mimic world-model artefacts and low-res rollouts."""
+
+    ERROR = JudgeConfigError
 
     shift_px: int = 4
     blur_prob: float = 0.5
@@ -236,9 +217,15 @@ class AugmentConfig:
         _check(self.noise_std_max >= 0, f"noise_std_max must be >= 0, got {self.noise_std_max}")
 
 
+JUDGE_TRAIN_PRESETS: dict[str, dict[str, Any]] = {"tiny": {}}
+
+
 @dataclass
-class JudgeTrainConfig:
+class JudgeTrainConfig(Config):
     """Finetuning hyper-parameters; saved with the metrics of every run."""
+
+    PRESETS = JUDGE_TRAIN_PRESETS
+    ERROR = JudgeConfigError
 
     steps: int = 600
     batch_size: int = 32
@@ -254,10 +241,15 @@ class JudgeTrainConfig:
     early_per_episode: int = 2
     early_batch_frac: float = 0.25  # share of the negative half of a batch drawn from them
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # ``robot_bridge.devices`` settings: None keeps a given judge where it is (a config builds it
+    # on its own ``device``) and "auto" precision; "bf16" autocasts the forward pass on CUDA
+    # (fp32 weights, optimizer and loss)
+    device: str | None = None
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
-            self.augment = AugmentConfig(**self.augment)
+            self.augment = AugmentConfig.from_dict(self.augment)
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         _check(
             self.batch_size >= 2 and self.batch_size % 2 == 0,
@@ -278,6 +270,10 @@ class JudgeTrainConfig:
             self.early_per_episode >= 1,
             f"early_per_episode must be >= 1, got {self.early_per_episode}",
         )
+        from robot_bridge.devices import DeviceError, check_device_setting, check_precision_setting
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        try:
+            check_device_setting(self.device, "JudgeTrainConfig.device")
+            check_precision_setting(self.precision, "JudgeTrainConfig.precision")
+        except DeviceError as e:
+            raise JudgeConfigError(str(e)) from None

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gymnast_common.schedule import warmup_cosine
 from reward.config import AugmentConfig, JudgeTrainConfig, VLMJudgeConfig
 from reward.judge import SuccessJudge
 from reward.metrics import binary_metrics
@@ -155,64 +156,43 @@ def _balanced_batch(
     return torch.cat([draw(pos, half), draw(neg_final, half - n_early), draw(neg_early, n_early)])
 
 
-def _lr_lambda(steps: int, warmup_frac: float):
-    warmup = max(1, int(warmup_frac * steps))
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine to 10%
-
-    return f
-
-
 def finetune_judge(
     judge_or_config: VLMJudge | VLMJudgeConfig,
     episodes: Sequence[Any],
-    steps: int = 600,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
+    config: JudgeTrainConfig,
     val_episodes: Sequence[Any] | None = None,
     progress: bool = True,
-    device: Any = None,
-    precision: str | None = None,
-    **options: Any,
 ) -> tuple[VLMJudge, dict[str, Any]]:
     """Train the judge on labelled episodes; with ``val_episodes``, calibrate its threshold.
 
-    ``options`` are further ``JudgeTrainConfig`` fields (early_negatives, augment, ...).
-    ``device`` / ``precision``: ``robot_bridge.devices`` settings; None keeps a given judge where it
-    is (a config builds it on its ``device`` setting) and "auto" precision; "bf16" autocasts the
-    forward pass on CUDA (fp32 weights, optimizer and loss). Augmentation stays on the CPU (its
-    generator too); the augmented batch moves to the judge's device.
+    Augmentation stays on the CPU (its generator too); the augmented batch moves to the judge's
+    device (``config.device``; None keeps a given judge where it is).
     Returns the trained judge (in eval mode) and metrics (loss, speed, data counts, val F1).
     """
-    train = JudgeTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, **options)
     from robot_bridge.devices import autocast, resolve_precision
 
+    steps, batch_size, lr = config.steps, config.batch_size, config.lr
     judge = _as_vlm_judge(judge_or_config, episodes)
-    if device is not None:
-        judge.to(device)
-    precision = resolve_precision(precision, judge.device)
-    ex = build_examples(judge, episodes, train)
+    if config.device is not None:
+        judge.to(config.device)
+    precision = resolve_precision(config.precision, judge.device)
+    ex = build_examples(judge, episodes, config)
     if ex.n_skipped:
         log.warning(
             "skipped %d of %d episodes without a success label", ex.n_skipped, len(episodes)
         )
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(config.seed)
     model = judge.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, train.warmup_frac))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    sched = warmup_cosine(opt, max(1, int(config.warmup_frac * steps)), steps, floor=0.1)
     loss_ema, losses = None, []
     bar = _progress(steps, progress)
     t0 = time.perf_counter()
     try:
         for step in range(steps):
-            idx = _balanced_batch(ex, batch_size, train.early_batch_frac, gen)
-            x = augment(ex.images[idx].float() / 255.0, train.augment, gen)
+            idx = _balanced_batch(ex, batch_size, config.early_batch_frac, gen)
+            x = augment(ex.images[idx].float() / 255.0, config.augment, gen)
             with autocast(judge.device, precision):
                 margin = judge.yes_no_margin(x, [ex.instructions[i] for i in idx.tolist()])
             loss = F.binary_cross_entropy_with_logits(
@@ -222,7 +202,7 @@ def finetune_judge(
                 raise FloatingPointError(f"judge loss is {loss.item()} at step {step} (lr {lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             opt.step()
             sched.step()
             losses.append(loss.item())
@@ -247,7 +227,7 @@ def finetune_judge(
         "n_positive": int(((ex.labels == 1) & ~ex.early).sum()),
         "n_negative": int(((ex.labels == 0) & ~ex.early).sum()),
         "n_early_negatives": int(ex.early.sum()),
-        "train_config": train.to_dict(),
+        "train_config": config.to_dict(),
         "device": str(judge.device),
         "precision": precision,
     }

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pipeline import bench_gpu
+from pipeline.bench import gpu as bench_gpu
 
 
 @pytest.fixture(autouse=True)

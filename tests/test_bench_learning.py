@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bench_budget import (
+from pipeline.bench.budget import (
     Ledger,
     arm_keys,
     budget_claims,
@@ -124,8 +124,8 @@ def test_iter_sft_trains_on_the_demonstrations_and_every_real_success_of_the_mai
 
 
 def test_bad_bench_settings_fail_before_anything_runs():
-    from pipeline.bench_learning import run
-    from pipeline.stages import RoundConfig
+    from pipeline.bench.learning import run
+    from pipeline.round.config import RoundConfig
 
     with pytest.raises(ValueError, match="replicates must be >= 1"):
         run(Path("/nonexistent/bench"), RoundConfig(), 1, replicates=0)
@@ -138,8 +138,8 @@ def _outcomes(successes: dict[str, int], n: int = 20) -> dict:
 
 
 def test_the_report_over_replicates_has_every_arm_its_budget_the_verdict_and_a_figure(tmp_path):
-    from pipeline.bench_report import summarize, write_summary
-    from pipeline.stages import RoundConfig
+    from pipeline.bench.report import summarize, write_summary
+    from pipeline.round.config import RoundConfig
 
     strong = {"open_drawer": 16, "close_drawer": 19, "eggplant_in_sink": 4}
     arms = {
@@ -189,8 +189,9 @@ def demos():
 
 @pytest.mark.timeout(300)
 def test_sft_with_selection_keeps_as_many_candidates_as_the_main_arm_checks(tmp_path, demos):
-    from pipeline.bench_arms import train_sft_snapshots
-    from pipeline.stages import RoundConfig, challenger_candidates
+    from pipeline.bench.arms import train_sft_snapshots
+    from pipeline.round.config import RoundConfig
+    from pipeline.round.stages import challenger_candidates
 
     cfg = RoundConfig(tasks=("close_drawer",), sft_steps=6, challenger_snapshots=3)
     n = selection_candidates(cfg.challenger_snapshots, dyna=1)  # two legs of three snapshots
@@ -216,10 +217,10 @@ def test_sim_rl_is_the_same_grpo_in_the_gapped_simulator_rewarded_by_ground_trut
     from policy.config import VLAConfig
     from policy.evaluate_sim import SimRollouts, sim_start, train_grpo_in_sim
     from policy.grpo import GRPOConfig, Start
-    from policy.sft import train_sft
+    from policy.sft import SFTConfig, train_sft
 
-    policy, _ = train_sft(VLAConfig.from_preset("tiny"), demos, steps=2, progress=False)
-    cfg = GRPOConfig.preset(
+    policy, _ = train_sft(VLAConfig.from_preset("tiny"), demos, SFTConfig(steps=2), progress=False)
+    cfg = GRPOConfig.from_preset(
         "tiny", group_size=2, starts_per_step=2, horizon_chunks=2, steps=1, device="cpu"
     )
     starts = [sim_start("close_drawer", 40_000), sim_start("close_drawer", 40_001)]
@@ -237,4 +238,4 @@ def test_sim_rl_is_the_same_grpo_in_the_gapped_simulator_rewarded_by_ground_trut
     history = train_grpo_in_sim(policy, starts, cfg, parallel=2, progress=False)
     assert len(history) == 1 and history[0].total_groups == 2
     with pytest.raises(ValueError, match="distractor_prob=0"):
-        SimRollouts(policy, GRPOConfig.preset("tiny", distractor_prob=0.5), parallel=1)
+        SimRollouts(policy, GRPOConfig.from_preset("tiny", distractor_prob=0.5), parallel=1)

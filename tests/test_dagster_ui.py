@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 
 from pipeline.demo import STAGES
-from pipeline.stages import SMOKE_ROUND
+from pipeline.round.config import SMOKE_ROUND
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -177,9 +177,25 @@ def test_asset_graph_of_a_finished_round_renders_materialized(finished_round, we
         chart_src = chart.get_attribute("src") or ""
         chart_size = chart.evaluate("img => [img.naturalWidth, img.naturalHeight]")
         page.screenshot(path="/tmp/gymnast_dagster_success_chart.png", full_page=True)
+
+        # the challenger's page shows the strip of GRPO's imagined rollouts, judge score on each
+        page.goto(
+            f"{webserver}/assets/challenger?view=partitions&partition={round_key}",
+            wait_until="domcontentloaded",
+        )
+        row = page.locator("tr", has_text="imagined_rollouts").first
+        row.wait_for(timeout=60_000)
+        row.get_by_text("[Show Markdown]").first.click()
+        strip = page.locator('img[alt^="GRPO\'s imagined rollouts"]').first
+        strip.wait_for(state="visible", timeout=60_000)
+        strip_src = strip.get_attribute("src") or ""
+        strip_size = strip.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        page.screenshot(path="/tmp/gymnast_dagster_grpo_rollouts.png", full_page=True)
         browser.close()
     assert chart_src.startswith("data:image/png;base64,")
     assert chart_size[0] > 300 and chart_size[1] > 200  # decoded and drawn, not a broken image
+    assert strip_src.startswith("data:image/png;base64,")
+    assert strip_size[0] > 300 and strip_size[1] > 200  # rows of frames, drawn
     assert shot.stat().st_size > 10_000
     for name, text in materialized.items():
         assert "Materialized (1)" in text, name

@@ -10,6 +10,7 @@ offline).
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -118,20 +119,86 @@ def test_postgres_storage_config_against_its_class_schema(monkeypatch):
 # --- GPU step tags (proposed) -----------------------------------------------------------------
 
 
-def test_gpu_step_tags_cover_exactly_the_pooled_assets():
+def test_gpu_step_tags_cover_exactly_the_gpu_pool_and_the_arm_driving_assets():
     from pipeline.definitions import defs
 
     proposal = yaml.safe_load(GPU_TAGS.read_text())
-    pools: dict[str, str] = {}
+    classes: dict[str, str] = {}
     for node in defs.resolve_asset_graph().asset_nodes:
-        if node.pools:
-            (pool,) = node.pools
-            pools[node.key.to_user_string()] = pool
-    assert pools == proposal["assets"]
+        name = node.key.to_user_string()
+        if node.pools == {"gpu"}:
+            classes[name] = "gpu"
+        if node.assets_def.op.tags.get("gymnast/moves_arm") == "true":
+            classes[name] = "robot"
+    assert classes == proposal["assets"]
     gpu = proposal["gpu"]["dagster-k8s/config"]["container_config"]["resources"]["limits"]
     assert gpu["nvidia.com/gpu"] == 1
     robot = proposal["robot"]["dagster-k8s/config"]["container_config"]["resources"]
     assert "nvidia.com/gpu" not in robot.get("limits", {})
+
+
+CLUSTER_PROBE = """
+import json
+from pipeline.definitions import defs
+job = defs.resolve_job_def("improvement_round")
+ops = {n.key.to_user_string(): n.assets_def.op.tags for n in defs.resolve_asset_graph().asset_nodes}
+print(json.dumps({"executor": job.executor_def.name, "tags": ops}, default=str))
+"""
+
+
+def _definitions_with(env: dict) -> dict:
+    """The definitions as a deployment loads them: a fresh process with its environment."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", CLUSTER_PROBE],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_cluster_settings_put_gpu_steps_on_gpu_pods_and_each_step_in_a_pod():
+    pytest.importorskip("dagster_k8s", reason="the `cluster` extra is not installed")
+    local = _definitions_with({"GYMNAST_EXECUTOR": "multiprocess", "GYMNAST_STEP_TAGS": ""})
+    assert local["executor"] == "multi_or_in_process_executor"
+    assert all("dagster-k8s/config" not in t for t in local["tags"].values())
+
+    cluster = _definitions_with({"GYMNAST_EXECUTOR": "k8s", "GYMNAST_STEP_TAGS": str(GPU_TAGS)})
+    assert cluster["executor"] == "k8s"
+    tags = cluster["tags"]
+
+    def k8s(asset: str) -> dict:  # Dagster keeps a non-string tag value as its JSON
+        value = tags[asset]["dagster-k8s/config"]
+        return json.loads(value) if isinstance(value, str) else value
+
+    for asset in ("world_model", "judge", "challenger"):
+        limits = k8s(asset)["container_config"]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == 1, asset
+    for asset in ("real_episodes", "real_evaluation"):
+        assert tags[asset]["gymnast/moves_arm"] == "true"  # the arm tag survives the merge
+        limits = k8s(asset)["container_config"]["resources"]["limits"]
+        assert "nvidia.com/gpu" not in limits, asset
+    assert "dagster-k8s/config" not in tags["dataset"]
+
+
+def test_cluster_settings_refuse_an_unknown_executor_or_step_class(tmp_path, monkeypatch):
+    from pipeline import cluster
+
+    monkeypatch.setenv("GYMNAST_EXECUTOR", "slurm")
+    with pytest.raises(ValueError, match="valid: multiprocess, k8s"):
+        cluster.round_executor()
+    bad = tmp_path / "tags.yaml"
+    bad.write_text("gpu: {}\nassets: {world_model: tpu}\n")
+    monkeypatch.setenv("GYMNAST_STEP_TAGS", str(bad))
+    with pytest.raises(ValueError, match="step class 'tpu'"):
+        cluster.step_tags("world_model")
 
 
 # --- the Dockerfile ---------------------------------------------------------------------------

@@ -120,7 +120,7 @@ def test_precision_is_fp32_on_cpu_and_bf16_autocast_only_on_cuda(monkeypatch):
 
 
 def test_configs_check_their_device_and_precision_settings():
-    from pipeline.stages import RoundConfig
+    from pipeline.round.config import RoundConfig
     from policy.grpo import GRPOConfig
     from reward.config import JudgeConfigError, VLMJudgeConfig
 
@@ -130,9 +130,9 @@ def test_configs_check_their_device_and_precision_settings():
         RoundConfig(device="gpu")
     with pytest.raises(DeviceError, match="RoundConfig.precision"):
         RoundConfig(precision="fp16")
-    assert GRPOConfig.preset("tiny").device == "auto"
+    assert GRPOConfig.from_preset("tiny").device == "auto"
     with pytest.raises(DeviceError, match="GRPOConfig.device"):
-        GRPOConfig.preset("tiny", device="tpu")
+        GRPOConfig.from_preset("tiny", device="tpu")
     assert VLMJudgeConfig().device == "auto"
     with pytest.raises(JudgeConfigError):
         VLMJudgeConfig(device="gpu0")
@@ -206,42 +206,36 @@ def small_world_model_config():
 
 def run_sft(device, precision):
     from policy.config import VLAConfig
-    from policy.sft import train_sft
+    from policy.sft import SFTConfig, train_sft
     from policy.vla import VLAPolicy
 
     policy = VLAPolicy.build(VLAConfig.from_preset("tiny"))
     spy = InputDevices(policy.model)
-    policy, metrics = train_sft(
-        policy, episodes(), steps=2, batch_size=4, progress=False, device=device,
-        precision=precision,
-    )  # fmt: skip
+    config = SFTConfig(steps=2, batch_size=4, device=device, precision=precision)
+    policy, metrics = train_sft(policy, episodes(), config, progress=False)
     return policy, metrics, spy.remove()
 
 
 def run_world_model(device, precision):
     from world_model.model import ActionConditionedWorldModel
-    from world_model.train import train_world_model
+    from world_model.train import WorldModelTrainConfig, train_world_model
 
     model = ActionConditionedWorldModel(small_world_model_config())
     spy = InputDevices(model.backbone)
-    model, metrics = train_world_model(
-        model, episodes(), steps=2, batch_size=4, progress=False, device=device,
-        precision=precision,
-    )  # fmt: skip
+    config = WorldModelTrainConfig(steps=2, batch_size=4, device=device, precision=precision)
+    model, metrics = train_world_model(model, episodes(), config, progress=False)
     return model, metrics, spy.remove()
 
 
 def run_judge(device, precision):
-    from reward.config import VLMJudgeConfig
+    from reward.config import JudgeTrainConfig, VLMJudgeConfig
     from reward.train import finetune_judge
     from reward.vlm import VLMJudge
 
     judge = VLMJudge.from_config(VLMJudgeConfig(device="cpu"), instructions=["open the drawer"])
     spy = InputDevices(judge.model.model)
-    judge, metrics = finetune_judge(
-        judge, episodes(), steps=2, batch_size=4, progress=False, device=device,
-        precision=precision,
-    )  # fmt: skip
+    config = JudgeTrainConfig(steps=2, batch_size=4, device=device, precision=precision)
+    judge, metrics = finetune_judge(judge, episodes(), config, progress=False)
     return judge, metrics, spy.remove()
 
 
@@ -285,7 +279,7 @@ def test_grpo_places_policy_world_model_and_judge_on_its_device(tmp_path):
     )
     judge = load_judge(tmp_path / "judge", device="cpu")
     assert judge.device == torch.device("cpu") and judge.config.device == "auto"
-    cfg = GRPOConfig.preset(
+    cfg = GRPOConfig.from_preset(
         "tiny", group_size=2, starts_per_step=1, horizon_chunks=1, steps=1, judge_samples=1,
         device="cpu", filter_low=0.0, filter_high=1.0,
     )  # fmt: skip

@@ -57,19 +57,21 @@ def _episodes() -> list[_Episode]:
 def _train(callback=None):
     from policy.augment import AugmentConfig
     from policy.config import VLAConfig
-    from policy.sft import train_sft
+    from policy.sft import SFTConfig, train_sft
 
     torch.manual_seed(1234)  # the init; under DDP rank 0's weights are broadcast anyway
     return train_sft(
         VLAConfig.from_preset("tiny", **SMALL),
         _episodes(),
-        steps=STEPS,
-        batch_size=GLOBAL_BATCH,
-        lr=1e-3,
-        seed=7,
+        SFTConfig(
+            steps=STEPS,
+            batch_size=GLOBAL_BATCH,
+            lr=1e-3,
+            seed=7,
+            augment=AugmentConfig(distractor_prob=0.5),  # every augmentation draws from the rng
+            device="cpu",
+        ),
         progress=False,
-        augment=AugmentConfig(distractor_prob=0.5),  # every augmentation draws from the rng
-        device="cpu",
         callback=callback,
     )
 
@@ -228,7 +230,7 @@ def _train_grpo(on_step=None):
     torch.manual_seed(1234)  # the world model's init (each rank builds its own copy)
     world_model = ActionConditionedWorldModel(small_config())
     policy = VLAPolicy.build(VLAConfig.from_preset("tiny", **SMALL))
-    config = GRPOConfig.preset("tiny", **GRPO_OVERRIDES)
+    config = GRPOConfig.from_preset("tiny", **GRPO_OVERRIDES)
     starts = [Start(_frame(i), INSTRUCTIONS[i % 2], ("pick", "drawer")[i % 2]) for i in range(5)]
     judge = _BrighterThanGroupJudge(config.group_size)
     history = train_grpo(

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pytest
 import torch
+from config_convention import assert_follows_the_config_convention
 
 from policy.augment import add_distractors
 from policy.config import VLAConfig
@@ -143,7 +144,7 @@ def world_model() -> ActionConditionedWorldModel:
 
 @pytest.fixture(scope="module")
 def cfg() -> GRPOConfig:
-    return GRPOConfig.preset(
+    return GRPOConfig.from_preset(
         "tiny", group_size=4, starts_per_step=2, horizon_chunks=2, steps=2, judge_samples=3
     )
 
@@ -495,11 +496,20 @@ def test_no_starts_and_bad_configs_are_refused(policy, world_model, cfg):
     with pytest.raises(ValueError, match="need 0 <= filter_low <= filter_high <= 1"):
         GRPOConfig(filter_high=1.5)
     with pytest.raises(ValueError, match="temperature must be > 0 for rollouts, got 0"):
-        GRPOConfig.preset("tiny", temperature=0)
+        GRPOConfig.from_preset("tiny", temperature=0)
     with pytest.raises(ValueError, match=r"clip_low must be in \(0, 1\)"):
         GRPOConfig(clip_low=1.0)
-    with pytest.raises(ValueError, match="unknown GRPO preset 'huge'; valid presets: tiny, paper"):
-        GRPOConfig.preset("huge")
+    with pytest.raises(
+        ValueError, match="unknown GRPOConfig preset 'huge'; valid presets: tiny, paper"
+    ):
+        GRPOConfig.from_preset("huge")
+
+
+def test_grpo_config_follows_the_config_convention():
+    assert_follows_the_config_convention(
+        GRPOConfig, "tiny", train_tasks=("open_drawer",), kl_coef=0.1, device="cpu"
+    )
+    assert GRPOConfig.from_preset("paper") == GRPOConfig()
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -532,6 +542,59 @@ def test_train_grpo_two_steps_with_a_novel_instruction_and_distractors(world_mod
         assert all(h.extra[f"success/{t}"] == 0.5 and h.extra[f"kept/{t}"] == 1 for t in drawn)
     assert NOVEL in judge.seen and "close the drawer" in judge.seen
     assert changed(policy, before)
+
+
+def test_on_rollouts_keeps_scored_rollouts_and_the_strip_has_a_row_for_each(
+    world_model, starts, cfg, tmp_path
+):
+    """The strip of GRPO's imagined rollouts (pipeline.rollout_strip) from a real tiny run: the
+    callback sees each step's rollouts with rewards and judge scores in [0, 1]; the keeper keeps
+    a few of the first and last step, highest score first; the PNG has one row per kept one."""
+    from PIL import Image
+
+    from pipeline.rollout_strip import RolloutKeeper, render_rollout_strip
+
+    config = replace(cfg, steps=3)
+    keeper = RolloutKeeper(config.steps, per_step=3, frames=4)
+    seen = []
+
+    def on_rollouts(step, rollouts, rewards, scores):
+        seen.append((step, rollouts.videos.shape, rewards.clone(), np.array(scores)))
+        keeper(step, rollouts, rewards, scores)
+
+    judge = BrighterThanGroupJudge(config.group_size)
+    history = train_grpo(
+        fresh_policy(), world_model, judge, starts, config, progress=False, on_rollouts=on_rollouts
+    )
+    b = config.starts_per_step * config.group_size
+    assert [s[0] for s in seen] == [0, 1, 2]
+    for (_, shape, rewards, scores), h in zip(seen, history, strict=True):
+        assert shape[0] == b and rewards.shape == (b,) and scores.shape == (b,)
+        assert float(rewards.mean()) == h.success_rate  # the rewards the step trained on
+        assert ((scores >= 0) & (scores <= 1)).all()
+        assert np.array_equal(scores >= 0.5, rewards.numpy() == 1)  # the vote of the scores
+    kept = keeper.kept
+    assert [k.step for k in kept] == [0, 0, 0, 2, 2, 2]  # first and last step only
+    for step in (0, 2):
+        ranked = [k.score for k in kept if k.step == step]
+        assert ranked == sorted(ranked, reverse=True) and ranked[0] == 1.0 and ranked[-1] == 0.0
+    assert all(0 <= k.score <= 1 and k.frames.shape[0] == 4 for k in kept)
+    assert all(k.frames.dtype == np.uint8 and k.instruction in judge.seen for k in kept)
+    assert "judge score 1.00 (reward 1), step 3/3" in kept[3].caption(config.steps)
+
+    out = keeper.write(tmp_path / "previews" / "grpo_rollouts.png")
+    assert out == tmp_path / "previews" / "grpo_rollouts.png"
+    with Image.open(out) as img:
+        strip = np.asarray(img.convert("RGB")).astype(int)
+    rows = np.array_split(strip, len(kept), axis=0)  # equal rows, one per kept rollout
+    assert strip.shape[0] % len(kept) == 0
+    for row, k in zip(rows, kept, strict=True):
+        bar = row[row.shape[0] // 2, 2]  # the row's left bar: green rewarded, red not
+        assert (bar[1] > bar[0]) == (k.reward == 1), (bar, k.reward)
+    # nothing kept (e.g. no kept step ran): no strip, and an old one is removed
+    assert RolloutKeeper(5, steps=[]).write(out) is None and not out.exists()
+    with pytest.raises(ValueError, match="no rollouts to draw"):
+        render_rollout_strip([], 1, out)
 
 
 def test_train_tasks_restricts_the_groups_to_those_tasks_and_a_missing_one_is_an_error(

@@ -8,6 +8,7 @@
   loader by string, so that import happens only when a station runs a VLA job.
 - ``world_model``, ``policy`` and ``reward`` never import ``pipeline``: the round's stages call the
   models, never the other way round.
+- ``gymnast_common`` (what the model packages share) imports none of gymnast's packages.
 """
 
 from __future__ import annotations
@@ -105,7 +106,13 @@ def test_a_vla_checkpoint_on_a_host_without_the_training_stack_is_a_clear_load_e
 
 
 def test_robot_bridge_imports_no_other_gymnast_package():
-    assert _violations(("robot_bridge",), {"world_model", "policy", "reward", "pipeline"}) == []
+    others = {"gymnast_common", "world_model", "policy", "reward", "pipeline"}
+    assert _violations(("robot_bridge",), others) == []
+
+
+def test_gymnast_common_imports_no_gymnast_package():
+    others = {"robot_bridge", "world_model", "policy", "reward", "pipeline"}
+    assert _violations(("gymnast_common",), others) == []
 
 
 def test_models_never_import_the_pipeline():

@@ -10,10 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
+from pipeline.dataset_journal import JOURNAL, journal
 from pipeline.lerobot_dataset import (
     ACTION_STATS_FILE,
     EPISODES_SIDECAR,
-    JOURNAL,
     DatasetEpisodes,
     EpisodeExportError,
     ExternalDataset,
@@ -301,7 +301,7 @@ def test_a_killed_append_is_rolled_back_by_the_next(two_rounds, tmp_path):
     killed, at_kill = tmp_path / "killed", tmp_path / "at_kill"
     shutil.copytree(ds, killed)
     with pytest.raises(RuntimeError, match="killed"):
-        with lerobot_dataset._journal(killed):
+        with journal(killed):
             lerobot_dataset._resume(second[:2], killed, "gymnast/episodes", IMAGE_KEY, "libsvtav1")
             shutil.copytree(killed, at_kill)
             raise RuntimeError("killed")
@@ -393,7 +393,8 @@ def test_world_model_stage_trains_from_the_dataset_and_the_external_one(
     """The dataset stage appends round by round; the world-model stage gets the round's episodes
     from the LeRobotDataset (not the HDF5 files) plus the lab's external dataset, in training."""
     import world_model.train
-    from pipeline.stages import RoundConfig, build_dataset, refresh_world_model
+    from pipeline.round.config import RoundConfig
+    from pipeline.round.stages import build_dataset, refresh_world_model
 
     first, second = two_rounds
     ds = tmp_path / "dataset"

@@ -18,7 +18,9 @@ import dagster as dg
 import pytest
 
 from pipeline.resources import ChampionRecord, RoundStore
-from pipeline.stages import SMOKE_ROUND, ModelArtifact, PromotionDecision, checkpoint_sha256
+from pipeline.round.config import SMOKE_ROUND
+from pipeline.round.records import ModelArtifact, PromotionDecision
+from pipeline.round.stages import checkpoint_sha256
 from robot_bridge.episodes import list_episodes, read_episode
 from robot_bridge.launch import StationProcess
 from robot_bridge.policies import write_policy_config

@@ -12,7 +12,8 @@ import dagster as dg
 import pytest
 
 from pipeline.resources import ChallengerEvaluation, LoopSettings, RoundEpisodes, RoundStore
-from pipeline.stages import SMOKE_ROUND, Evaluation, ModelArtifact, PromotionDecision
+from pipeline.round.config import SMOKE_ROUND
+from pipeline.round.records import Evaluation, ModelArtifact, PromotionDecision
 from robot_bridge.dispatch import TaskResult
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,6 +130,21 @@ def _evaluation(outcomes: dict[tuple[str, int], bool], sha: str) -> Evaluation:
         r.labelled += 1
         r.successes += int(ok)
     return Evaluation(sha, [Path(f"/x/{t}-{s}.h5") for t, s in outcomes], per_task, outcomes)
+
+
+def test_round_config_follows_the_config_convention():
+    from config_convention import assert_follows_the_config_convention
+
+    from pipeline.round.config import RoundConfig
+
+    assert_follows_the_config_convention(
+        RoundConfig,
+        "bench",
+        tasks=("open_drawer",),
+        grpo_overrides={"lr": 1e-3, "train_tasks": ["open_drawer"]},
+        external_datasets=({"path": "/data/bridge", "success": None},),
+    )
+    assert RoundConfig.from_preset("smoke").tasks == ("open_drawer", "close_drawer")
 
 
 def test_round_records_round_trip_and_current_champion(tmp_path):
@@ -325,6 +341,16 @@ def test_two_rounds_through_dagster_in_separate_processes(stack):
         for t in TINY["tasks"]
     ]
     assert sum(len(h) for h in per_task) >= 2  # each of the 2 steps drew at least one task
+    # the strip of GRPO's imagined rollouts, scored by the judge: in MLflow and on the asset's page
+    for run in grpo:
+        logged = tracker.client.list_artifacts(run.info.run_id, "previews")
+        assert "previews/grpo_rollouts.png" in {a.path for a in logged}
+    event = instance.get_latest_materialization_event(dg.AssetKey("challenger"))
+    meta = event.asset_materialization.metadata
+    assert "data:image/png;base64," in meta["imagined_rollouts"].value
+    assert meta["imagined_rollouts_file"].value == str(
+        store.round_dir(r2) / "previews" / "grpo_rollouts.png"
+    )
 
 
 @pytest.mark.slow
@@ -410,8 +436,8 @@ def test_every_benchmark_is_reachable_from_the_cli():
     args = parser.parse_args(["bench", "learning", "--dyna", "1", "--dyna-seed", "7"])
     assert args.dyna_seed == 7
     # a Dyna seed with no Dyna iteration, or a negative one, fails before anything runs
-    from pipeline.bench_learning import run
-    from pipeline.stages import RoundConfig
+    from pipeline.bench.learning import run
+    from pipeline.round.config import RoundConfig
 
     for iterations, seed in ((0, 7), (1, -1)):
         with pytest.raises(ValueError, match="dyna_seed must be >= 0 and needs Dyna iterations"):
@@ -425,80 +451,155 @@ def test_every_benchmark_is_reachable_from_the_cli():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(3000)
 def test_learning_bench_end_to_end_at_smoke_size_with_a_dyna_iteration(tmp_path):
-    """The whole bench through the CLI: SFT, exploration, world model, judge, GRPO, one Dyna
-    iteration (RL runs on training seeds -> finetuned world model and judge -> GRPO again), then
-    the real and imagined evaluation of all three policies on the same seeds. GRPO keeps two
-    snapshots and the real check on the station picks one, each time."""
-    from pipeline.stages import checkpoint_sha256
-    from robot_bridge.episodes import list_episodes, read_episode
+    """The whole bench through the CLI, one replicate: SFT, exploration, world model, judge, GRPO
+    (WG), one Dyna iteration (WG's runs on training seeds -> finetuned world model and judge ->
+    GRPO again: WG+Dyna1), the baselines with WG+Dyna1's real budget (SFT+select, Iter-SFT,
+    Sim-RL), then the real and imagined evaluation of every arm on the same seeds. Every GRPO
+    and every baseline keeps snapshots and a real check on the station picks one, each time."""
+    from pipeline.round.stages import checkpoint_sha256
+    from robot_bridge.episodes import list_episodes, read_episode, read_episode_header
 
     work = tmp_path / "bench"
+    rep = work / "rep0"
     cmd = [sys.executable, "-m", "pipeline.cli", "bench", "learning", "--workdir", str(work)]
     cmd += ["--preset", "smoke", "--eval-episodes", "1", "--dyna", "1", "--dyna-seed", "3"]
-    cmd += ["--eval-task-episodes", f"{TINY['tasks'][0]}=2"]
+    cmd += ["--replicates", "1", "--eval-task-episodes", f"{TINY['tasks'][0]}=2"]
     cmd += ["--set", "explore_episodes_per_task=1", "--set", "grpo_steps=2"]
     cmd += ["--set", "challenger_snapshots=2", "--set", "snapshot_check_episodes_per_task=1"]
     overrides = {**TINY["grpo_overrides"], "task_sampling": "signal"}
     cmd += ["--set", f"grpo_overrides={json.dumps(overrides)}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1700, cwd=REPO)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1400, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((work / "bench_learning.json").read_text())
-    assert list(report["real"]) == ["SFT", "RL", "RL+Dyna1"]
-    assert "| RL+Dyna1 - SFT | beyond 95% CIs | episodes |" in done.stdout
-    assert "RL+Dyna1 beats SFT beyond the 95% intervals on " in done.stdout
-    labelled = {
-        n: {t: r["labelled"] for t, r in report["real"][n]["per_task"].items()}
-        for n in report["real"]
-    }
-    first = TINY["tasks"][0]  # SFT and the final policy: 2 episodes there; RL in between: 1
-    assert labelled["SFT"][first] == labelled["RL+Dyna1"][first] == 2
-    assert labelled["RL"][first] == 1 and report["eval_episodes_per_task"][first] == 2
-    sft_sha = checkpoint_sha256(work / "bootstrap" / "policy")
+    report = json.loads((rep / "bench_learning.json").read_text())
+    arms = ["SFT", "SFT+select", "Iter-SFT", "Sim-RL", "WG", "WG+Dyna1"]
+    assert list(report["real"]) == arms and report["main_arm"] == "WG+Dyna1"
+    assert list(report["imagined"]) == arms and report["replicate"] == 0
+    assert report["reused_stages"] == []
+    assert "| WG+Dyna1 - SFT | beyond 95% CIs | episodes |" in done.stdout
+    assert "WG+Dyna1 beats SFT beyond the 95% intervals on " in done.stdout
+    # the summary over the replicates beside them: JSON, markdown and the figure
+    summary = json.loads((work / "bench_learning.json").read_text())
+    assert summary["arms"] == arms and summary["main_arm"] == "WG+Dyna1"
+    assert len(summary["replicates"]) == 1 and summary["settings"]["replicates"] == 1
+    assert summary["budget"] == [report["budget"]]
+    assert (work / "bench_learning.md").read_text().count("| WG+Dyna1 |") == 2 * len(
+        TINY["tasks"]
+    ) + 1  # a row per task (success), one in the budget table
+    assert (work / "bench_learning.png").stat().st_size > 0
+    # every arm on the same evaluation seeds, as many episodes per task
+    first = TINY["tasks"][0]  # 2 episodes there for every arm, 1 on the others
+    counts = {t: 2 if t == first else 1 for t in TINY["tasks"]}
+    assert report["eval_episodes_per_task"] == counts
+    for n in arms:
+        per_task = report["real"][n]["per_task"]
+        assert {t: r["labelled"] for t, r in per_task.items()} == counts, n
+    sft_sha = checkpoint_sha256(rep / "bootstrap" / "policy")
     assert report["real"]["SFT"]["checkpoint_sha256"] == sft_sha
-    dyna = [read_episode(p) for p in list_episodes(work / "dyna1" / "episodes")]
+    dyna = [read_episode(p) for p in list_episodes(rep / "dyna1" / "episodes")]
     assert len(dyna) == len(TINY["tasks"]) * TINY["collect_episodes_per_task"]
-    assert all(30_000 <= e.seed < 50_000 for e in dyna)  # training seeds, not the evaluation's
-    assert {e.policy_sha256 for e in dyna} == {report["real"]["RL"]["checkpoint_sha256"]}
+    assert all(30_000 <= e.seed < 40_000 for e in dyna)  # training seeds, not the evaluation's
+    assert {e.policy_sha256 for e in dyna} == {report["real"]["WG"]["checkpoint_sha256"]}
     assert report["dyna1_world_model"]["steps"] == 3  # warm start: the finetune step count
     assert report["dyna_seed"] == 3 and report["grpo"]["grpo_seed"] == 3  # the final is Dyna's
-    # the snapshot check: step 1 and the final policy, both on the same check seeds; the one
-    # with more real successes (the earlier on a tie) is the policy evaluated
-    for prefix, rl_dir, name in (
-        ("", work / "rl_policy", "RL"),
-        ("dyna1_", work / "dyna1" / "rl_policy", "RL+Dyna1"),
+    # the snapshot checks: every candidate on the same check seeds; the one with more real
+    # successes (the earlier on a tie) is the policy evaluated. GRPO (and Sim-RL) keep step 1 and
+    # the final policy; SFT+select and Iter-SFT as many candidates as WG+Dyna1's two legs checked
+    two, four = ["step_0001", "final"], ["step_0001", "step_0002", "step_0004", "final"]
+    for prefix, policy_dir, check_dir, name, candidates in (
+        ("", rep / "rl_policy", rep / "snapshot_check", "WG", two),
+        ("dyna1_", rep / "dyna1" / "rl_policy", rep / "dyna1" / "snapshot_check", "WG+Dyna1", two),
+        (
+            "sft_select_",
+            rep / "sft_select" / "policy",
+            rep / "sft_select" / "check",
+            "SFT+select",
+            four,
+        ),
+        ("iter_sft_", rep / "iter_sft" / "policy", rep / "iter_sft" / "check", "Iter-SFT", four),
+        ("sim_rl_", rep / "sim_rl" / "policy", rep / "sim_rl" / "check", "Sim-RL", two),
     ):
         check = report[f"{prefix}snapshot_check"]
-        assert list(check["candidates"]) == ["step_0001", "final"]
+        assert list(check["candidates"]) == candidates, name
         totals = {n: sum(c.values()) for n, c in check["candidates"].items()}
         assert check["chosen"] == max(totals, key=totals.get)  # max keeps the first of ties
         chosen = (
-            rl_dir.parent / (rl_dir.name + "_snapshots") / "step_0001"
+            policy_dir.parent / (policy_dir.name + "_snapshots") / check["chosen"]
             if check["chosen"] != "final"
-            else rl_dir
+            else policy_dir
         )
-        assert report["real"][name]["checkpoint_sha256"] == checkpoint_sha256(chosen)
-        checked = [
-            read_episode(p) for p in list_episodes(rl_dir.parent / "snapshot_check" / "check_final")
-        ]
-        assert len(checked) == len(TINY["tasks"]) and all(
-            40_000 <= e.seed < 50_000 for e in checked
-        )
+        assert report["real"][name]["checkpoint_sha256"] == checkpoint_sha256(chosen), name
+        checked = [read_episode_header(p) for p in list_episodes(check_dir)]
+        assert len(checked) == len(TINY["tasks"]) * len(candidates), name
+        assert all(40_000 <= e.seed < 50_000 for e in checked), name
     assert "snapshot check (real successes per task on check seeds; chosen" in done.stdout
-    # a re-run in the same workdir trains nothing again, the Dyna iteration's stages included,
-    # and the real evaluations resume onto the same policies' finished episodes
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1700, cwd=REPO)
+    # the real budget of every arm: demos + attempts + exploration + Dyna runs + checks, as
+    # counted from the files; the baselines match WG+Dyna1's where the bench says they do
+    n = len(TINY["tasks"])
+    demos, explore = n * TINY["demo_episodes_per_task"], n * 1
+    attempts = runs = n * TINY["collect_episodes_per_task"]  # SFT's greedy runs, WG's in Dyna 1
+    leg_check = n * 2  # 2 candidates, 1 episode per task each
+    rows = {
+        "SFT": (demos, 0, 0, 0, 0),
+        "SFT+select": (demos, 0, 0, 0, 2 * leg_check),
+        "Iter-SFT": (demos, attempts, explore, runs, 4 * leg_check),
+        "Sim-RL": (demos, 0, 0, 0, leg_check),
+        "WG": (demos, attempts, explore, 0, leg_check),
+        "WG+Dyna1": (demos, attempts, explore, runs, 2 * leg_check),
+    }
+    columns = ("demos", "attempts", "exploration", "dyna_runs", "checks")
+    expected = {a: dict(zip(columns, r, strict=True)) | {"total": sum(r)} for a, r in rows.items()}
+    assert report["budget"] == expected
+    on_disk = {
+        "demos": rep / "bootstrap" / "demos",
+        "attempts": rep / "sft_attempts",
+        "exploration": rep / "sft_explore",
+        "dyna_runs": rep / "dyna1" / "episodes",
+    }
+    for column, folder in on_disk.items():
+        assert len(list_episodes(folder)) == expected["WG+Dyna1"][column], column
+    for arm, b in expected.items():
+        line = f"  {arm}: " + " + ".join(str(b[c]) for c in columns) + f" = {b['total']}"
+        assert line in done.stdout, line
+    claims = [
+        "SFT+select checks == main checks",
+        "Iter-SFT data == main's real episodes",
+        "Sim-RL checks == one WG leg's",
+    ]
+    assert report["budget_claims"] == dict.fromkeys(claims, True)
+    assert summary["budget_claims"] == [report["budget_claims"]]
+    assert all(f"  ok: {c}" in done.stdout for c in claims) and "  NOT MET: " not in done.stdout
+    # Iter-SFT's data: the real successes among the demonstrations and WG+Dyna1's episodes
+    main_folders = [*on_disk.values(), rep / "snapshot_check", rep / "dyna1" / "snapshot_check"]
+    successes = sum(
+        bool(read_episode_header(p).success) for f in main_folders for p in list_episodes(f)
+    )
+    assert report["iter_sft_data"]["episodes"] == successes
+    # a re-run in the same workdir trains nothing again (the Dyna iteration's stages and the
+    # baselines' included) and the real evaluations and checks resume onto the same policies'
+    # finished episodes: the same report
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1400, cwd=REPO)
     assert again.returncode == 0, again.stderr[-3000:]
-    rerun = json.loads((work / "bench_learning.json").read_text())
+    rerun = json.loads((rep / "bench_learning.json").read_text())
     trained = ["demos + SFT", "world model", "judge", "GRPO"]
-    assert rerun["reused_stages"] == trained + [f"Dyna 1: {s}" for s in trained[1:]]
-    assert rerun["real"] == report["real"]
+    assert rerun["reused_stages"] == [
+        *trained,
+        *(f"Dyna 1: {s}" for s in trained[1:]),
+        "SFT+select: SFT with snapshots",
+        "Iter-SFT: SFT on demos + real successes",
+        "Sim-RL: GRPO in sim_gap",
+    ]
+    for key in ("real", "budget", "budget_claims", "iter_sft_data", "verdict"):
+        assert rerun[key] == report[key], key
+    assert all(rerun[k] == report[k] for k in report if k.endswith("snapshot_check"))
+    assert json.loads((work / "bench_learning.json").read_text())["pooled"] == summary["pooled"]
 
 
 def test_learning_bench_reuses_a_stage_only_with_the_same_settings_and_checkpoint(tmp_path):
-    from pipeline.bench_learning import reuse_or_train
-    from pipeline.stages import RoundConfig, checkpoint_sha256
+    from pipeline.bench.reuse import reuse_or_train
+    from pipeline.round.config import RoundConfig
+    from pipeline.round.stages import checkpoint_sha256
 
     ckpt = tmp_path / "world_model"
     ckpt.mkdir()
@@ -539,13 +640,9 @@ def test_exploration_samples_the_policy_on_seeds_of_its_own(tmp_path):
     the same seed the greedy policy acts differently, so the world model sees new actions."""
     import numpy as np
 
+    from pipeline.round.config import RoundConfig
+    from pipeline.round.stages import collect_episodes, explore_on_station, sampling_checkpoint
     from pipeline.seeds import BENCH_EXPLORE
-    from pipeline.stages import (
-        RoundConfig,
-        collect_episodes,
-        explore_on_station,
-        sampling_checkpoint,
-    )
     from policy.config import VLAConfig
     from policy.vla import VLAPolicy
     from robot_bridge.client import StationClient
@@ -604,7 +701,8 @@ def test_exploration_samples_the_policy_on_seeds_of_its_own(tmp_path):
 def test_bootstrap_trains_on_this_configurations_demonstrations_only(tmp_path):
     """A demos folder left by a larger earlier run must not leak into a smaller run's SFT (it did:
     a bench run configured for 16 demonstrations per task trained on the 24 already there)."""
-    from pipeline.stages import RoundConfig, bootstrap_champion
+    from pipeline.round.config import RoundConfig
+    from pipeline.round.stages import bootstrap_champion
     from robot_bridge.client import StationClient
     from robot_bridge.episodes import list_episodes
     from robot_bridge.launch import StationProcess
@@ -627,14 +725,14 @@ def test_select_challenger_keeps_the_snapshot_with_most_real_successes_earliest_
     with most real successes is chosen, and of equals the earliest (the nearest the champion)."""
     import dataclasses
 
-    from pipeline.seeds import BENCH_CHECK
-    from pipeline.stages import (
-        RoundConfig,
+    from pipeline.round.config import RoundConfig
+    from pipeline.round.stages import (
         challenger_candidates,
         select_challenger,
         snapshot_steps,
         snapshots_dir,
     )
+    from pipeline.seeds import BENCH_CHECK
     from robot_bridge.client import StationClient
     from robot_bridge.episodes import list_episodes, read_episode
     from robot_bridge.launch import StationProcess
@@ -693,14 +791,10 @@ def test_learning_bench_evaluates_each_task_as_often_as_asked_and_judges_by_the_
     """A close task can get more real episodes than the rest: one job per count, same seeds for
     every policy, extending an earlier evaluation rather than repeating it; the verdict is
     "better" only when the RL interval lies wholly above SFT's."""
-    from pipeline.bench_learning import (
-        EVAL_SEED,
-        beyond_intervals,
-        eval_counts,
-        evaluate_policy,
-    )
+    from pipeline.bench.common import EVAL_SEED, eval_counts, evaluate_policy
+    from pipeline.bench.report import beyond_intervals
     from pipeline.cli import build_parser
-    from pipeline.stages import RoundConfig
+    from pipeline.round.config import RoundConfig
     from robot_bridge.client import StationClient
     from robot_bridge.dispatch import wilson_interval
     from robot_bridge.episodes import list_episodes, read_episode_header
@@ -766,7 +860,7 @@ def _gate(champion: dict, challenger: dict, sha: str = "e" * 64) -> ChallengerEv
 
 
 def test_gate_metadata_is_numeric_per_task_for_challenger_and_champion():
-    from pipeline.assets import gate_metadata
+    from pipeline.previews import gate_metadata
 
     gate = range(1000, 1004)
     ev = _gate(
@@ -796,8 +890,8 @@ def test_success_over_rounds_chart_reads_every_gate_and_is_inlined(tmp_path):
 
     from PIL import Image
 
-    from pipeline.assets import preview_md, success_chart
     from pipeline.charts import ALL_TASKS, success_history
+    from pipeline.previews import preview_md, success_chart
     from pipeline.resources import ChampionRecord
 
     store = RoundStore(tmp_path)
@@ -849,7 +943,7 @@ def test_imagined_vs_real_video_is_shown_as_an_inline_strip(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pipeline.assets import model_metadata
+    from pipeline.previews import model_metadata
     from world_model.evaluate import write_side_by_side_video
 
     real = np.zeros((8, 16, 16, 3), np.uint8)
@@ -873,12 +967,54 @@ def test_imagined_vs_real_video_is_shown_as_an_inline_strip(tmp_path):
     assert bottom[..., 2].mean() > bottom[..., 0].mean() + 50  # imagined below
 
 
+def test_grpo_rollout_strip_is_inlined_in_the_challengers_metadata_and_logged(tmp_path):
+    """What the challenger asset does with its ``RolloutKeeper`` (pipeline.rollout_strip.publish):
+    the strip, one row per kept rollout, inline in the metadata and an artifact of the stage's
+    MLflow run. (tests/test_grpo.py fills a keeper from a real GRPO run.)"""
+    import base64
+    import io
+    from types import SimpleNamespace
+
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.rollout_strip import RolloutKeeper, publish
+
+    class Run:  # the stage run's artifact logging, as tracking.StageRun is called
+        def __init__(self):
+            self.logged = []
+
+        def log_artifact(self, path, folder):
+            self.logged.append((Path(path), folder))
+
+    videos = np.zeros((4, 9, 16, 16, 3), np.uint8)
+    videos[..., 1] = np.arange(4)[:, None, None, None] * 60  # brighter rollouts, higher scores
+    rollouts = SimpleNamespace(videos=videos, instructions=["open the drawer"] * 4)
+    keeper = RolloutKeeper(total_steps=5, per_step=2, frames=3)
+    for step in range(5):
+        keeper(step, rollouts, np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.6, 0.93]))
+    kept = [(k.step, round(k.score, 2)) for k in keeper.kept]  # first and last step, best first
+    assert kept == [(0, 0.93), (0, 0.1), (4, 0.93), (4, 0.1)]
+    out = tmp_path / "round" / "previews" / "grpo_rollouts.png"
+    run = Run()
+    meta = publish(keeper, out, run)
+    assert run.logged == [(out, "previews")] and out.exists()
+    assert meta["imagined_rollouts_file"].value == str(out)
+    md = meta["imagined_rollouts"].value
+    assert "judge's score" in md and "data:image/png;base64," in md
+    data = md.split("(data:image/png;base64,", 1)[1].rstrip(")")
+    with Image.open(io.BytesIO(base64.b64decode(data))) as img, Image.open(out) as full:
+        assert img.format == "PNG" and img.size == full.size  # small enough: not shrunk
+        assert full.height % 4 == 0 and full.height // 4 > 16  # 4 rows: caption, frames
+    assert publish(RolloutKeeper(5, steps=[]), out, run) == {} and not out.exists()
+
+
 # --- conventions: CLI, environment, dg, public Dagster API, the demo console (fast) ------------------
 
 
 def test_gymnast_version_presets_and_help_without_doubled_percent(tmp_path, monkeypatch, capsys):
     from pipeline import cli, demo
-    from pipeline.stages import ROUND_PRESETS
+    from pipeline.round.config import ROUND_PRESETS
 
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from config_convention import assert_follows_the_config_convention
 
 from policy.augment import AugmentConfig, add_distractors, augment_images
 from policy.config import VLAConfig
-from policy.sft import chunk_actions, train_sft
+from policy.sft import SFTConfig, chunk_actions, train_sft
 from policy.tokenization import ActionTokenizer
 from policy.vla import CheckpointError, VLAPolicy
 from robot_bridge.backends.base import Observation
@@ -86,7 +87,7 @@ def test_chunk_padding_holds_gripper_and_stops():
 
 # ----- build / save / load ------------------------------------------------------------------
 def test_tiny_builds_saves_and_reloads_offline_with_identical_log_probs(tiny, tmp_path):
-    # how fast: benchmarks/bench_tiny_build.py (a timed assertion here would flake under load)
+    # how fast: pipeline/bench/tiny_build.py (a timed assertion here would flake under load)
     policy = VLAPolicy.build(VLAConfig.from_preset("tiny"))
     policy.save_pretrained(tmp_path / "ckpt1")
     loaded = VLAPolicy.from_pretrained(tmp_path / "ckpt1")
@@ -336,10 +337,7 @@ def test_sft_reduces_loss_and_reports_metrics():
     policy, metrics = train_sft(
         VLAConfig.from_preset("tiny", **SMALL),
         train,
-        steps=25,
-        batch_size=16,
-        lr=3e-3,
-        seed=0,
+        SFTConfig(steps=25, batch_size=16, lr=3e-3, seed=0),
         progress=False,
     )
     assert metrics["final_loss"] < 0.3 * metrics["initial_loss"], (
@@ -359,10 +357,7 @@ def test_sft_learns_image_and_instruction_dependent_actions():
     policy, _ = train_sft(
         VLAConfig.from_preset("tiny", **SMALL),
         train,
-        steps=300,
-        batch_size=16,
-        lr=3e-3,
-        seed=0,
+        SFTConfig(steps=300, batch_size=16, lr=3e-3, seed=0),
         progress=False,
     )
     dx_right, dy_right = _greedy_sign_accuracy(policy, _synthetic_episodes(48, 1, seed=1))
@@ -373,17 +368,22 @@ def test_sft_learns_image_and_instruction_dependent_actions():
 def test_sft_refuses_empty_data_and_nan_loss():
     cfg = VLAConfig.from_preset("tiny", **SMALL)
     with pytest.raises(ValueError, match="empty"):
-        train_sft(cfg, [], steps=1, progress=False)
+        train_sft(cfg, [], SFTConfig(steps=1), progress=False)
     empty = FakeEpisode(
         "open the drawer", np.zeros((1, 32, 32, 3), np.uint8), np.zeros((0, 7), np.float32)
     )
     with pytest.raises(ValueError, match="no.*actions|has any actions"):
-        train_sft(cfg, [empty], steps=1, progress=False)
+        train_sft(cfg, [empty], SFTConfig(steps=1), progress=False)
     policy = VLAPolicy.build(cfg)
     with torch.no_grad():
         next(policy.model.parameters()).fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="loss is nan"):
-        train_sft(policy, _synthetic_episodes(2, 2, seed=0), steps=2, batch_size=2, progress=False)
+        train_sft(
+            policy,
+            _synthetic_episodes(2, 2, seed=0),
+            SFTConfig(steps=2, batch_size=2),
+            progress=False,
+        )
 
 
 # ----- augmentation --------------------------------------------------------------------------
@@ -445,7 +445,9 @@ def test_bad_inputs_are_refused_clearly(tiny):
         tiny.log_probs(frames(1), INSTRUCTIONS[:1], torch.zeros(1, 35, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(B, 35\) long"):
         tiny.log_probs(frames(1), INSTRUCTIONS[:1], torch.zeros(1, 7, dtype=torch.long))
-    with pytest.raises(ValueError, match="unknown VLA preset 'huge'; valid presets: tiny, large"):
+    with pytest.raises(
+        ValueError, match="unknown VLAConfig preset 'huge'; valid presets: tiny, large"
+    ):
         VLAConfig.from_preset("huge")
     with pytest.raises(ValueError, match="needs model_path"):
         VLAConfig.from_preset("large")
@@ -506,3 +508,14 @@ def test_expert_demonstrations_replay_to_success_in_the_closed_loop_evaluator():
     # Holding still is not a success: the verdict comes from the simulator, not the loop.
     still = evaluate_in_sim(_Replay(np.zeros((70, 7), np.float32)), ["close_drawer"], [7])
     assert still.success == {"close_drawer": [False]} and still.steps["close_drawer"] == [70]
+
+
+def test_policy_configs_follow_the_config_convention():
+    assert_follows_the_config_convention(VLAConfig, "large", model_path="/models/oft")
+    assert VLAConfig.from_preset("large", model_path="/models/oft").preset == "large"
+    assert_follows_the_config_convention(
+        SFTConfig, "tiny", steps=9, warmup_steps=2, augment=AugmentConfig(shift_pad=0)
+    )
+    assert SFTConfig.from_dict({"augment": {"brightness": 0.0}}).augment == AugmentConfig(
+        brightness=0.0
+    )

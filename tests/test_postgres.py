@@ -27,7 +27,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from pipeline.stages import SMOKE_ROUND
+from pipeline.round.config import SMOKE_ROUND
 
 PASSWORD = "gymnast-test-pw"
 
@@ -210,7 +210,7 @@ def test_postgres_databases_and_dagster_yaml(postgres, tmp_path, monkeypatch):
 
 def test_bench_loop_runs_in_a_throwaway_pair_of_databases(postgres, monkeypatch):
     """``gymnast bench loop --postgres``: a fresh home gets fresh databases, dropped after."""
-    from pipeline import bench_loop
+    from pipeline.bench import loop as bench_loop
 
     def datnames() -> set[str]:
         return {n for (n,) in _query(f"{postgres}/postgres", "SELECT datname FROM pg_database")}
@@ -240,9 +240,9 @@ def test_without_a_server_it_skips_except_where_ci_requires_one(monkeypatch):
         _unavailable("no initdb")
 
 
-# Measured 14.4 min on a 2-core VM shared with other jobs (load average 7); estimated about 3 min
-# on quiet cores from the smoke benchmark (docs/benchmarks.md: two rounds of two tasks, 5 min 51 s).
-# Most of it is the step processes' imports, not the stores.
+# Measured 862 s on a 2-core VM shared with other jobs (load average 7); estimated about 3 min on
+# quiet cores from the smoke benchmark (docs/benchmarks.md: two rounds of two tasks, 5 min 51 s).
+# Most of it is the step processes' imports and training, not the stores.
 @pytest.mark.timeout(1800)
 def test_one_round_on_postgres(postgres, tmp_path, monkeypatch):
     """Round 1 (bootstrap, every stage) with Dagster and MLflow on PostgreSQL."""
@@ -251,6 +251,7 @@ def test_one_round_on_postgres(postgres, tmp_path, monkeypatch):
         _check_stores(*stack)
 
 
+# Measured 868 s on the shared 2-core VM (load average about 4.5): slow, like its SQLite twin.
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_two_rounds_on_postgres(postgres, tmp_path, monkeypatch):

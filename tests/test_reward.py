@@ -14,11 +14,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
+from config_convention import assert_follows_the_config_convention
 from safetensors.torch import load_file, save_file
 
 from reward import (
+    AugmentConfig,
     JudgeConfigError,
     JudgeError,
+    JudgeTrainConfig,
     OpenAIJudgeConfig,
     UnknownJudgeError,
     VLMJudgeConfig,
@@ -162,10 +165,7 @@ def trained():
         judge, metrics = finetune_judge(
             VLMJudgeConfig(),
             train,
-            steps=300,
-            batch_size=32,
-            lr=2e-3,
-            seed=seed,
+            JudgeTrainConfig(steps=300, batch_size=32, lr=2e-3, seed=seed),
             val_episodes=zone_episodes(40, seed=1),
             progress=False,
         )
@@ -239,13 +239,26 @@ def test_config_errors_say_expected_and_received():
         VLMJudgeConfig(threshold=1.5)
 
 
+def test_judge_configs_follow_the_config_convention():
+    assert_follows_the_config_convention(
+        VLMJudgeConfig, "large", checkpoint_path="/models/paligemma", extra_instructions=("a", "b")
+    )
+    assert VLMJudgeConfig.from_preset("large", checkpoint_path="c").preset == "large"
+    assert_follows_the_config_convention(
+        JudgeTrainConfig, "tiny", steps=11, augment=AugmentConfig(shift_px=1), device="cpu"
+    )
+    with pytest.raises(JudgeConfigError, match=r"unknown AugmentConfig fields \['blur'\]"):
+        JudgeTrainConfig.from_dict({"augment": {"blur": 1.0}})
+    assert OpenAIJudgeConfig.from_dict(OpenAIJudgeConfig(model="m").to_dict()).model == "m"
+
+
 # ----------------------------------------------------------------------------- tiny VLM
 
 
 def test_tiny_builds_saves_and_reloads_offline(tmp_path, tiny):
     from reward.vlm import VLMJudge
 
-    # how fast: benchmarks/bench_tiny_build.py (a timed assertion here would flake under load)
+    # how fast: pipeline/bench/tiny_build.py (a timed assertion here would flake under load)
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     judge = VLMJudge.from_config(
         VLMJudgeConfig(), instructions=["put the red block in the green zone"]
@@ -389,14 +402,19 @@ def test_finetune_rejects_unusable_data():
 
     eps = zone_episodes(6, seed=0)
     with pytest.raises(JudgeDataError, match="no success-labelled episodes"):
-        finetune_judge(VLMJudgeConfig(), [], steps=1, progress=False)
+        finetune_judge(VLMJudgeConfig(), [], JudgeTrainConfig(steps=1), progress=False)
     with pytest.raises(JudgeDataError, match="single class .*3 successes, 0 failures"):
-        finetune_judge(VLMJudgeConfig(), [e for e in eps if e.success], steps=1, progress=False)
+        finetune_judge(
+            VLMJudgeConfig(),
+            [e for e in eps if e.success],
+            JudgeTrainConfig(steps=1),
+            progress=False,
+        )
     unlabelled = [_episode(e.frames, e.instruction, None, i) for i, e in enumerate(eps)]
     with pytest.raises(JudgeDataError, match="success is None for all"):
-        finetune_judge(VLMJudgeConfig(), unlabelled, steps=1, progress=False)
+        finetune_judge(VLMJudgeConfig(), unlabelled, JudgeTrainConfig(steps=1), progress=False)
     with pytest.raises(FloatingPointError, match="judge loss is nan"):
-        finetune_judge(VLMJudgeConfig(), eps, steps=20, lr=1e30, progress=False)
+        finetune_judge(VLMJudgeConfig(), eps, JudgeTrainConfig(steps=20, lr=1e30), progress=False)
 
 
 def test_augment_is_seeded_and_keeps_range():
@@ -421,8 +439,7 @@ def test_finetune_learns_instruction_conditional_success():
     judge, _ = finetune_judge(
         VLMJudgeConfig(),
         bin_episodes(120, 0),
-        steps=600,
-        lr=2e-3,
+        JudgeTrainConfig(steps=600, lr=2e-3),
         val_episodes=bin_episodes(60, 1),
         progress=False,
     )

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.verdict import beyond, format_verdict, pooled_mcnemar, verdict
+from pipeline.round.statistics import beyond, format_verdict, pooled_mcnemar, verdict
 
 TASKS = ["open_drawer", "close_drawer", "eggplant_in_sink", "eggplant_in_basket"]
 
@@ -71,8 +71,9 @@ def test_the_simulator_baseline_is_judged_pooled():
 
 
 def test_the_learning_bench_report_prints_the_verdict_and_its_evidence():
-    from pipeline.bench_learning import format_report
-    from pipeline.stages import Evaluation, TaskResult
+    from pipeline.bench.report import format_report
+    from pipeline.round.records import Evaluation
+    from robot_bridge.dispatch import TaskResult
 
     def ev(rates):
         outs = outcomes(rates)
@@ -119,7 +120,7 @@ def test_the_learning_bench_report_prints_the_verdict_and_its_evidence():
 
 
 def test_the_issue_target_needs_every_baseline_and_prints_itself():
-    from pipeline.verdict import target_verdict
+    from pipeline.round.statistics import target_verdict
 
     strong = {"open_drawer": 30, "close_drawer": 45, "eggplant_in_sink": 2}
     arms = _arms([strong] * 3)

@@ -6,20 +6,24 @@ model that uses its action input predicts the next frame better with the true ac
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from config_convention import assert_follows_the_config_convention
 from safetensors.torch import load_file, save_file
 
+from gymnast_common.config import ConfigError
 from world_model import (
     ActionConditionedWorldModel,
     CheckpointMismatchError,
     EmptyDatasetError,
     NonFiniteLossError,
     WorldModelConfig,
+    WorldModelTrainConfig,
     evaluate_world_model,
     next_frame_error,
     rollout_error,
@@ -65,7 +69,7 @@ def small_config(**overrides) -> WorldModelConfig:
         unet_attention_head_dim=16,
         num_inference_steps=2,
     )
-    return WorldModelConfig.preset("tiny", **{**kw, **overrides})
+    return WorldModelConfig.from_preset("tiny", **{**kw, **overrides})
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -91,9 +95,9 @@ def rollout_frames(model, init, actions, seed=0) -> torch.Tensor:
 
 
 def test_presets_by_name_and_config_checks():
-    tiny = WorldModelConfig.preset("tiny")
+    tiny = WorldModelConfig.from_preset("tiny")
     assert (tiny.image_size, tiny.backbone, tiny.codec) == (64, "unet", "pixel")
-    large = WorldModelConfig.preset("large", vae_path="/models/sd3/vae")
+    large = WorldModelConfig.from_preset("large", vae_path="/models/sd3/vae")
     assert (large.dit_width, large.dit_heads, large.dit_layers, large.latent_channels) == (
         1024,
         16,
@@ -101,19 +105,41 @@ def test_presets_by_name_and_config_checks():
         16,
     )
     assert large.latent_size == 32  # 256 px / 8
-    with pytest.raises(KeyError, match="valid presets: large, tiny"):
-        WorldModelConfig.preset("huge")
-    with pytest.raises(TypeError, match="no_such_field"):
-        WorldModelConfig.preset("tiny", no_such_field=1)
+    with pytest.raises(ConfigError, match="valid presets: tiny, large"):
+        WorldModelConfig.from_preset("huge")
+    with pytest.raises(ConfigError, match="no_such_field"):
+        WorldModelConfig.from_preset("tiny", no_such_field=1)
     with pytest.raises(ValueError, match=r"backbone: expected one of .* received 'cnn'"):
-        WorldModelConfig.preset("tiny", backbone="cnn")
+        WorldModelConfig.from_preset("tiny", backbone="cnn")
     with pytest.raises(ValueError, match="action_std"):
-        WorldModelConfig.preset("tiny", action_std=(1.0,) * 6)
+        WorldModelConfig.from_preset("tiny", action_std=(1.0,) * 6)
+
+
+def test_world_model_configs_follow_the_config_convention():
+    assert_follows_the_config_convention(
+        WorldModelConfig, "large", vae_path="/models/sd3/vae", unet_block_out_channels=(32, 64, 96)
+    )
+    assert WorldModelConfig.from_preset("large", vae_path="v").name == "large"
+    assert_follows_the_config_convention(WorldModelTrainConfig, "tiny", steps=7, lr=1e-4)
+
+
+def test_config_json_of_a_checkpoint_loads_and_unknown_keys_are_refused(tmp_path):
+    cfg = WorldModelConfig.from_preset("tiny", context_frames=3)
+    cfg.save(tmp_path / "config.json")
+    # a diffusers config.json: its "_" keys are diffusers' bookkeeping
+    data = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**data, "_class_name": "X"}))
+    assert WorldModelConfig.load(tmp_path / "config.json") == cfg
+    (tmp_path / "config.json").write_text(json.dumps({**data, "frame_rate": 5}))
+    with pytest.raises(
+        ConfigError, match=r"config.json: unknown WorldModelConfig fields \['frame_rate'\]"
+    ):
+        WorldModelConfig.load(tmp_path / "config.json")
 
 
 def test_large_backbone_is_worldgym_sized():
     with torch.device("meta"):  # shapes only: no memory, no weights
-        dit = make_backbone(WorldModelConfig.preset("large", vae_path="unused"))
+        dit = make_backbone(WorldModelConfig.from_preset("large", vae_path="unused"))
     n = sum(p.numel() for p in dit.parameters())
     assert 550e6 < n < 650e6, n  # WorldGym: ~600M
 
@@ -122,7 +148,9 @@ def test_large_backbone_is_worldgym_sized():
 
 
 def test_save_load_round_trip_identical_rollout(tmp_path, episodes):
-    model, _ = train_world_model(small_config(), episodes, steps=2, batch_size=4, progress=False)
+    model, _ = train_world_model(
+        small_config(), episodes, WorldModelTrainConfig(steps=2, batch_size=4), progress=False
+    )
     init = episodes[0].frames[:1].repeat(2, axis=0)
     actions = torch.from_numpy(np.stack([episodes[0].actions[:3], episodes[1].actions[:3]]))
     before = rollout_frames(model, init, actions)
@@ -145,7 +173,9 @@ def test_checkpoint_is_a_diffusers_model(tmp_path, episodes):
     from diffusers import ModelMixin
     from diffusers.configuration_utils import ConfigMixin
 
-    model, _ = train_world_model(small_config(), episodes, steps=1, batch_size=4, progress=False)
+    model, _ = train_world_model(
+        small_config(), episodes, WorldModelTrainConfig(steps=1, batch_size=4), progress=False
+    )
     assert isinstance(model, ModelMixin) and isinstance(model, ConfigMixin)
     init = episodes[0].frames[:1].repeat(2, axis=0)
     actions = torch.from_numpy(np.stack([episodes[0].actions[:1], episodes[1].actions[:1]]))
@@ -173,7 +203,9 @@ def test_checkpoint_is_a_diffusers_model(tmp_path, episodes):
 
 
 def test_checkpoints_written_before_diffusers_still_load(tmp_path, episodes):
-    model, _ = train_world_model(small_config(), episodes, steps=1, batch_size=4, progress=False)
+    model, _ = train_world_model(
+        small_config(), episodes, WorldModelTrainConfig(steps=1, batch_size=4), progress=False
+    )
     old = tmp_path / "old"
     old.mkdir()
     model.config.save(old / "config.json")  # the old layout: bare fields, model.safetensors
@@ -215,7 +247,9 @@ def test_mismatched_checkpoint_errors_name_the_problem(tmp_path):
 
 
 def test_finetune_warm_starts_from_checkpoint(tmp_path, episodes):
-    first, _ = train_world_model(small_config(), episodes, steps=2, batch_size=4, progress=False)
+    first, _ = train_world_model(
+        small_config(), episodes, WorldModelTrainConfig(steps=2, batch_size=4), progress=False
+    )
     first.save_pretrained(tmp_path / "round0")
     # lr=0: the finetuned weights must be exactly the checkpoint's, and its action statistics kept
     other = [square_episode(50 + i) for i in range(2)]
@@ -224,9 +258,7 @@ def test_finetune_warm_starts_from_checkpoint(tmp_path, episodes):
     second, metrics = train_world_model(
         small_config(),
         other,
-        steps=1,
-        batch_size=4,
-        lr=0.0,
+        WorldModelTrainConfig(steps=1, batch_size=4, lr=0.0),
         progress=False,
         init_from=tmp_path / "round0",
     )
@@ -236,7 +268,7 @@ def test_finetune_warm_starts_from_checkpoint(tmp_path, episodes):
     for name, value in second.trainable_state_dict().items():
         assert torch.equal(value, theirs[name]), name
     fresh, _ = train_world_model(
-        small_config(), other, steps=1, batch_size=4, lr=0.0, progress=False
+        small_config(), other, WorldModelTrainConfig(steps=1, batch_size=4, lr=0.0), progress=False
     )
     assert fresh.config.action_std != first.config.action_std  # refitted on the new episodes
 
@@ -247,7 +279,9 @@ def test_finetune_warm_starts_from_checkpoint(tmp_path, episodes):
 def test_every_trainable_parameter_changes_after_one_step(episodes):
     model = ActionConditionedWorldModel(small_config(action_dropout=0.5))
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    model, _ = train_world_model(model, episodes, steps=1, batch_size=16, lr=1e-3, progress=False)
+    model, _ = train_world_model(
+        model, episodes, WorldModelTrainConfig(steps=1, batch_size=16, lr=1e-3), progress=False
+    )
     unchanged = [
         n for n, p in model.named_parameters() if p.requires_grad and torch.equal(p, before[n])
     ]
@@ -257,20 +291,23 @@ def test_every_trainable_parameter_changes_after_one_step(episodes):
 def test_empty_dataset_and_nan_loss_raise(episodes):
     empty = SquareEpisode(episodes[0].frames[:1], np.zeros((0, 7), np.float32))
     with pytest.raises(EmptyDatasetError, match="no transitions"):
-        train_world_model(small_config(), [], steps=1, progress=False)
+        train_world_model(small_config(), [], WorldModelTrainConfig(steps=1), progress=False)
     with pytest.raises(EmptyDatasetError, match="1 episodes given"):
-        train_world_model(small_config(), [empty], steps=1, progress=False)
+        train_world_model(small_config(), [empty], WorldModelTrainConfig(steps=1), progress=False)
     with pytest.raises(ValueError, match="frames must be"):
         train_world_model(
             small_config(),
             [SquareEpisode(episodes[0].frames.astype(np.float32), episodes[0].actions)],
-            steps=1,
+            WorldModelTrainConfig(steps=1),
             progress=False,
         )
     # an absurd learning rate blows the weights up after the first step
     with pytest.raises(NonFiniteLossError, match=r"at step [1-9]"):
         train_world_model(
-            small_config(), episodes, steps=5, batch_size=4, lr=1e30, warmup_steps=1, progress=False
+            small_config(),
+            episodes,
+            WorldModelTrainConfig(steps=5, batch_size=4, lr=1e30, warmup_steps=1),
+            progress=False,
         )
 
 
@@ -308,7 +345,7 @@ def test_learns_action_conditioning():
     cfg = small_config(num_inference_steps=4, guidance_scale=1.0)
     # ~30 s on one busy core; the loss breaks away from "copy the last frame" after ~150 steps
     model, metrics = train_world_model(
-        cfg, train, steps=250, batch_size=16, lr=3e-3, progress=False
+        cfg, train, WorldModelTrainConfig(steps=250, batch_size=16, lr=3e-3), progress=False
     )
     assert np.mean(metrics["loss"][-20:]) < np.mean(metrics["loss"][:20])
     err = next_frame_error(model, held_out, max_windows=64, shuffle_actions=True)
@@ -387,13 +424,15 @@ def test_large_preset_loads_local_vae_and_runs(tmp_path, episodes):
         num_inference_steps=2,
     )
     with pytest.raises(ValueError, match="needs vae_path"):
-        ActionConditionedWorldModel(WorldModelConfig.preset("large", **shrink))
+        ActionConditionedWorldModel(WorldModelConfig.from_preset("large", **shrink))
     with pytest.raises(ValueError, match="vae_downsample=2, but the world-model config expects 8"):
         ActionConditionedWorldModel(
-            WorldModelConfig.preset("large", vae_path=str(vae_dir), image_size=32)
+            WorldModelConfig.from_preset("large", vae_path=str(vae_dir), image_size=32)
         )
-    cfg = WorldModelConfig.preset("large", vae_path=str(vae_dir), **shrink)
-    model, metrics = train_world_model(cfg, episodes, steps=2, batch_size=4, progress=False)
+    cfg = WorldModelConfig.from_preset("large", vae_path=str(vae_dir), **shrink)
+    model, metrics = train_world_model(
+        cfg, episodes, WorldModelTrainConfig(steps=2, batch_size=4), progress=False
+    )
     assert np.isfinite(metrics["loss"]).all()
     assert model.num_parameters(trainable_only=False) > model.num_parameters()  # the VAE is frozen
     init = np.stack([episodes[0].frames[0], episodes[1].frames[0]])

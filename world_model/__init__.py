@@ -2,8 +2,8 @@
 
 Public API::
 
-    cfg = WorldModelConfig.preset("tiny")
-    model, metrics = train_world_model(cfg, episodes, steps=500)
+    cfg = WorldModelConfig.from_preset("tiny")
+    model, metrics = train_world_model(cfg, episodes, WorldModelTrainConfig(steps=500))
     state = model.start(init_frames)                      # (B, H, W, 3) uint8
     state, frames = model.imagine(state, actions)         # (B, K, 7) -> (B, K, S, S, 3) uint8
     model.save_pretrained(dir); ActionConditionedWorldModel.from_pretrained(dir)
@@ -18,7 +18,7 @@ from world_model.evaluate import (
     write_side_by_side_video,
 )
 from world_model.model import ActionConditionedWorldModel, CheckpointMismatchError, WorldState
-from world_model.train import NonFiniteLossError, train_world_model
+from world_model.train import NonFiniteLossError, WorldModelTrainConfig, train_world_model
 
 __all__ = [
     "PRESETS",
@@ -28,6 +28,7 @@ __all__ = [
     "NonFiniteLossError",
     "WindowDataset",
     "WorldModelConfig",
+    "WorldModelTrainConfig",
     "WorldState",
     "evaluate_world_model",
     "next_frame_error",

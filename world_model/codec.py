@@ -129,6 +129,6 @@ def make_codec(config: WorldModelConfig, vae_path: str | Path | None = None) -> 
     if path is None:
         raise ValueError(
             f"the {config.name!r} preset uses codec='vae' and needs vae_path: a local diffusers "
-            "AutoencoderKL directory, e.g. WorldModelConfig.preset('large', vae_path='/models/sd3/vae')"
+            "AutoencoderKL directory, e.g. WorldModelConfig.from_preset('large', vae_path='/models/sd3/vae')"
         )
     return VAECodec(config, path)

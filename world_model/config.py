@@ -8,12 +8,12 @@ factorized DiT (width 1024, 16 heads, 16 layers) with frame-level action conditi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gymnast_common.config import Config, ConfigError
 from robot_bridge.spec import ACTION_DIM, ACTION_HIGH, ACTION_LOW
 
 BACKBONES = ("unet", "dit")
@@ -27,8 +27,31 @@ _BRIDGE_MEAN = [float(x) for x in (ACTION_LOW + ACTION_HIGH) / 2]
 _BRIDGE_STD = [float(x) for x in (ACTION_HIGH - ACTION_LOW) / 2]
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {},
+    # WorldGym (arXiv 2506.00613): SD3 VAE latents (256x256 -> 32x32x16), patch 2 -> 256 tokens per
+    # frame, factorized DiT 1024 wide x 16 heads x 16 layers (~600M), context of up to 20 frames,
+    # 10 DDIM steps, CFG 3.0 on actions with 10% dropout. `vae_path` must name a local directory.
+    "large": {
+        "image_size": 256,
+        "context_frames": 19,
+        "backbone": "dit",
+        "codec": "vae",
+        "latent_channels": 16,
+        "beta_schedule": "scaled_linear",
+        "num_inference_steps": 10,
+        "target": "frame",
+        "prediction_type": "v_prediction",
+        "guidance_scale": 3.0,
+    },
+}
+
+
 @dataclass
-class WorldModelConfig:
+class WorldModelConfig(Config):
+    PRESETS = PRESETS
+    PRESET_FIELD = "name"
+
     name: str = "tiny"
     # Frames: square RGB at `image_size`; the model conditions on `context_frames` past frames.
     image_size: int = 64
@@ -188,21 +211,6 @@ class WorldModelConfig:
         """Side of a frame in model space (pixels: image_size; VAE: image_size / downsample)."""
         return self.image_size // self.vae_downsample if self.codec == "vae" else self.image_size
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> WorldModelConfig:
-        """A named preset, with field overrides; an unknown name lists the valid ones."""
-        if name not in PRESETS:
-            raise KeyError(
-                f"unknown world-model preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}"
-            )
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise TypeError(f"unknown WorldModelConfig fields in overrides: {sorted(unknown)}")
-        return cls(**{**PRESETS[name], "name": name, **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -211,12 +219,10 @@ class WorldModelConfig:
         """Read a config.json: ours, or the diffusers one the model writes (its ``_class_name``,
         ``_diffusers_version`` and other ``_`` keys are diffusers' bookkeeping, skipped)."""
         data = json.loads(Path(path).read_text())
-        data = {k: v for k, v in data.items() if not k.startswith("_")}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"{path}: unknown WorldModelConfig fields {sorted(unknown)}")
-        return cls(**data)
+        try:
+            return cls.from_dict({k: v for k, v in data.items() if not k.startswith("_")})
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def architecture(self) -> dict[str, Any]:
         """Fields that decide tensor shapes: two configs with equal architecture share weights."""
@@ -231,33 +237,10 @@ class WorldModelConfig:
             ]  # fmt: skip
         else:
             keys += ["dit_width", "dit_heads", "dit_layers", "dit_patch_size", "dit_mlp_ratio"]
-        return {k: _jsonable(getattr(self, k)) for k in keys}
-
-
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+        d = self.to_dict()
+        return {k: d[k] for k in keys}
 
 
 def _check(ok: bool, what: str, expected: str, received: Any) -> None:
     if not ok:
         raise ValueError(f"WorldModelConfig.{what}: expected {expected}, received {received!r}")
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {},
-    # WorldGym (arXiv 2506.00613): SD3 VAE latents (256x256 -> 32x32x16), patch 2 -> 256 tokens per
-    # frame, factorized DiT 1024 wide x 16 heads x 16 layers (~600M), context of up to 20 frames,
-    # 10 DDIM steps, CFG 3.0 on actions with 10% dropout. `vae_path` must name a local directory.
-    "large": {
-        "image_size": 256,
-        "context_frames": 19,
-        "backbone": "dit",
-        "codec": "vae",
-        "latent_channels": 16,
-        "beta_schedule": "scaled_linear",
-        "num_inference_steps": 10,
-        "target": "frame",
-        "prediction_type": "v_prediction",
-        "guidance_scale": 3.0,
-    },
-}

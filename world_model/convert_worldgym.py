@@ -155,7 +155,7 @@ def worldgym_config(
         # WorldGym trains on windows of 10 frames (its n_frames default): 9 context + 1 new
         context_frames=9,
     )
-    return WorldModelConfig.preset("large", **{**fields, **overrides})
+    return WorldModelConfig.from_preset("large", **{**fields, **overrides})
 
 
 def convert_state_dict(

@@ -6,6 +6,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from gymnast_common.config import Config
+from gymnast_common.schedule import warmup_cosine
 from robot_bridge.devices import autocast, placement
 from world_model.config import WorldModelConfig
 from world_model.data import EpisodeLike, WindowDataset
@@ -23,35 +26,55 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+WM_TRAIN_PRESETS: dict[str, dict[str, Any]] = {"tiny": {}}
+
+
+@dataclass
+class WorldModelTrainConfig(Config):
+    """The world model's training options."""
+
+    PRESETS = WM_TRAIN_PRESETS
+
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    grad_clip: float = 1.0
+    warmup_steps: int = 20  # linear warmup, then a constant learning rate
+    # ``robot_bridge.devices`` settings ("auto": CUDA when present); "bf16" autocasts the forward
+    # pass (fp32 weights, optimizer and loss)
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"steps and batch_size must be >= 1, got steps={self.steps}, "
+                f"batch_size={self.batch_size}"
+            )
+        from robot_bridge.devices import check_device_setting, check_precision_setting
+
+        check_device_setting(self.device, "WorldModelTrainConfig.device")
+        check_precision_setting(self.precision, "WorldModelTrainConfig.precision")
+
+
 def train_world_model(
     model_or_config: ActionConditionedWorldModel | WorldModelConfig,
     episodes: Sequence[EpisodeLike],
-    steps: int,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
+    config: WorldModelTrainConfig,
     progress: bool = True,
     init_from: str | Path | None = None,
-    grad_clip: float = 1.0,
-    warmup_steps: int = 20,
-    device: str | torch.device | None = None,
-    precision: str | None = None,
 ) -> tuple[ActionConditionedWorldModel, dict[str, Any]]:
-    """Train for ``steps`` optimizer steps on random windows of ``episodes``.
+    """Train for ``config.steps`` optimizer steps on random windows of ``episodes``.
 
     A config builds a fresh model whose action statistics are fitted on these episodes. With
     ``init_from`` (a checkpoint directory) the model is warm-started from it and keeps the
     checkpoint's action statistics, since the learned action embedding depends on them.
-    ``device`` / ``precision``: see ``robot_bridge.devices`` (None: "auto", CUDA when present); the
-    model moves there once, batches and the noise generator live there, and "bf16" autocasts
-    the forward pass (fp32 weights, optimizer and loss).
+    The model moves to ``config.device`` once; batches and the noise generator live there.
     Returns the model (in eval mode) and metrics: per-step ``loss``, ``steps_per_s``, ...
     """
-    if steps < 1 or batch_size < 1:
-        raise ValueError(
-            f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}"
-        )
-    dev, precision = placement(device, precision)
+    steps, batch_size, lr, seed = config.steps, config.batch_size, config.lr, config.seed
+    dev, precision = placement(config.device, config.precision)
     torch.manual_seed(seed)
     model = _build(model_or_config, init_from).to(dev)
     cfg = model.config
@@ -62,9 +85,7 @@ def train_world_model(
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps))
-    )
+    sched = warmup_cosine(opt, config.warmup_steps, steps, floor=1.0)  # warmup, then constant
     gen = torch.Generator(device=model.device).manual_seed(seed)
     rng = np.random.default_rng(seed)
     losses: list[float] = []
@@ -82,7 +103,7 @@ def train_world_model(
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         if not math.isfinite(grad_norm.item()):
             raise NonFiniteLossError(
                 f"world-model gradient norm is {grad_norm.item()} at step {step} (lr={lr}); stopping"

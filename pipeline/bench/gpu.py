@@ -1,8 +1,8 @@
 """GPU benchmark: world-model imagination, a GRPO step and VLA sampling, with model FLOPs
 utilization (MFU). Random weights at full size, nothing downloaded; see docs/gpu.md.
 
-    python -m pipeline.bench_gpu                # on a lent GPU: a few minutes
-    python -m pipeline.bench_gpu --quick        # tiny sizes, any device (the CPU test runs this)
+    python -m pipeline.bench.gpu                # on a lent GPU: a few minutes
+    python -m pipeline.bench.gpu --quick        # tiny sizes, any device (the CPU test runs this)
 
 Rows:
 - ``wm/<tiny|large>``: imagined frames/s at batch 1/8/32 (``imagine`` of a few frames: DDIM
@@ -139,11 +139,13 @@ def world_model(kind: str, quick: bool, vae_dir: Path, device: torch.device):
     if kind == "tiny":
         shrink = dict(image_size=32, pixel_unshuffle=2, unet_block_out_channels=(16, 32, 32),
                       unet_norm_num_groups=8, unet_attention_head_dim=16, num_inference_steps=2)  # fmt: skip
-        cfg = WorldModelConfig.preset("tiny", **(shrink if quick else {}))
+        cfg = WorldModelConfig.from_preset("tiny", **(shrink if quick else {}))
     else:
         shrink = dict(image_size=32, vae_downsample=2, dit_width=32, dit_heads=2, dit_layers=1,
                       context_frames=3, num_inference_steps=2)  # fmt: skip
-        cfg = WorldModelConfig.preset("large", vae_path=str(vae_dir), **(shrink if quick else {}))
+        cfg = WorldModelConfig.from_preset(
+            "large", vae_path=str(vae_dir), **(shrink if quick else {})
+        )
     torch.manual_seed(0)
     return ActionConditionedWorldModel(cfg).to(device).eval()
 
@@ -216,7 +218,7 @@ def bench_grpo(name, policy, wm, judge_model, overrides, iters, device, precisio
     from policy.grpo import GRPOConfig, Start, grpo_update, imagine_rollouts, score_rollouts
 
     # every group kept (the random judge's groups may all agree): the update always runs
-    cfg = GRPOConfig.preset("tiny", filter_low=0.0, filter_high=1.0, **overrides)
+    cfg = GRPOConfig.from_preset("tiny", filter_low=0.0, filter_high=1.0, **overrides)
     row = Row(f"grpo/{name}", cfg.starts_per_step * cfg.group_size, unit="steps/s")
     row.params_m = _params_m(policy) + _params_m(wm)
     try:

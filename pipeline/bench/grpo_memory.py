@@ -1,6 +1,6 @@
 """Peak memory of GRPO steps with the tiny presets, in a process of its own.
 
-    python benchmarks/bench_grpo_memory.py WORKDIR [--steps 3]
+    python -m pipeline.bench.grpo_memory WORKDIR [--steps 3]
 
 WORKDIR is a `gymnast bench learning` workdir (its SFT policy, world model, judge and episodes).
 Prints the process's peak RSS after loading the models and after the GRPO steps, so the figure is
@@ -26,7 +26,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     args = p.parse_args()
 
-    from pipeline.stages import initial_frames, load_episode_headers
+    from pipeline.round.episodes import load_episode_headers
+    from pipeline.round.stages import initial_frames
     from policy.grpo import GRPOConfig, train_grpo
     from policy.vla import VLAPolicy
     from reward.judge import load_judge
@@ -40,7 +41,7 @@ def main() -> None:
     wm = ActionConditionedWorldModel.from_pretrained(w / "world_model")
     judge = load_judge(w / "judge")
     loaded = peak_rss_gb()
-    grpo = GRPOConfig.preset("tiny", steps=args.steps, seed=0, **overrides)
+    grpo = GRPOConfig.from_preset("tiny", steps=args.steps, seed=0, **overrides)
     t0 = time.perf_counter()
     train_grpo(policy, wm, judge, starts, grpo, progress=False)
     print(

@@ -89,7 +89,7 @@ def bench_bare(height: int, width: int, n: int, workdir: Path) -> dict:
         [
             sys.executable,
             "-m",
-            "robot_bridge.bench",
+            "pipeline.bench.station",
             "--bare-server",
             str(endpoint_file),
             str(height),
@@ -153,7 +153,7 @@ def bench_sim(n: int, backend: str = "sim") -> dict:
         "OMP_NUM_THREADS": "1",
     }
     out = subprocess.run(
-        [sys.executable, "-m", "robot_bridge.bench", "--sim-worker", str(n), backend],
+        [sys.executable, "-m", "pipeline.bench.station", "--sim-worker", str(n), backend],
         capture_output=True,
         text=True,
         env=env,

@@ -1,10 +1,9 @@
-"""What every stage of ``gymnast bench learning`` shares: the stage reuse cache, the real and
-imagined evaluations, the context a replicate's stages run in."""
+"""What every stage of ``gymnast bench learning`` shares: the real and imagined evaluations, the
+context a replicate's stages run in. The stage reuse cache is ``pipeline.bench.reuse``."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import resource
 import time
 from pathlib import Path
@@ -12,109 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import seeds
-from pipeline.bench_budget import Ledger
-from pipeline.stages import (
-    Evaluation,
-    ModelArtifact,
-    RoundConfig,
-    checkpoint_sha256,
-    collect_episodes,
-    initial_frames,
-)
+from pipeline.bench.budget import Ledger
+from pipeline.bench.reuse import reuse_or_train
+from pipeline.round.config import RoundConfig
+from pipeline.round.records import Evaluation, ModelArtifact
+from pipeline.round.stages import collect_episodes, initial_frames
 
 EVAL_RANGES = seeds.EVAL_RANGES  # "dev" (all runs so far, tuning saw it) and "final" (untouched)
 EVAL_SEED = EVAL_RANGES["dev"]
 DYNA_SEED = seeds.BENCH_DYNA  # + 1000 per iteration
 DYNA_FROM = ("sft", "rl")
-
-# The RoundConfig fields each trained stage depends on (cumulative). The benchmark takes an hour,
-# so a re-run in the same workdir reuses a stage's checkpoint when these are unchanged (and the
-# checkpoint still hashes to what was recorded): change only the GRPO settings and only GRPO and
-# its evaluation run again. Episodes resume on their own (finished (task, seed) pairs are skipped).
-_SFT = ("tasks", "model_preset", "demo_episodes_per_task", "demo_noise", "demo_mistake_prob")
-_DATA = ("collect_episodes_per_task", "explore_episodes_per_task", "explore_temperature")
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "sft": (*_SFT, "sft_steps", "seed"),
-    "world_model": (
-        *_SFT,
-        "sft_steps",
-        "seed",
-        *_DATA,
-        "world_model_steps",
-        "holdout_fraction",
-    ),
-    "judge": (
-        *_SFT,
-        "sft_steps",
-        "seed",
-        *_DATA,
-        "holdout_fraction",
-        "judge_steps",
-    ),
-    "grpo": (
-        *_SFT,
-        "sft_steps",
-        "seed",
-        *_DATA,
-        "world_model_steps",
-        "holdout_fraction",
-        "judge_steps",
-        "grpo_steps",
-        "grpo_overrides",
-        "challenger_snapshots",
-    ),
-    # the baselines: SFT again with snapshots; SFT on the demonstrations and the main arm's real
-    # successes (its data digest in ``upstream``); GRPO in the gapped simulator from SFT
-    "sft_select": (*_SFT, "sft_steps", "seed"),
-    "iter_sft": (*_SFT, "sft_steps", "seed"),
-    "sim_rl": (
-        *_SFT,
-        "sft_steps",
-        "seed",
-        *_DATA,
-        "grpo_steps",
-        "grpo_overrides",
-        "challenger_snapshots",
-    ),
-}
-
-
-def reuse_or_train(
-    record: Path, stage: str, cfg: RoundConfig, train, upstream: dict | None = None
-) -> tuple[ModelArtifact, bool]:
-    """``train()`` unless ``record`` says an identical earlier run left this stage's checkpoint.
-    ``upstream`` adds what the settings do not pin down: a Dyna stage's inputs are the checkpoints
-    it starts from (their sha256) and its seeds, so a re-run reuses it exactly when they match."""
-    fields = {f: getattr(cfg, f) for f in STAGE_INPUTS[stage]} | (upstream or {})
-    inputs = json.loads(json.dumps(fields))
-    if record.is_file():
-        saved = json.loads(record.read_text())
-        art = ModelArtifact(
-            Path(saved["path"]),
-            saved["sha256"],
-            saved["metrics"],
-            [Path(p) for p in saved["previews"]],
-        )
-        if (
-            saved["inputs"] == inputs
-            and art.path.is_dir()
-            and checkpoint_sha256(art.path) == art.sha256
-        ):
-            return art, True
-    art = train()
-    record.write_text(
-        json.dumps(
-            {
-                "inputs": inputs,
-                "path": str(art.path),
-                "sha256": art.sha256,
-                "metrics": art.metrics,
-                "previews": [str(p) for p in art.previews],
-            },
-            indent=1,
-        )
-    )
-    return art, False
 
 
 def peak_rss_gb() -> float:
@@ -141,7 +47,7 @@ def imagined_success(
     policy = VLAPolicy.from_pretrained(policy_dir)
     wm = ActionConditionedWorldModel.from_pretrained(world_model_dir)
     judge = load_judge(judge_dir)
-    cfg = GRPOConfig.preset("tiny", group_size=group, horizon_chunks=horizon_chunks, seed=seed)
+    cfg = GRPOConfig.from_preset("tiny", group_size=group, horizon_chunks=horizon_chunks, seed=seed)
     gen = torch.Generator(device=policy.device).manual_seed(seed)
     out: dict[str, float] = {}
     for task in sorted({e.task for e in episodes}):
@@ -276,7 +182,7 @@ def episodes_of(
 ) -> list[Path]:
     """The episode files under ``folders`` of ``tasks`` on seeds ``first_seed``.. (``per_task``
     of them), of the policies ``shas`` when given: a folder may hold more from an earlier run."""
-    from pipeline.stages import episode_paths
+    from pipeline.round.episodes import episode_paths
     from robot_bridge.episodes import read_episode_header
 
     wanted = {(t, first_seed + i) for t in tasks for i in range(per_task)}

@@ -1,7 +1,7 @@
 """``gymnast bench learning``: does RL in the world model make the policy better on the real
 station than the baselines with the same real budget? R independent replicates, one verdict.
 
-End to end on the simulated station, tiny presets, CPU; per replicate (``pipeline.bench_arms``):
+End to end on the simulated station, tiny presets, CPU; per replicate (``pipeline.bench.arms``):
 
 1. scripted-expert demonstrations over ZMQ -> **SFT** (the starting point of every arm);
 2. the SFT policy's own attempts and exploration on the station + the demonstrations -> world
@@ -17,13 +17,13 @@ End to end on the simulated station, tiny presets, CPU; per replicate (``pipelin
    leg's check);
 5. real evaluation of every arm on the same held-out seeds, N episodes per task, 95% Wilson
    intervals; judge F1; imagined vs real success over every (arm, task); the real episodes each
-   arm used (``pipeline.bench_budget``).
+   arm used (``pipeline.bench.budget``).
 
 Replicate r (``rep{r}/`` in the workdir) draws its own demonstrations, attempts, checks and
 torch seeds (``pipeline.seeds.bench_replicate_seed``); every stage is reused when its settings
 and inputs are unchanged, so replicates resume stage by stage and can be added run after run.
-The verdict is the rule in ``pipeline.verdict`` (``target_verdict``), printed with the report
-(``pipeline.bench_report``: JSON, markdown and a PNG beside it). The learning code never sees the
+The verdict is the rule in ``pipeline.round.statistics`` (``target_verdict``), printed with the report
+(``pipeline.bench.report``: JSON, markdown and a PNG beside it). The learning code never sees the
 simulator's ground truth except through episode labels (Sim-RL's simulator is its own reward).
 """
 
@@ -37,26 +37,23 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import seeds
-from pipeline.bench_arms import (
+from pipeline.bench.arms import (
     dyna_iteration,
     first_leg,
     iter_sft,
     sft_with_selection,
     sim_rl,
 )
-from pipeline.bench_budget import (
+from pipeline.bench.budget import (
     arm_keys,
     budget_claims,
     selection_candidates,
     wg_keys,
     wg_name,
 )
-from pipeline.bench_common import (  # noqa: F401  (re-exported: the bench's public names)
+from pipeline.bench.common import (
     DYNA_FROM,
-    DYNA_SEED,
     EVAL_RANGES,
-    EVAL_SEED,
-    STAGE_INPUTS,
     BenchContext,
     Leg,
     eval_counts,
@@ -64,17 +61,17 @@ from pipeline.bench_common import (  # noqa: F401  (re-exported: the bench's pub
     imagination_throughput,
     imagined_success,
     peak_rss_gb,
-    reuse_or_train,
     spread_sample,
 )
-from pipeline.bench_report import (  # noqa: F401
-    beyond_intervals,
+from pipeline.bench.report import (
     format_report,
     summarize,
     write_summary,
 )
-from pipeline.stages import Evaluation, RoundConfig, world_model_exploitation
-from pipeline.verdict import target_verdict
+from pipeline.round.config import RoundConfig
+from pipeline.round.records import Evaluation
+from pipeline.round.stages import world_model_exploitation
+from pipeline.round.statistics import target_verdict
 from robot_bridge.episodes import read_episode_header
 
 BASELINES = ("SFT+select", "Iter-SFT", "Sim-RL")  # besides SFT, which every run has

@@ -1,6 +1,6 @@
 """Small costs the issues name, measured here instead of in timed tests (which flake under load).
 
-    python benchmarks/bench_tiny_build.py [--repeats 5]
+    python -m pipeline.bench.tiny_build [--repeats 5]
 
 - tiny VLA policy and tiny VLM judge: build from a local config + save + reload, offline
   (target: well under a second);

@@ -1,4 +1,5 @@
-"""The stages of one improvement round, as typed functions.
+"""The stages of one improvement round (collect, evaluate, refresh, train, select), as typed
+functions.
 
 Dagster assets, ``gymnast bench learning`` and the CLI all call these; each takes paths and a
 ``RoundConfig`` and returns a small result record, so orchestration stays thin and every stage
@@ -8,12 +9,9 @@ can be run and tested on its own.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,287 +19,32 @@ import numpy as np
 
 from pipeline import seeds
 from pipeline.fleet import FleetRunner, run_policy
+from pipeline.round.config import RoundConfig
+from pipeline.round.episodes import (
+    episode_paths,
+    external_episodes,
+    load_episode_headers,
+    load_episodes,
+    split_by_label,
+    split_holdout,
+)
+from pipeline.round.records import DatasetInfo, Evaluation, ModelArtifact
 from robot_bridge.checkpoints import build_manifest
 from robot_bridge.client import StationClient
-from robot_bridge.dispatch import DispatchResult, TaskResult
+from robot_bridge.dispatch import DispatchResult
 from robot_bridge.episodes import (
     Episode,
     EpisodeHeader,
     episode_id_of,
-    list_episodes,
     read_episode,
     read_episode_header,
 )
 from robot_bridge.policies import write_policy_config
-from robot_bridge.spec import TASKS
 
 if TYPE_CHECKING:
     from pipeline.lerobot_dataset import DatasetEpisodes
 
 Station = StationClient | FleetRunner  # one arm's client, or a fleet run as one
-
-# A round in a few minutes: the sizes the tests and smoke runs use (models barely train).
-SMOKE_ROUND = {
-    "tasks": ["open_drawer", "close_drawer"],
-    "demo_episodes_per_task": 5,
-    "collect_episodes_per_task": 5,
-    "eval_episodes_per_task": 2,
-    "sft_steps": 5,
-    "world_model_steps": 5,
-    "world_model_finetune_steps": 3,
-    "judge_steps": 5,
-    "judge_finetune_steps": 3,
-    "grpo_steps": 1,
-    "holdout_fraction": 0.3,
-    "grpo_overrides": {
-        "group_size": 2,
-        "starts_per_step": 2,
-        "horizon_chunks": 2,
-        "judge_samples": 1,
-    },
-}
-
-# Round sizes by name: the dataclass defaults are ``tiny``; ``lab`` is a real arm with a GPU.
-ROUND_PRESETS: dict[str, dict] = {
-    "smoke": SMOKE_ROUND,
-    "tiny": {},
-    "bench": {  # `gymnast bench learning`: little demonstration data, where RL has room to help
-        # 16 demonstrations per task: SFT succeeds sometimes on both drawer tasks (12% / 44% on an
-        # AMD EPYC VM), so GRPO groups have successes to reinforce; with 8 it was 0% / 14% there
-        # and GRPO had nothing. SFT on this little data is a lottery in the count and the CPU: on
-        # an AVX-512 Xeon 16 give 86% / 95% (no room: runs M-P) and 8 give 5% / 31%, where RL
-        # beat SFT on both drawers (README, run Q'); pass --set demo_episodes_per_task=N there
-        "demo_episodes_per_task": 16,
-        "collect_episodes_per_task": 20,
-        "eval_episodes_per_task": 50,
-        "sft_steps": 500,
-        # exploration runs and a longer-trained world model: imagined SFT success then tracks the
-        # real one (README, run B); without them the world model flattered SFT 2-5x
-        "explore_episodes_per_task": 50,
-        "world_model_steps": 3000,
-        "world_model_finetune_steps": 500,  # Dyna iterations (`--dyna`)
-        "judge_steps": 600,
-        "judge_finetune_steps": 300,
-        # run I (README): 80 GRPO steps, the policy saved every 20; a real check on 16 seeds per
-        # task keeps the best (step 40 there: open drawer 13% -> 56%, 100 episodes per task).
-        # Without the check 60 steps was the limit: run H's 90 lost the open-drawer gain
-        "grpo_steps": 80,
-        "challenger_snapshots": 4,
-        "snapshot_check_episodes_per_task": 16,
-        # Horizon 3 chunks covers the SFT policy's successes (3-8 steps); KL to SFT 0.2 sits
-        # between 0.5 (run C: nothing moved) and 0.05 (run D: the world model was exploited).
-        # Starts by task signal and groups with >= 2 judged successes of 8 (one is within the
-        # judge's false-positive noise): the eggplant tasks, never solved, stop taking half the
-        # batch (run I kept 72% of groups, run F 58%). Task balance ("balanced" draws and an
-        # equal share of the update per task) did worse (run K: open drawer 25%, close 52%)
-        "grpo_overrides": {
-            "horizon_chunks": 3,
-            "starts_per_step": 8,
-            "lr": 5e-4,
-            "kl_coef": 0.2,
-            "updates_per_epoch": 2,
-            "task_sampling": "signal",
-            "filter_low": 0.2,
-        },
-    },
-    "lab": {
-        "model_preset": "large",
-        "demo_episodes_per_task": 50,
-        "collect_episodes_per_task": 25,
-        "eval_episodes_per_task": 50,
-        "sft_steps": 5000,
-        "world_model_steps": 20000,
-        "world_model_finetune_steps": 5000,
-        "judge_steps": 3000,
-        "judge_finetune_steps": 1000,
-        "grpo_steps": 200,
-    },
-}
-
-
-@dataclass
-class RoundConfig:
-    """Sizes of one round. ``tiny`` runs on a 2-core CPU in minutes; ``lab`` is the real-arm setting."""
-
-    tasks: tuple[str, ...] = tuple(TASKS)
-    model_preset: str = "tiny"
-    # bootstrap (first round only): scripted demonstrations -> SFT
-    demo_episodes_per_task: int = 10
-    # noise on the expert's executed actions (DART-style): the demonstrations then show how to
-    # recover from small errors. Measured on the sim (tiny VLA, 800 SFT steps, greedy): ~100
-    # noise-free demos -> 1/80 successes; ~116 demos at noise 0.1 -> 10/10 on both drawer tasks
-    # (0/10 on the eggplant tasks); at noise 0.3 -> 0/40 (too noisy to imitate).
-    demo_noise: float = 0.1
-    demo_mistake_prob: float = 0.0
-    sft_steps: int = 300
-    # each round
-    collect_episodes_per_task: int = 5  # champion runs; also its real evaluation this round
-    eval_episodes_per_task: int = 5  # challenger runs, same seeds (paired comparison)
-    world_model_steps: int = 400  # from scratch
-    world_model_finetune_steps: int = 150  # warm start from last round
-    judge_steps: int = 300
-    judge_finetune_steps: int = 150
-    grpo_steps: int = 10
-    grpo_overrides: dict = field(default_factory=dict)
-    # > 1: GRPO also saves the policy at that many evenly spaced steps (the last is the final
-    # policy) and ``select_challenger`` keeps the one with the most real successes on
-    # check seeds: the policy climbs imagined reward past the point where real success peaks
-    # (README, runs F and H), and a few real runs find that point
-    challenger_snapshots: int = 1
-    snapshot_check_episodes_per_task: int = 10
-    # Dyna exploration: extra champion runs sampled at the GRPO rollout temperature, for the world
-    # model and the judge only (never counted as an evaluation). Greedy runs show the world model
-    # one action per situation; GRPO then samples around it, where a model that never saw those
-    # actions' consequences is easiest to fool.
-    explore_episodes_per_task: int = 0
-    explore_temperature: float = 1.0
-    holdout_fraction: float = 0.15
-    promotion_alpha: float = 0.05
-    seed: int = 0
-    # where every training stage runs (SFT, world model, judge, GRPO, their evaluations), and
-    # whether forward passes autocast to bf16 there (robot_bridge.devices): "auto" follows the
-    # GYMNAST_DEVICE / GYMNAST_PRECISION environment, else CUDA (bf16) when present, else CPU
-    device: str = "auto"
-    precision: str = "auto"
-    # LeRobot datasets a lab already has (local folders, e.g. its Bridge data) that join the world
-    # model's and the judge's training data (never their held-out splits): a path, or
-    # {"path": ..., "success": true|false|null, "image_key": ...} (pipeline.lerobot_dataset)
-    external_datasets: tuple = ()
-
-    def __post_init__(self) -> None:
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks:
-            raise ValueError(
-                f"tasks must be a non-empty subset of {list(TASKS)}, got {list(self.tasks)}"
-            )
-        for name in (
-            "demo_episodes_per_task",
-            "collect_episodes_per_task",
-            "eval_episodes_per_task",
-            "sft_steps",
-            "world_model_steps",
-            "world_model_finetune_steps",
-            "judge_steps",
-            "judge_finetune_steps",
-            "grpo_steps",
-            "challenger_snapshots",
-            "snapshot_check_episodes_per_task",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.challenger_snapshots > self.grpo_steps:
-            raise ValueError(
-                f"challenger_snapshots ({self.challenger_snapshots}) cannot exceed grpo_steps "
-                f"({self.grpo_steps}): there is one policy per step"
-            )
-        # checked here, not an hour later when GRPO first looks for the starts
-        stray = [t for t in self.grpo_overrides.get("train_tasks", ()) if t not in self.tasks]
-        if stray:
-            raise ValueError(
-                f"grpo_overrides train_tasks {stray} are not among the round's tasks "
-                f"{list(self.tasks)}"
-            )
-        if self.explore_episodes_per_task < 0:
-            raise ValueError(
-                f"explore_episodes_per_task must be >= 0, got {self.explore_episodes_per_task}"
-            )
-        if self.explore_temperature <= 0:
-            raise ValueError(
-                f"explore_temperature must be > 0 (exploration samples), got {self.explore_temperature}"
-            )
-        if not 0 < self.holdout_fraction < 1:
-            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        if not 0 < self.promotion_alpha < 1:
-            raise ValueError(f"promotion_alpha must be in (0, 1), got {self.promotion_alpha}")
-        from robot_bridge.devices import check_device_setting, check_precision_setting
-
-        check_device_setting(self.device, "RoundConfig.device")
-        check_precision_setting(self.precision, "RoundConfig.precision")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> RoundConfig:
-        if name not in ROUND_PRESETS:
-            raise ValueError(
-                f"unknown round preset {name!r}; valid presets: {', '.join(ROUND_PRESETS)}"
-            )
-        fields = {**ROUND_PRESETS[name], **overrides}
-        if "tasks" in fields:
-            fields["tasks"] = tuple(fields["tasks"])
-        return cls(**fields)
-
-    def for_tasks(self, tasks: Sequence[str]) -> RoundConfig:
-        """This round narrowed to ``tasks`` (a per-task evaluation job): GRPO's ``train_tasks``
-        narrow with it, so a restriction naming a task left out does not make it invalid."""
-        overrides = dict(self.grpo_overrides)
-        if "train_tasks" in overrides:
-            kept = [t for t in overrides.pop("train_tasks") if t in tasks]
-            if kept:
-                overrides["train_tasks"] = kept
-        return dataclasses.replace(self, tasks=tuple(tasks), grpo_overrides=overrides)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class ModelArtifact:
-    path: Path
-    sha256: str
-    metrics: dict[str, float]
-    previews: list[Path] = field(default_factory=list)
-
-
-@dataclass
-class DatasetInfo:
-    path: Path
-    n_episodes: int
-    n_frames: int
-    per_task: dict[str, dict]
-    stats_path: Path
-    episode_files: list[Path]
-    new_episodes: int = 0  # appended to the dataset by this round's stage
-
-
-@dataclass
-class Evaluation:
-    checkpoint_sha256: str
-    episodes: list[Path]
-    per_task: dict[str, TaskResult]
-    outcomes: dict[tuple[str, int], bool]  # (task, seed) -> success
-
-    @property
-    def success_rate(self) -> float:
-        labelled = sum(r.labelled for r in self.per_task.values())
-        return sum(r.successes for r in self.per_task.values()) / labelled if labelled else math.nan
-
-    def to_dict(self) -> dict:
-        return {
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "episodes": len(self.episodes),
-            "success_rate": self.success_rate,
-            "per_task": {
-                t: {
-                    "episodes": r.episodes,
-                    "successes": r.successes,
-                    "labelled": r.labelled,
-                    "success_rate": r.success_rate,
-                    "ci95": list(r.ci95),
-                }
-                for t, r in self.per_task.items()
-            },
-        }
-
-
-@dataclass
-class PromotionDecision:
-    promote: bool
-    test: str
-    p_value: float
-    champion_rate: float
-    challenger_rate: float
-    discordant: dict[str, int]
-    per_task: dict[str, dict]
-    reason: str
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -309,67 +52,6 @@ class PromotionDecision:
 
 def checkpoint_sha256(path: Path) -> str:
     return build_manifest(path)[0]
-
-
-def episode_paths(dirs: Sequence[str | Path]) -> list[Path]:
-    """Every complete episode file under the given folders, in a stable order."""
-    return sorted({p for d in dirs for p in list_episodes(d)}, key=lambda p: p.name)
-
-
-def load_episodes(sources: Sequence[str | Path | DatasetEpisodes]) -> list[Episode]:
-    """Every episode of the sources, in a stable order: HDF5 episode folders (complete files),
-    LeRobot dataset folders (every episode) and ``DatasetEpisodes`` (a round's ids in a dataset)."""
-    from pipeline.lerobot_dataset import DatasetEpisodes, is_lerobot_dataset, load_lerobot_episodes
-
-    out, dirs = [], []
-    for s in sources:
-        if isinstance(s, DatasetEpisodes):
-            out += s.load()
-        elif is_lerobot_dataset(s):
-            out += load_lerobot_episodes(s)
-        else:
-            dirs.append(s)
-    return out + [read_episode(p) for p in episode_paths(dirs)]
-
-
-def external_episodes(cfg: RoundConfig) -> list[Episode]:
-    """The episodes of the round's ``external_datasets`` (a lab's own LeRobot data)."""
-    from pipeline.lerobot_dataset import ExternalDataset
-
-    return [ep for spec in cfg.external_datasets for ep in ExternalDataset.parse(spec).load()]
-
-
-def load_episode_headers(dirs: Sequence[str | Path]) -> list[EpisodeHeader]:
-    """Labels and first frames of every complete episode under the folders (no other frames)."""
-    return [read_episode_header(p) for p in episode_paths(dirs)]
-
-
-def split_holdout(
-    episodes: Sequence[Episode], fraction: float, salt: str = ""
-) -> tuple[list[Episode], list[Episode]]:
-    """Deterministic split by episode id (a hash), so a round re-run holds out the same episodes."""
-
-    def held(ep: Episode) -> bool:
-        h = int(hashlib.sha256((salt + ep.episode_id).encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        return h < fraction
-
-    train = [e for e in episodes if not held(e)]
-    test = [e for e in episodes if held(e)]
-    if not test and len(train) > 1:  # tiny rounds: keep at least one held-out episode
-        test.append(train.pop())
-    return train, test
-
-
-def split_by_label(
-    episodes: Sequence[Episode], fraction: float, salt: str = ""
-) -> tuple[list[Episode], list[Episode]]:
-    """``split_holdout`` within successes and within failures, so both sides see both kinds."""
-    train, test = [], []
-    for label in (True, False):
-        a, b = split_holdout([e for e in episodes if e.success is label], fraction, salt)
-        train += a
-        test += b
-    return train, test
 
 
 def _evaluation(result: DispatchResult) -> Evaluation:
@@ -400,7 +82,7 @@ def bootstrap_champion(
     ``workdir/demos_dataset``), as the world model and the judge read theirs."""
     from policy.config import VLAConfig
     from policy.distributed import barrier, is_main_process
-    from policy.sft import train_sft
+    from policy.sft import SFTConfig, train_sft
 
     workdir = Path(workdir)
     expert = write_policy_config(
@@ -429,11 +111,8 @@ def bootstrap_champion(
     policy, metrics = train_sft(
         VLAConfig.from_preset(cfg.model_preset),
         successful,
-        steps=cfg.sft_steps,
-        seed=cfg.seed,
+        SFTConfig(steps=cfg.sft_steps, seed=cfg.seed, device=cfg.device, precision=cfg.precision),
         progress=progress,
-        device=cfg.device,
-        precision=cfg.precision,
     )
     out = workdir / "policy"
     # Launched data-parallel (torchrun), every rank trained the same policy: one writes it, the
@@ -444,7 +123,7 @@ def bootstrap_champion(
     return ModelArtifact(
         Path(out),
         checkpoint_sha256(Path(out)),
-        _scalars(metrics) | {"demos": len(demos), "demos_successful": len(successful)},
+        scalar_metrics(metrics) | {"demos": len(demos), "demos_successful": len(successful)},
     )
 
 
@@ -593,32 +272,21 @@ def refresh_world_model(
     ``cfg.external_datasets`` join the training split (held-out error stays on our arm's data)."""
     from world_model.config import WorldModelConfig
     from world_model.evaluate import evaluate_world_model, rollout_error, write_side_by_side_video
-    from world_model.train import train_world_model
+    from world_model.train import WorldModelTrainConfig, train_world_model
 
     episodes = load_episodes(sources)
     train, held = split_holdout(episodes, cfg.holdout_fraction)
     train += external_episodes(cfg)
-    if previous is not None:
-        model, metrics = train_world_model(
-            WorldModelConfig.preset(cfg.model_preset),
-            train,
-            steps=cfg.world_model_finetune_steps,
-            seed=cfg.seed,
-            progress=progress,
-            init_from=previous,
-            device=cfg.device,
-            precision=cfg.precision,
-        )
-    else:
-        model, metrics = train_world_model(
-            WorldModelConfig.preset(cfg.model_preset),
-            train,
-            steps=cfg.world_model_steps,
-            seed=cfg.seed,
-            progress=progress,
-            device=cfg.device,
-            precision=cfg.precision,
-        )
+    steps = cfg.world_model_finetune_steps if previous is not None else cfg.world_model_steps
+    model, metrics = train_world_model(
+        WorldModelConfig.from_preset(cfg.model_preset),
+        train,
+        WorldModelTrainConfig(
+            steps=steps, seed=cfg.seed, device=cfg.device, precision=cfg.precision
+        ),
+        progress=progress,
+        init_from=previous,
+    )
     out = Path(model.save_pretrained(out_dir))
     horizon = grpo_horizon_steps(cfg)  # what GRPO imagines, judged against the real episode
     evaluation = evaluate_world_model(
@@ -630,7 +298,10 @@ def refresh_world_model(
         sample["real"][0], sample["imagined"][0], out / "preview.mp4"
     )
     return ModelArtifact(
-        out, checkpoint_sha256(out), _scalars(metrics) | _scalars(evaluation), [Path(preview)]
+        out,
+        checkpoint_sha256(out),
+        scalar_metrics(metrics) | scalar_metrics(evaluation),
+        [Path(preview)],
     )
 
 
@@ -642,7 +313,7 @@ def grpo_horizon_steps(cfg: RoundConfig) -> int:
     from policy.config import VLAConfig
     from policy.grpo import GRPOConfig
 
-    chunks = cfg.grpo_overrides.get("horizon_chunks", GRPOConfig.preset("tiny").horizon_chunks)
+    chunks = cfg.grpo_overrides.get("horizon_chunks", GRPOConfig.from_preset("tiny").horizon_chunks)
     return int(chunks) * VLAConfig.from_preset(cfg.model_preset).chunk_size
 
 
@@ -666,7 +337,7 @@ def refresh_judge(
     """Finetune the success judge on the success-labelled real episodes; F1 on held-out ones.
     ``sources`` as for ``refresh_world_model``; labelled episodes of ``cfg.external_datasets``
     join the training split only (threshold and held-out F1 stay on our arm's data)."""
-    from reward.config import VLMJudgeConfig
+    from reward.config import JudgeTrainConfig, VLMJudgeConfig
     from reward.train import evaluate_judge, finetune_judge
     from reward.vlm import VLMJudge
 
@@ -686,20 +357,17 @@ def refresh_judge(
     judge, metrics = finetune_judge(
         start,
         train,
-        steps=steps,
-        seed=cfg.seed,
-        progress=progress,
+        JudgeTrainConfig(steps=steps, seed=cfg.seed, device=cfg.device, precision=cfg.precision),
         val_episodes=val,
-        device=cfg.device,
-        precision=cfg.precision,
+        progress=progress,
     )
     out = Path(judge.save_pretrained(out_dir))
     held_metrics = evaluate_judge(judge, held)
     return ModelArtifact(
         out,
         checkpoint_sha256(out),
-        _scalars(metrics)
-        | {f"heldout_{k}": v for k, v in _scalars(held_metrics).items()}
+        scalar_metrics(metrics)
+        | {f"heldout_{k}": v for k, v in scalar_metrics(held_metrics).items()}
         | {"threshold_calibrated": float(val is not None), "heldout_episodes": float(len(held))},
     )
 
@@ -720,8 +388,10 @@ def train_challenger(
     cfg: RoundConfig,
     progress: bool = True,
     on_step: Callable | None = None,
+    on_rollouts: Callable | None = None,
 ) -> ModelArtifact:
-    """GRPO-finetune the champion in the world model, rewarded by the judge, from real initial frames."""
+    """GRPO-finetune the champion in the world model, rewarded by the judge, from real initial frames.
+    ``on_rollouts``: ``train_grpo``'s (e.g. a ``pipeline.rollout_strip.RolloutKeeper``)."""
     from policy.grpo import GRPOConfig, train_grpo
     from policy.vla import VLAPolicy
     from reward.judge import load_judge
@@ -731,7 +401,7 @@ def train_challenger(
     wm = ActionConditionedWorldModel.from_pretrained(world_model, device=cfg.device)
     judge_model = load_judge(judge, device=cfg.device)
     starts = initial_frames(load_episode_headers(episode_dirs))
-    grpo_cfg = GRPOConfig.preset(
+    grpo_cfg = GRPOConfig.from_preset(
         "tiny",
         steps=cfg.grpo_steps,
         seed=cfg.seed,
@@ -749,8 +419,9 @@ def train_challenger(
             on_step(stats)
 
     history = train_grpo(
-        policy, wm, judge_model, starts, grpo_cfg, progress=progress, on_step=step_done
-    )
+        policy, wm, judge_model, starts, grpo_cfg,
+        progress=progress, on_step=step_done, on_rollouts=on_rollouts,
+    )  # fmt: skip
     out = Path(policy.save_pretrained(out_dir))
     metrics = {
         "grpo_steps": len(history),
@@ -855,60 +526,7 @@ def world_model_exploitation(
     return {**m, "false_success_rate": m["fp"] / failures if failures else None}
 
 
-def decide_promotion(
-    champion: Evaluation, challenger: Evaluation, alpha: float = 0.05
-) -> PromotionDecision:
-    """Promote only if the challenger is better with confidence: one-sided exact McNemar test.
-
-    Both policies run the same (task, seed) initial states, so outcomes are paired; the test uses
-    only the discordant pairs (b: champion succeeded and challenger failed; c: the reverse) and
-    asks whether c is larger than chance under H0: P(c) = P(b) = 1/2.
-    """
-    pairs = sorted(set(champion.outcomes) & set(challenger.outcomes))
-    if not pairs:
-        raise ValueError(
-            "no paired (task, seed) outcomes between champion and challenger; cannot decide"
-        )
-    b = sum(champion.outcomes[k] and not challenger.outcomes[k] for k in pairs)
-    c = sum(challenger.outcomes[k] and not champion.outcomes[k] for k in pairs)
-    p_value = _binomial_tail(c, b + c)
-    champ_rate = sum(champion.outcomes[k] for k in pairs) / len(pairs)
-    chall_rate = sum(challenger.outcomes[k] for k in pairs) / len(pairs)
-    promote = c > b and p_value < alpha
-    per_task = {}
-    for task in sorted({k[0] for k in pairs}):
-        ks = [k for k in pairs if k[0] == task]
-        per_task[task] = {
-            "n": len(ks),
-            "champion": sum(champion.outcomes[k] for k in ks) / len(ks),
-            "challenger": sum(challenger.outcomes[k] for k in ks) / len(ks),
-        }
-    reason = (
-        f"challenger better on {c} paired episodes, worse on {b}; one-sided exact McNemar p={p_value:.4f} "
-        f"{'<' if promote else '>='} alpha={alpha}"
-        if b + c
-        else "no discordant pairs: no evidence either way"
-    )
-    return PromotionDecision(
-        promote,
-        "one-sided exact McNemar (paired by task and seed)",
-        p_value,
-        champ_rate,
-        chall_rate,
-        {"champion_only": b, "challenger_only": c},
-        per_task,
-        reason,
-    )
-
-
-def _binomial_tail(k: int, n: int) -> float:
-    """P(X >= k) for X ~ Binomial(n, 1/2); 1.0 when n == 0."""
-    if n == 0:
-        return 1.0
-    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
-
-
-def _scalars(metrics: dict) -> dict[str, float]:
+def scalar_metrics(metrics: dict) -> dict[str, float]:
     """The numeric, finite-or-not scalar entries of a metrics dict (lists and nested maps dropped)."""
     out = {}
     for k, v in metrics.items():

@@ -1,38 +1,22 @@
-"""Measure the simulated station: control steps per second with rendering, and the scripted
-expert's success rate against its action noise.
+"""Measure the simulated station: the scripted expert's success rate against its action noise,
+and control steps per second with rendering (the station bench's one-core measurement,
+``pipeline.bench.station.bench_sim``, the figure ``gymnast bench bridge`` reports).
 
-    MUJOCO_GL=egl taskset -c 0 uv run python benchmarks/bench_sim.py --seeds 10 --noise 0 0.3 0.6
+    MUJOCO_GL=egl uv run python -m pipeline.bench.sim --seeds 10 --noise 0 0.3 0.6
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-import numpy as np  # noqa: E402
-
+from pipeline.bench.station import bench_sim  # noqa: E402
 from robot_bridge.backends.base import make_backend  # noqa: E402
 from robot_bridge.policies.scripted import ScriptedExpertConfig, ScriptedExpertPolicy  # noqa: E402
-from robot_bridge.spec import ACTION_HIGH, ACTION_LOW, TASKS  # noqa: E402
-
-
-def steps_per_second(backend_name: str, n_steps: int) -> float:
-    """Random in-bounds actions, each step rendering a 256x256 frame."""
-    backend = make_backend(backend_name)
-    rng = np.random.default_rng(0)
-    backend.reset("eggplant_in_sink", seed=0)
-    start = time.perf_counter()
-    for i in range(n_steps):
-        if i % 50 == 49:  # random walks pin the arm to the box; start fresh now and then
-            backend.reset("eggplant_in_sink", seed=i)
-        backend.step(rng.uniform(ACTION_LOW, ACTION_HIGH).astype(np.float32))
-    rate = n_steps / (time.perf_counter() - start)
-    backend.close()
-    return rate
+from robot_bridge.spec import TASKS  # noqa: E402
 
 
 def expert_success(backend_name: str, noise: float, seeds: int, mistake_prob: float) -> dict:
@@ -65,9 +49,8 @@ def main() -> None:
     parser.add_argument("--mistake-prob", type=float, default=0.0)
     args = parser.parse_args()
 
-    print(
-        f"{args.backend}: {steps_per_second(args.backend, args.steps):.1f} steps/s with rendering"
-    )
+    rate = bench_sim(args.steps, args.backend)["steps_per_s"]
+    print(f"{args.backend}: {rate:.1f} steps/s with rendering (one core)")
     print(f"{'noise':>6} " + " ".join(f"{t:>19}" for t in TASKS))
     for noise in args.noise:
         rates = expert_success(args.backend, noise, args.seeds, args.mistake_prob)

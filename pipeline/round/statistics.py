@@ -1,6 +1,12 @@
-"""The learning bench's verdict, fixed in code before any run reads it.
+"""The round's statistics: the promotion gate and the learning bench's verdict.
 
-Every arm of a replicate runs the same (task, seed) initial states, so outcomes are paired.
+Both compare policies run on the same (task, seed) initial states, so outcomes are paired and the
+tests are exact: the one-sided McNemar test on the discordant pairs (a binomial tail at 1/2).
+
+**The promotion gate** (``decide_promotion``): promote a challenger only if it beats the champion
+on the round's gate seeds with confidence.
+
+**The learning bench's verdict**, fixed in code before any run reads it.
 
 - **Per replicate and task**, an arm *beats* a baseline when its 95% Wilson interval lies wholly
   above the baseline's (``beyond``: +1 above, -1 below, 0 overlapping).
@@ -22,7 +28,62 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from pipeline.round.records import Evaluation, PromotionDecision
 from robot_bridge.dispatch import wilson_interval
+
+
+def binomial_tail(k: int, n: int) -> float:
+    """P(X >= k) for X ~ Binomial(n, 1/2); 1.0 when n == 0."""
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
+
+
+def decide_promotion(
+    champion: Evaluation, challenger: Evaluation, alpha: float = 0.05
+) -> PromotionDecision:
+    """Promote only if the challenger is better with confidence: one-sided exact McNemar test.
+
+    Both policies run the same (task, seed) initial states, so outcomes are paired; the test uses
+    only the discordant pairs (b: champion succeeded and challenger failed; c: the reverse) and
+    asks whether c is larger than chance under H0: P(c) = P(b) = 1/2.
+    """
+    pairs = sorted(set(champion.outcomes) & set(challenger.outcomes))
+    if not pairs:
+        raise ValueError(
+            "no paired (task, seed) outcomes between champion and challenger; cannot decide"
+        )
+    b = sum(champion.outcomes[k] and not challenger.outcomes[k] for k in pairs)
+    c = sum(challenger.outcomes[k] and not champion.outcomes[k] for k in pairs)
+    p_value = binomial_tail(c, b + c)
+    champ_rate = sum(champion.outcomes[k] for k in pairs) / len(pairs)
+    chall_rate = sum(challenger.outcomes[k] for k in pairs) / len(pairs)
+    promote = c > b and p_value < alpha
+    per_task = {}
+    for task in sorted({k[0] for k in pairs}):
+        ks = [k for k in pairs if k[0] == task]
+        per_task[task] = {
+            "n": len(ks),
+            "champion": sum(champion.outcomes[k] for k in ks) / len(ks),
+            "challenger": sum(challenger.outcomes[k] for k in ks) / len(ks),
+        }
+    reason = (
+        f"challenger better on {c} paired episodes, worse on {b}; one-sided exact McNemar p={p_value:.4f} "
+        f"{'<' if promote else '>='} alpha={alpha}"
+        if b + c
+        else "no discordant pairs: no evidence either way"
+    )
+    return PromotionDecision(
+        promote,
+        "one-sided exact McNemar (paired by task and seed)",
+        p_value,
+        champ_rate,
+        chall_rate,
+        {"champion_only": b, "challenger_only": c},
+        per_task,
+        reason,
+    )
+
 
 Outcomes = Mapping[tuple[str, int], bool]  # (task, seed) -> success
 
@@ -67,7 +128,7 @@ def pooled_mcnemar(
         only_arm += sum(a[k] and not b[k] for k in keys)
         only_base += sum(b[k] and not a[k] for k in keys)
     n = only_arm + only_base
-    p = sum(math.comb(n, i) for i in range(only_arm, n + 1)) / 2**n if n else 1.0
+    p = binomial_tail(only_arm, n)
     return {
         "pairs": pairs,
         "arm_only": only_arm,

@@ -11,20 +11,20 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import seeds
-from pipeline.bench_budget import iter_sft_data
-from pipeline.bench_common import DYNA_SEED, BenchContext, Leg, episodes_of
-from pipeline.stages import (
-    ModelArtifact,
-    RoundConfig,
-    _scalars,
+from pipeline.bench.budget import iter_sft_data
+from pipeline.bench.common import DYNA_SEED, BenchContext, Leg, episodes_of
+from pipeline.round.config import RoundConfig
+from pipeline.round.episodes import load_episode_headers
+from pipeline.round.records import ModelArtifact
+from pipeline.round.stages import (
     bootstrap_champion,
     challenger_candidates,
     checkpoint_sha256,
     collect_episodes,
     explore_on_station,
-    load_episode_headers,
     refresh_judge,
     refresh_world_model,
+    scalar_metrics,
     select_challenger,
     snapshot_steps,
     snapshots_dir,
@@ -255,7 +255,7 @@ def train_sft_snapshots(
     ``candidates`` evenly spaced policies: the last is ``out_dir``, the earlier ones beside it
     where ``challenger_candidates`` finds them."""
     from policy.config import VLAConfig
-    from policy.sft import train_sft
+    from policy.sft import SFTConfig, train_sft
     from policy.tokenization import ActionTokenizer
     from policy.vla import VLAPolicy
 
@@ -275,16 +275,13 @@ def train_sft_snapshots(
     policy, metrics = train_sft(
         policy,
         episodes,
-        steps=cfg.sft_steps,
-        seed=cfg.seed,
+        SFTConfig(steps=cfg.sft_steps, seed=cfg.seed, device=cfg.device, precision=cfg.precision),
         progress=progress,
         callback=saved,
-        device=cfg.device,
-        precision=cfg.precision,
     )
     out = Path(policy.save_pretrained(out_dir))
     extra = {"episodes": len(episodes), "candidates": len(at)}
-    return ModelArtifact(out, checkpoint_sha256(out), _scalars(metrics) | extra)
+    return ModelArtifact(out, checkpoint_sha256(out), scalar_metrics(metrics) | extra)
 
 
 def train_sim_rl(
@@ -296,7 +293,7 @@ def train_sim_rl(
     from policy.vla import VLAPolicy
 
     policy = VLAPolicy.from_pretrained(start, device=cfg.device)
-    grpo_cfg = GRPOConfig.preset(
+    grpo_cfg = GRPOConfig.from_preset(
         "tiny",
         steps=cfg.grpo_steps,
         seed=cfg.seed,

@@ -8,8 +8,8 @@ import platform
 import subprocess
 from pathlib import Path
 
-from pipeline.bench_budget import CATEGORIES
-from pipeline.verdict import format_verdict, intervals_beyond, target_verdict
+from pipeline.bench.budget import CATEGORIES
+from pipeline.round.statistics import format_verdict, intervals_beyond, target_verdict
 from robot_bridge.dispatch import wilson_interval
 
 

@@ -1,0 +1,1 @@
+"""The round's domain: config and presets, result records, stages and statistics (no Dagster)."""

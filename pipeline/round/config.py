@@ -1,0 +1,202 @@
+"""A round's sizes: ``RoundConfig`` and its named presets (``ROUND_PRESETS``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gymnast_common.config import Config
+from robot_bridge.spec import TASKS
+
+# A round in a few minutes: the sizes the tests and smoke runs use (models barely train).
+SMOKE_ROUND = {
+    "tasks": ["open_drawer", "close_drawer"],
+    "demo_episodes_per_task": 5,
+    "collect_episodes_per_task": 5,
+    "eval_episodes_per_task": 2,
+    "sft_steps": 5,
+    "world_model_steps": 5,
+    "world_model_finetune_steps": 3,
+    "judge_steps": 5,
+    "judge_finetune_steps": 3,
+    "grpo_steps": 1,
+    "holdout_fraction": 0.3,
+    "grpo_overrides": {
+        "group_size": 2,
+        "starts_per_step": 2,
+        "horizon_chunks": 2,
+        "judge_samples": 1,
+    },
+}
+
+# Round sizes by name: the dataclass defaults are ``tiny``; ``lab`` is a real arm with a GPU.
+ROUND_PRESETS: dict[str, dict] = {
+    "smoke": SMOKE_ROUND,
+    "tiny": {},
+    "bench": {  # `gymnast bench learning`: little demonstration data, where RL has room to help
+        # 16 demonstrations per task: SFT succeeds sometimes on both drawer tasks (12% / 44% on an
+        # AMD EPYC VM), so GRPO groups have successes to reinforce; with 8 it was 0% / 14% there
+        # and GRPO had nothing. SFT on this little data is a lottery in the count and the CPU: on
+        # an AVX-512 Xeon 16 give 86% / 95% (no room: runs M-P) and 8 give 5% / 31%, where RL
+        # beat SFT on both drawers (README, run Q'); pass --set demo_episodes_per_task=N there
+        "demo_episodes_per_task": 16,
+        "collect_episodes_per_task": 20,
+        "eval_episodes_per_task": 50,
+        "sft_steps": 500,
+        # exploration runs and a longer-trained world model: imagined SFT success then tracks the
+        # real one (README, run B); without them the world model flattered SFT 2-5x
+        "explore_episodes_per_task": 50,
+        "world_model_steps": 3000,
+        "world_model_finetune_steps": 500,  # Dyna iterations (`--dyna`)
+        "judge_steps": 600,
+        "judge_finetune_steps": 300,
+        # run I (README): 80 GRPO steps, the policy saved every 20; a real check on 16 seeds per
+        # task keeps the best (step 40 there: open drawer 13% -> 56%, 100 episodes per task).
+        # Without the check 60 steps was the limit: run H's 90 lost the open-drawer gain
+        "grpo_steps": 80,
+        "challenger_snapshots": 4,
+        "snapshot_check_episodes_per_task": 16,
+        # Horizon 3 chunks covers the SFT policy's successes (3-8 steps); KL to SFT 0.2 sits
+        # between 0.5 (run C: nothing moved) and 0.05 (run D: the world model was exploited).
+        # Starts by task signal and groups with >= 2 judged successes of 8 (one is within the
+        # judge's false-positive noise): the eggplant tasks, never solved, stop taking half the
+        # batch (run I kept 72% of groups, run F 58%). Task balance ("balanced" draws and an
+        # equal share of the update per task) did worse (run K: open drawer 25%, close 52%)
+        "grpo_overrides": {
+            "horizon_chunks": 3,
+            "starts_per_step": 8,
+            "lr": 5e-4,
+            "kl_coef": 0.2,
+            "updates_per_epoch": 2,
+            "task_sampling": "signal",
+            "filter_low": 0.2,
+        },
+    },
+    "lab": {
+        "model_preset": "large",
+        "demo_episodes_per_task": 50,
+        "collect_episodes_per_task": 25,
+        "eval_episodes_per_task": 50,
+        "sft_steps": 5000,
+        "world_model_steps": 20000,
+        "world_model_finetune_steps": 5000,
+        "judge_steps": 3000,
+        "judge_finetune_steps": 1000,
+        "grpo_steps": 200,
+    },
+}
+
+
+@dataclass
+class RoundConfig(Config):
+    """Sizes of one round. ``tiny`` runs on a 2-core CPU in minutes; ``lab`` is the real-arm setting."""
+
+    PRESETS = ROUND_PRESETS
+
+    tasks: tuple[str, ...] = tuple(TASKS)
+    model_preset: str = "tiny"
+    # bootstrap (first round only): scripted demonstrations -> SFT
+    demo_episodes_per_task: int = 10
+    # noise on the expert's executed actions (DART-style): the demonstrations then show how to
+    # recover from small errors. Measured on the sim (tiny VLA, 800 SFT steps, greedy): ~100
+    # noise-free demos -> 1/80 successes; ~116 demos at noise 0.1 -> 10/10 on both drawer tasks
+    # (0/10 on the eggplant tasks); at noise 0.3 -> 0/40 (too noisy to imitate).
+    demo_noise: float = 0.1
+    demo_mistake_prob: float = 0.0
+    sft_steps: int = 300
+    # each round
+    collect_episodes_per_task: int = 5  # champion runs; also its real evaluation this round
+    eval_episodes_per_task: int = 5  # challenger runs, same seeds (paired comparison)
+    world_model_steps: int = 400  # from scratch
+    world_model_finetune_steps: int = 150  # warm start from last round
+    judge_steps: int = 300
+    judge_finetune_steps: int = 150
+    grpo_steps: int = 10
+    grpo_overrides: dict = field(default_factory=dict)
+    # > 1: GRPO also saves the policy at that many evenly spaced steps (the last is the final
+    # policy) and ``select_challenger`` keeps the one with the most real successes on
+    # check seeds: the policy climbs imagined reward past the point where real success peaks
+    # (README, runs F and H), and a few real runs find that point
+    challenger_snapshots: int = 1
+    snapshot_check_episodes_per_task: int = 10
+    # Dyna exploration: extra champion runs sampled at the GRPO rollout temperature, for the world
+    # model and the judge only (never counted as an evaluation). Greedy runs show the world model
+    # one action per situation; GRPO then samples around it, where a model that never saw those
+    # actions' consequences is easiest to fool.
+    explore_episodes_per_task: int = 0
+    explore_temperature: float = 1.0
+    holdout_fraction: float = 0.15
+    promotion_alpha: float = 0.05
+    seed: int = 0
+    # where every training stage runs (SFT, world model, judge, GRPO, their evaluations), and
+    # whether forward passes autocast to bf16 there (robot_bridge.devices): "auto" follows the
+    # GYMNAST_DEVICE / GYMNAST_PRECISION environment, else CUDA (bf16) when present, else CPU
+    device: str = "auto"
+    precision: str = "auto"
+    # LeRobot datasets a lab already has (local folders, e.g. its Bridge data) that join the world
+    # model's and the judge's training data (never their held-out splits): a path, or
+    # {"path": ..., "success": true|false|null, "image_key": ...} (pipeline.lerobot_dataset)
+    external_datasets: tuple = ()
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks)
+        self.external_datasets = tuple(self.external_datasets)
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise ValueError(
+                f"tasks must be a non-empty subset of {list(TASKS)}, got {list(self.tasks)}"
+            )
+        for name in (
+            "demo_episodes_per_task",
+            "collect_episodes_per_task",
+            "eval_episodes_per_task",
+            "sft_steps",
+            "world_model_steps",
+            "world_model_finetune_steps",
+            "judge_steps",
+            "judge_finetune_steps",
+            "grpo_steps",
+            "challenger_snapshots",
+            "snapshot_check_episodes_per_task",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.challenger_snapshots > self.grpo_steps:
+            raise ValueError(
+                f"challenger_snapshots ({self.challenger_snapshots}) cannot exceed grpo_steps "
+                f"({self.grpo_steps}): there is one policy per step"
+            )
+        # checked here, not an hour later when GRPO first looks for the starts
+        stray = [t for t in self.grpo_overrides.get("train_tasks", ()) if t not in self.tasks]
+        if stray:
+            raise ValueError(
+                f"grpo_overrides train_tasks {stray} are not among the round's tasks "
+                f"{list(self.tasks)}"
+            )
+        if self.explore_episodes_per_task < 0:
+            raise ValueError(
+                f"explore_episodes_per_task must be >= 0, got {self.explore_episodes_per_task}"
+            )
+        if self.explore_temperature <= 0:
+            raise ValueError(
+                f"explore_temperature must be > 0 (exploration samples), got {self.explore_temperature}"
+            )
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if not 0 < self.promotion_alpha < 1:
+            raise ValueError(f"promotion_alpha must be in (0, 1), got {self.promotion_alpha}")
+        from robot_bridge.devices import check_device_setting, check_precision_setting
+
+        check_device_setting(self.device, "RoundConfig.device")
+        check_precision_setting(self.precision, "RoundConfig.precision")
+
+    def for_tasks(self, tasks: Sequence[str]) -> RoundConfig:
+        """This round narrowed to ``tasks`` (a per-task evaluation job): GRPO's ``train_tasks``
+        narrow with it, so a restriction naming a task left out does not make it invalid."""
+        overrides = dict(self.grpo_overrides)
+        if "train_tasks" in overrides:
+            kept = [t for t in overrides.pop("train_tasks") if t in tasks]
+            if kept:
+                overrides["train_tasks"] = kept
+        return dataclasses.replace(self, tasks=tuple(tasks), grpo_overrides=overrides)
