@@ -1,7 +1,11 @@
-"""Image augmentations for SFT and GRPO, on uint8 (B, H, W, 3) frames with a numpy Generator.
+"""Image augmentations for SFT and GRPO, on uint8 (B, H, W, 3) frames with a numpy Generator,
+and the instruction paraphrases training may use.
 
 ``add_distractors`` pastes random coloured shapes into the scene: the World-Gymnast paper's
 "distractor objects" augmentation for RL in the world model, and a robustness aid in SFT.
+``paraphrase_instruction`` draws a task's instruction from its training paraphrases only
+(``robot_bridge.spec.training_instructions``): the held-out ones are for evaluation on the
+station.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gymnast_common.config import Config
+from robot_bridge.spec import training_instructions
 
 
 @dataclass
@@ -118,3 +123,10 @@ def augment_images(
     if config.brightness or config.contrast or config.channel_gain:
         out = color_jitter(out, rng, config.brightness, config.contrast, config.channel_gain)
     return out
+
+
+def paraphrase_instruction(task: str, rng: np.random.Generator) -> str:
+    """An instruction for ``task`` to train on: its own or one of its training paraphrases, drawn
+    uniformly; never a held-out paraphrase."""
+    options = training_instructions(task)
+    return options[int(rng.integers(len(options)))]

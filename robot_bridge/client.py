@@ -207,10 +207,19 @@ class StationClient:
         *,
         record: bool = True,
         instruction: str | None = None,
+        scene: str | None = None,
+        instruction_set: str | None = None,
     ) -> tuple[Observation, dict]:
+        """``scene``: a scene variant of the station's backend (an unknown one is refused with
+        the list of valid ones); ``instruction_set``: ``"train"`` or ``"heldout"`` for a
+        paraphrase picked by ``seed`` (the reply's ``instruction``)."""
         args: dict[str, Any] = {"task": task, "seed": seed, "record": record}
         if instruction is not None:
             args["instruction"] = instruction
+        if scene is not None:
+            args["scene"] = scene
+        if instruction_set is not None:
+            args["instruction_set"] = instruction_set
         result, arrays = self.call("reset", args)
         return _observation(result["obs"], arrays), result
 
@@ -289,18 +298,25 @@ class StationClient:
         seed: int = 0,
         skip: dict[str, list[int]] | None = None,
         instructions: dict[str, str] | None = None,
+        scene: str | None = None,
+        instruction_set: str | None = None,
     ) -> str:
-        result, _ = self.call(
-            "job_submit",
-            {
-                "checkpoint": checkpoint_sha256,
-                "tasks": list(tasks),
-                "episodes_per_task": episodes_per_task,
-                "seed": seed,
-                "skip": skip or {},
-                "instructions": instructions or {},
-            },
-        )
+        """``scene``: run every episode in this scene variant of the station's backend;
+        ``instruction_set``: ``"train"`` or ``"heldout"`` paraphrases, one per episode seed (not
+        with ``instructions``). Both are recorded in each episode's ``extra``."""
+        args: dict[str, Any] = {
+            "checkpoint": checkpoint_sha256,
+            "tasks": list(tasks),
+            "episodes_per_task": episodes_per_task,
+            "seed": seed,
+            "skip": skip or {},
+            "instructions": instructions or {},
+        }
+        if scene is not None:
+            args["scene"] = scene
+        if instruction_set is not None:
+            args["instruction_set"] = instruction_set
+        result, _ = self.call("job_submit", args)
         return result["job_id"]
 
     def job_status(self, job_id: str, since: int = 0, limit: int | None = None) -> dict:

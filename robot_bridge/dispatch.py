@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from robot_bridge.backends.scenes import BASE_SCENE
 from robot_bridge.client import StationClient, StationError
 from robot_bridge.episodes import list_episodes, read_episode_header
 
@@ -66,8 +67,27 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 RAN_TO_THE_END = ("success", "max_steps")
 
 
-def already_collected(dest: Path, checkpoint_sha256: str) -> dict[str, list[int]]:
-    """(task -> seeds) of this checkpoint's episodes in ``dest`` that ran to their natural end."""
+def episode_condition(extra: dict) -> tuple[str, str]:
+    """(scene, instruction set) an episode ran under, from its metadata's ``extra``; episodes
+    recorded before variants existed ran in the base scene with the task's own instruction."""
+    return extra.get("scene", BASE_SCENE), extra.get("instruction_set", "default")
+
+
+def _condition(scene: str | None, instruction_set: str | None) -> tuple[str, str]:
+    return scene or BASE_SCENE, instruction_set or "default"
+
+
+def already_collected(
+    dest: Path,
+    checkpoint_sha256: str,
+    *,
+    scene: str | None = None,
+    instruction_set: str | None = None,
+) -> dict[str, list[int]]:
+    """(task -> seeds) of this checkpoint's episodes in ``dest`` that ran to their natural end in
+    this scene with this instruction set (a seed run in the base scene is not one of the
+    distractor scene's)."""
+    want = _condition(scene, instruction_set)
     done: dict[str, list[int]] = {}
     for path in list_episodes(dest):
         ep = read_episode_header(path)
@@ -75,6 +95,7 @@ def already_collected(dest: Path, checkpoint_sha256: str) -> dict[str, list[int]
             ep.policy_sha256 == checkpoint_sha256
             and ep.seed is not None
             and ep.termination in RAN_TO_THE_END
+            and episode_condition(ep.extra) == want
         ):
             done.setdefault(ep.task, []).append(ep.seed)
     return done
@@ -91,17 +112,33 @@ def run_on_station(
     progress: bool = False,
     poll_s: float = 0.25,
     skip: dict[str, list[int]] | None = None,
+    scene: str | None = None,
+    instruction_set: str | None = None,
 ) -> DispatchResult:
     """``skip``: (task -> seeds) already collected; default: this checkpoint's finished episodes
-    in ``dest`` (a fleet passes those of every arm's folder)."""
+    in ``dest`` (a fleet passes those of every arm's folder) of the same scene and instruction set.
+    ``scene``: a scene variant of the station's backend; ``instruction_set``: ``"train"`` or
+    ``"heldout"`` paraphrases, one per episode seed."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     tasks = list(tasks)
     sha = client.upload_checkpoint(checkpoint_dir, progress=progress)
-    done = already_collected(dest, sha) if skip is None else skip
+    done = (
+        already_collected(dest, sha, scene=scene, instruction_set=instruction_set)
+        if skip is None
+        else skip
+    )
     fetched: list[Path] = []
     try:
-        job_id = client.submit_job(sha, tasks, episodes_per_task, seed=seed, skip=done)
+        job_id = client.submit_job(
+            sha,
+            tasks,
+            episodes_per_task,
+            seed=seed,
+            skip=done,
+            scene=scene,
+            instruction_set=instruction_set,
+        )
         status = client.wait_job(
             job_id,
             poll_s=poll_s,
@@ -121,14 +158,30 @@ def run_on_station(
             fetched,
         )
     return summarize_dispatch(
-        dest, sha, tasks, episodes_per_task, seed, skipped=sum(map(len, done.values()))
+        dest,
+        sha,
+        tasks,
+        episodes_per_task,
+        seed,
+        skipped=sum(map(len, done.values())),
+        scene=scene,
+        instruction_set=instruction_set,
     )
 
 
 def summarize_dispatch(
-    dest: Path, sha: str, tasks: list[str], episodes_per_task: int, seed: int, skipped: int = 0
+    dest: Path,
+    sha: str,
+    tasks: list[str],
+    episodes_per_task: int,
+    seed: int,
+    skipped: int = 0,
+    *,
+    scene: str | None = None,
+    instruction_set: str | None = None,
 ) -> DispatchResult:
     wanted = {(t, seed + i) for t in tasks for i in range(episodes_per_task)}
+    condition = _condition(scene, instruction_set)
     result = DispatchResult(sha, [], skipped=skipped)
     for t in tasks:
         result.per_task[t] = TaskResult(t, 0, 0, 0)
@@ -138,6 +191,7 @@ def summarize_dispatch(
             ep.policy_sha256 != sha
             or (ep.task, ep.seed) not in wanted
             or ep.termination not in RAN_TO_THE_END
+            or episode_condition(ep.extra) != condition
         ):
             continue
         result.episodes.append(path)

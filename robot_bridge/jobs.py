@@ -19,11 +19,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from robot_bridge.backends.base import Observation, RobotBackend
+from robot_bridge.backends.scenes import BASE_SCENE
 from robot_bridge.episodes import EpisodeMeta, EpisodeWriteError, EpisodeWriter
 from robot_bridge.policies.base import Policy, load_policy
 from robot_bridge.protocol import ProtocolError
 from robot_bridge.protocol import field as arg
-from robot_bridge.spec import TASKS, UnknownTaskError, clip_action, get_task, validate_action
+from robot_bridge.spec import (
+    INSTRUCTION_SETS,
+    TASKS,
+    UnknownTaskError,
+    clip_action,
+    get_task,
+    pick_instruction,
+    validate_action,
+)
 
 if TYPE_CHECKING:
     from robot_bridge.checkpoints import CheckpointStore
@@ -49,6 +58,8 @@ class JobSpec:
     # (task -> seeds) already collected in an earlier, interrupted run: not driven again.
     skip_seeds: dict = field(default_factory=dict)
     instructions: dict = field(default_factory=dict)  # task -> instruction override
+    scene: str | None = None  # a scene variant of the backend; None: the base scene
+    instruction_set: str = "default"  # or "train" / "heldout": a paraphrase per episode seed
 
     def plan(self) -> list[tuple[str, int]]:
         skip = {task: set(seeds) for task, seeds in self.skip_seeds.items()}
@@ -85,6 +96,13 @@ class JobSpec:
                     "bad_request",
                     f"field 'instructions' maps a task to 1..512 chars, got {task!r}: {text!r}",
                 )
+        instruction_set = instruction_set_arg(args)
+        if instructions and instruction_set != "default":
+            raise ProtocolError(
+                "bad_request",
+                f"fields 'instructions' and 'instruction_set' ({instruction_set!r}) exclude each "
+                "other: name the instructions, or let the station pick paraphrases",
+            )
         return cls(
             checkpoint_sha256=args["checkpoint"],
             tasks=list(tasks),
@@ -105,10 +123,79 @@ class JobSpec:
             ),
             skip_seeds=skip,
             instructions=instructions,
+            scene=scene_arg(args),
+            instruction_set=instruction_set,
         )
+
+    def instruction(self, task: str, seed: int) -> str:
+        if task in self.instructions:
+            return self.instructions[task]
+        return pick_instruction(task, self.instruction_set, seed)
 
 
 MAX_EPISODES = 1000  # per task in one job
+
+
+def scene_arg(args: dict) -> str | None:
+    """The optional ``scene`` field: None for the base scene (also when named ``"base"``). Whether
+    the backend has the variant is checked by ``check_scene``."""
+    scene = arg(
+        args, "scene", str, default=None, check=lambda s: 0 < len(s) <= 64, what="1..64 chars"
+    )
+    return None if scene == BASE_SCENE else scene
+
+
+def instruction_set_arg(args: dict) -> str:
+    return arg(
+        args,
+        "instruction_set",
+        str,
+        default="default",
+        check=lambda s: s in INSTRUCTION_SETS,
+        what=f"one of {', '.join(INSTRUCTION_SETS)}",
+    )
+
+
+def backend_scenes(backend: RobotBackend) -> tuple[str, ...]:
+    """Every scene the backend can reset into: the base scene and its named variants."""
+    return (BASE_SCENE, *getattr(backend, "scene_variants", ()))
+
+
+def check_scene(backend: RobotBackend, scene: str | None) -> None:
+    """Refuse a scene the backend does not have (``unknown_scene``, naming the valid ones)."""
+    valid = backend_scenes(backend)
+    if scene is None or scene in valid:
+        return
+    name = backend.info.name
+    if len(valid) == 1:
+        raise ProtocolError(
+            "unknown_scene",
+            f"backend {name!r} has no scene variants (only {BASE_SCENE!r}); got scene {scene!r}",
+        )
+    raise ProtocolError(
+        "unknown_scene",
+        f"unknown scene {scene!r} for backend {name!r}; valid scenes: {', '.join(valid)}",
+    )
+
+
+def reset_in_scene(backend: RobotBackend, task: str, seed: int | None, scene: str | None):
+    """``backend.reset`` in ``scene``; the base scene is a plain ``reset(task, seed)``, so a
+    backend without variants never sees the argument."""
+    if scene is None:
+        return backend.reset(task, seed)
+    return backend.reset(task, seed, scene=scene)
+
+
+def scene_extra(backend: RobotBackend, scene: str | None, instruction_set: str) -> dict:
+    """What an episode's metadata records of its scene variant and paraphrase set (nothing for
+    the base scene and the task's own instruction, so those episodes are as they always were)."""
+    extra: dict = {}
+    if scene is not None:
+        extra["scene"] = scene
+        extra["scene_params"] = getattr(backend, "scene_params", None)
+    if instruction_set != "default":
+        extra["instruction_set"] = instruction_set
+    return extra
 
 
 def _task_name(name: object) -> str:
@@ -205,6 +292,7 @@ class JobRunner:
         return self._jobs.get(job_id)
 
     def submit(self, spec: JobSpec, owner: str | None = None) -> Job:
+        check_scene(self.backend, spec.scene)
         if self.running() is not None:
             raise RuntimeError(f"job {self._active.job_id} is still running; one job at a time")
         job = Job(job_id=uuid.uuid4().hex[:12], spec=spec, owner=owner, total=len(spec.plan()))
@@ -254,9 +342,10 @@ class JobRunner:
 
     def _episode(self, job: Job, policy: Policy, task: str, seed: int) -> None:
         self._check(job)
-        instruction = job.spec.instructions.get(task, TASKS[task].instruction)
+        instruction = job.spec.instruction(task, seed)
         with self.arm:
-            obs = self.backend.reset(task, seed)
+            obs = reset_in_scene(self.backend, task, seed, job.spec.scene)
+            extra = scene_extra(self.backend, job.spec.scene, job.spec.instruction_set)
         writer = EpisodeWriter(
             self.config.episodes_dir,
             EpisodeMeta(
@@ -267,6 +356,7 @@ class JobRunner:
                 station_id=self.config.station_id,
                 policy_sha256=job.spec.checkpoint_sha256,
                 backend=self.backend.info.name,
+                extra=extra,
             ),
             image_shape=obs.image.shape,
         )

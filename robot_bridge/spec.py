@@ -46,6 +46,90 @@ TASKS: dict[str, Task] = {
 }
 
 
+# Paraphrases of each task's instruction, split once and for all: training code may see the
+# "train" ones (``training_instructions``); the "heldout" ones exist for evaluation only, so a
+# policy's success on them measures language generalisation, not memory.
+PARAPHRASES: dict[str, dict[str, tuple[str, ...]]] = {
+    "open_drawer": {
+        "train": (
+            "pull the drawer open",
+            "open the orange drawer",
+            "slide the drawer out",
+            "pull out the drawer",
+        ),
+        "heldout": (
+            "can you open up the drawer",
+            "get the drawer open",
+            "draw the drawer out towards you",
+        ),
+    },
+    "close_drawer": {
+        "train": (
+            "push the drawer closed",
+            "shut the drawer",
+            "slide the drawer back in",
+            "push the orange drawer shut",
+        ),
+        "heldout": (
+            "close up the open drawer",
+            "push the drawer all the way in",
+            "make sure the drawer is shut",
+        ),
+    },
+    "eggplant_in_sink": {
+        "train": (
+            "place the eggplant in the sink",
+            "move the purple eggplant into the blue sink",
+            "pick up the eggplant and drop it in the sink",
+            "put the aubergine in the sink",
+        ),
+        "heldout": (
+            "the eggplant goes in the blue basin",
+            "set the purple vegetable down inside the sink",
+            "transfer the eggplant to the blue sink",
+        ),
+    },
+    "eggplant_in_basket": {
+        "train": (
+            "place the eggplant in the basket",
+            "move the purple eggplant into the yellow basket",
+            "pick up the eggplant and drop it in the basket",
+            "put the aubergine in the yellow basket",
+        ),
+        "heldout": (
+            "the eggplant goes in the yellow bin",
+            "set the purple vegetable down inside the basket",
+            "transfer the eggplant to the yellow basket",
+        ),
+    },
+}
+
+# What a job or a reset may ask for: the task's own instruction, or a paraphrase from one split.
+INSTRUCTION_SETS = ("default", "train", "heldout")
+
+
+def training_instructions(task: str) -> tuple[str, ...]:
+    """Every instruction training code may use for ``task``: its own and the training
+    paraphrases, never a held-out one."""
+    return (get_task(task).instruction, *PARAPHRASES[get_task(task).name]["train"])
+
+
+def pick_instruction(task: str, instruction_set: str, seed: int | None) -> str:
+    """The instruction of one episode: the task's own for ``"default"``, else the paraphrase of
+    the set at ``seed`` modulo its size (consecutive seeds cycle through the set evenly; an
+    unseeded episode draws one at random)."""
+    if instruction_set not in INSTRUCTION_SETS:
+        raise ValueError(
+            f"unknown instruction set {instruction_set!r}; valid sets: {', '.join(INSTRUCTION_SETS)}"
+        )
+    t = get_task(task)
+    if instruction_set == "default":
+        return t.instruction
+    options = PARAPHRASES[t.name][instruction_set]
+    index = seed if seed is not None else int(np.random.default_rng().integers(len(options)))
+    return options[index % len(options)]
+
+
 class UnknownTaskError(KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])

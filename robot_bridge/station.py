@@ -18,7 +18,6 @@ thread (see ``robot_bridge.uploads``), so an e-stop is always answered within a 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -41,6 +40,7 @@ from robot_bridge.backends.base import RobotBackend
 from robot_bridge.checkpoints import CheckpointError, CheckpointStore, check_checkpoint_id
 from robot_bridge.episodes import recover_partials
 from robot_bridge.episodes.writer import fsync_dir
+from robot_bridge.folders import claim_dir
 from robot_bridge.jobs import JOB_STATUS_PAGE, Job, JobRunner, JobSpec
 from robot_bridge.protocol import ProtocolError
 from robot_bridge.protocol import field as arg
@@ -159,28 +159,6 @@ def _digest(frames: list) -> bytes:
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
     return h.digest()
-
-
-def claim_dir(path: Path):
-    """Hold ``<path>.lock`` for the station's life: two stations sharing an episode folder would
-    "recover" each other's live episodes, and sharing a checkpoint store, verify and evict each
-    other's uploads. The lock is the kernel's (flock), so a killed station never leaves it held."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115 (held open on purpose)
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "unknown"
-        f.close()
-        raise RuntimeError(
-            f"{path} is in use by another station (pid {holder}); give each station its own "
-            "--episodes-dir and --checkpoints-dir"
-        ) from None
-    f.truncate(0)
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
 
 
 class Station(StepControl):

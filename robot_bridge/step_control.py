@@ -18,9 +18,23 @@ import numpy as np
 
 from robot_bridge.backends.base import BackendError, Observation
 from robot_bridge.episodes import EpisodeMeta, EpisodeWriteError, EpisodeWriter
+from robot_bridge.jobs import (
+    check_scene,
+    instruction_set_arg,
+    reset_in_scene,
+    scene_arg,
+    scene_extra,
+)
 from robot_bridge.protocol import ProtocolError
 from robot_bridge.protocol import field as arg
-from robot_bridge.spec import TASKS, UnknownTaskError, clip_action, get_task, validate_action
+from robot_bridge.spec import (
+    TASKS,
+    UnknownTaskError,
+    clip_action,
+    get_task,
+    pick_instruction,
+    validate_action,
+)
 
 log = logging.getLogger("gymnast.station")
 
@@ -130,30 +144,46 @@ class StepControl:
             what="a non-negative int64",
         )
         record = arg(args, "record", bool, default=self.config.record_step_control)
+        scene = scene_arg(args)
+        check_scene(self.backend, scene)
+        instruction_set = instruction_set_arg(args)
         instruction = arg(
             args,
             "instruction",
             str,
-            default=TASKS[task].instruction,
+            default=None,
             check=lambda s: 0 < len(s) <= 512,
             what="1..512 chars",
         )
+        if instruction is not None and instruction_set != "default":
+            raise ProtocolError(
+                "bad_request",
+                f"fields 'instruction' and 'instruction_set' ({instruction_set!r}) exclude each other",
+            )
+        if instruction is None:
+            instruction = pick_instruction(task, instruction_set, seed)
         with self._arm:
             self._close_episode("client_ended")
-            obs = self._backend_call(lambda: self.backend.reset(task, seed))
+            obs = self._backend_call(lambda: reset_in_scene(self.backend, task, seed, scene))
+            extra = scene_extra(self.backend, scene, instruction_set)
             writer = None
             if record:
                 writer = self._open_writer(
-                    task, instruction, seed, policy_sha256="remote_control", obs=obs
+                    task, instruction, seed, policy_sha256="remote_control", obs=obs, extra=extra
                 )
             self._episode = StepEpisode(
                 task, instruction, seed, writer, TASKS[task].max_steps, last_obs=obs
             )
-        return {
+        result = {
             "obs": self._obs_meta(obs),
             "episode_id": writer.meta.episode_id if writer else None,
             "max_steps": TASKS[task].max_steps,
-        }, self._obs_arrays(obs)
+        }
+        if instruction_set != "default":
+            result["instruction"] = instruction
+        if scene is not None:
+            result["scene"], result["scene_params"] = scene, extra["scene_params"]
+        return result, self._obs_arrays(obs)
 
     def _step(self, args: dict, arrays: dict, header: dict) -> tuple[dict, dict]:
         self._require_lease(header)
@@ -267,7 +297,13 @@ class StepControl:
             return None
 
     def _open_writer(
-        self, task: str, instruction: str, seed: int | None, policy_sha256: str, obs: Observation
+        self,
+        task: str,
+        instruction: str,
+        seed: int | None,
+        policy_sha256: str,
+        obs: Observation,
+        extra: dict | None = None,
     ) -> EpisodeWriter:
         meta = EpisodeMeta(
             episode_id=f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}",
@@ -277,6 +313,7 @@ class StepControl:
             station_id=self.config.station_id,
             policy_sha256=policy_sha256,
             backend=self.backend.info.name,
+            extra=extra or {},
         )
         try:
             return EpisodeWriter(self.config.episodes_dir, meta, image_shape=obs.image.shape)

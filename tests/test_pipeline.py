@@ -55,7 +55,9 @@ def test_round_graph_shows_previous_round_and_guards_the_arm():
 
     node = {k.to_user_string(): graph.get(k) for k in graph.get_all_asset_keys()}
     # arms are held per station inside the step (pool robot/<name>), not by an asset-level pool
-    assert {n for n, a in node.items() if a.assets_def.op.tags.get("gymnast/moves_arm") == "true"} >= {
+    assert {
+        n for n, a in node.items() if a.assets_def.op.tags.get("gymnast/moves_arm") == "true"
+    } >= {
         "real_episodes",
         "real_evaluation",
     }
@@ -484,9 +486,8 @@ def test_learning_bench_end_to_end_at_smoke_size_with_a_dyna_iteration(tmp_path)
     assert summary["arms"] == arms and summary["main_arm"] == "WG+Dyna1"
     assert len(summary["replicates"]) == 1 and summary["settings"]["replicates"] == 1
     assert summary["budget"] == [report["budget"]]
-    assert (work / "bench_learning.md").read_text().count("| WG+Dyna1 |") == 2 * len(
-        TINY["tasks"]
-    ) + 1  # a row per task (success), one in the budget table
+    markdown = (work / "bench_learning.md").read_text()  # a row per task, one of the budget
+    assert markdown.count("| WG+Dyna1 |") == len(TINY["tasks"]) + 1
     assert (work / "bench_learning.png").stat().st_size > 0
     # every arm on the same evaluation seeds, as many episodes per task
     first = TINY["tasks"][0]  # 2 episodes there for every arm, 1 on the others

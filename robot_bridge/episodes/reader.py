@@ -108,6 +108,7 @@ def read_episode_header(path: str | Path) -> EpisodeHeader:
         termination=labels["termination"],
         num_frames=n_obs,
         first_frame=first,
+        extra=meta.extra,
     )
 
 

@@ -190,6 +190,7 @@ class EpisodeHeader:
     termination: str
     num_frames: int  # T + 1 committed observations
     first_frame: np.ndarray | None  # (H, W, 3) uint8; None for an episode with no observation
+    extra: dict = field(default_factory=dict)  # the meta's extra: scene variant, paraphrase set
 
 
 def make_episode_id(station_id: str, task: str) -> str:
