@@ -23,19 +23,13 @@ from robot_bridge.devices import (
     resolve_precision,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch):
     for name in (devices.DEVICE_ENV, devices.PRECISION_ENV, "GYMNAST_VLA_DEVICE"):
         monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
@@ -199,7 +193,7 @@ def assert_on(module: torch.nn.Module, device: torch.device) -> None:
 
 
 def small_world_model_config():
-    from test_world_model import small_config
+    from small_models import small_config
 
     return small_config()
 

@@ -1,7 +1,7 @@
 """Data-parallel SFT (policy.distributed): 2 CPU processes (gloo, launched by torchrun) take the
 same optimizer step as 1 process on the same global batch.
 
-Run as a script (``python -m torch.distributed.run --nproc_per_node 2 tests/test_distributed.py
+Run as a script (``python -m torch.distributed.run --nproc_per_node 2 tests/policy/test_distributed.py
 OUT``) this file is the worker: each rank trains, rank 0 writes the parameters and metrics.
 """
 
@@ -17,18 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = {  # as tests/test_policy.py's SMALL: a model that steps in well under a second
-    "image_size": 32,
-    "patch_size": 8,
-    "text_hidden": 64,
-    "text_heads": 2,
-    "text_head_dim": 32,
-    "text_intermediate": 256,
-    "vision_hidden": 64,
-    "vision_heads": 2,
-    "vision_intermediate": 128,
-}
+# As a torchrun script this file's own folder is on sys.path, not tests/ (where pytest's conftest
+# puts it): the shared small models live there.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from small_models import SMALL_VLA  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = SMALL_VLA
 GLOBAL_BATCH = 8
 STEPS = 2  # the second step checks that every rank's sampling stream stays in step
 INSTRUCTIONS = ["pick up the red block", "open the drawer"]
@@ -220,7 +215,7 @@ def _frame(seed: int) -> np.ndarray:
 
 
 def _train_grpo(on_step=None):
-    from test_world_model import small_config
+    from small_models import small_config
 
     from policy.config import VLAConfig
     from policy.grpo import GRPOConfig, Start, train_grpo

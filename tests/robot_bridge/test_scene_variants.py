@@ -43,7 +43,7 @@ from robot_bridge.spec import (
     training_instructions,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VARIANTS = sorted(SCENE_VARIANTS)
 HALF_HEIGHT = {o.kind: o.half_height for o in _OBJECTS}
 SIZE = 64

@@ -30,7 +30,7 @@ from robot_bridge.policies.autoeval_http import (
 from robot_bridge.policies.scripted import RandomPolicy, RandomPolicyConfig
 from robot_bridge.spec import TASKS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -19,7 +19,7 @@ import dagster as dg
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_YAML = ROOT / "deploy" / "instance" / "dagster.yaml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 GPU_TAGS = ROOT / "deploy" / "k8s" / "gpu_step_tags.yaml"

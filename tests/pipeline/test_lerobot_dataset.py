@@ -408,9 +408,9 @@ def test_world_model_stage_trains_from_the_dataset_and_the_external_one(
     seen = []
     real_train = world_model.train.train_world_model
 
-    def spy(cfg, episodes, **kw):
+    def spy(cfg, episodes, *args, **kw):
         seen.extend(episodes)
-        return real_train(cfg, episodes, **kw)
+        return real_train(cfg, episodes, *args, **kw)
 
     monkeypatch.setattr(world_model.train, "train_world_model", spy)
     cfg = RoundConfig.from_preset(

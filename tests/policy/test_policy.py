@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from config_convention import assert_follows_the_config_convention
+from small_models import SMALL_VLA
 
 from policy.augment import AugmentConfig, add_distractors, augment_images
 from policy.config import VLAConfig
@@ -20,18 +21,7 @@ from robot_bridge.policies import PolicyLoadError, load_policy, read_policy_conf
 from robot_bridge.spec import TASKS
 
 INSTRUCTIONS = [t.instruction for t in TASKS.values()]
-# A smaller-than-tiny model so the learning test fits in seconds on 2 cores.
-SMALL = {
-    "image_size": 32,
-    "patch_size": 8,
-    "text_hidden": 64,
-    "text_heads": 2,
-    "text_head_dim": 32,
-    "text_intermediate": 256,
-    "vision_hidden": 64,
-    "vision_heads": 2,
-    "vision_intermediate": 128,
-}
+SMALL = SMALL_VLA
 
 
 @dataclass

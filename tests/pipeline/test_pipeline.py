@@ -16,7 +16,7 @@ from pipeline.round.config import SMOKE_ROUND
 from pipeline.round.records import Evaluation, ModelArtifact, PromotionDecision
 from robot_bridge.dispatch import TaskResult
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = SMOKE_ROUND
 
 
@@ -971,7 +971,7 @@ def test_imagined_vs_real_video_is_shown_as_an_inline_strip(tmp_path):
 def test_grpo_rollout_strip_is_inlined_in_the_challengers_metadata_and_logged(tmp_path):
     """What the challenger asset does with its ``RolloutKeeper`` (pipeline.rollout_strip.publish):
     the strip, one row per kept rollout, inline in the metadata and an artifact of the stage's
-    MLflow run. (tests/test_grpo.py fills a keeper from a real GRPO run.)"""
+    MLflow run. (tests/policy/test_grpo.py fills a keeper from a real GRPO run.)"""
     import base64
     import io
     from types import SimpleNamespace

@@ -9,14 +9,12 @@ import torch
 
 from pipeline.bench import gpu as bench_gpu
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch):
+def no_device_from_the_environment(monkeypatch):
     monkeypatch.delenv("GYMNAST_DEVICE", raising=False)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_quick_bench_prints_every_row_with_rates_and_flops(capsys, tmp_path):

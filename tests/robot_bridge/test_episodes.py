@@ -33,7 +33,7 @@ from robot_bridge.episodes import (
 )
 from robot_bridge.spec import ACTION_HIGH, ACTION_LOW
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHAPE = (64, 64, 3)
 
 
@@ -302,7 +302,9 @@ def _run_child(code: str, *args: str, **kwargs) -> subprocess.Popen:
 
 def test_kill_9_mid_episode_leaves_a_partial_file_that_is_kept_and_flagged(tmp_path):
     n = 8
-    child = _run_child(_KILLED_WRITER.format(tests=str(REPO / "tests")), str(tmp_path), str(n))
+    child = _run_child(
+        _KILLED_WRITER.format(tests=str(Path(__file__).resolve().parent)), str(tmp_path), str(n)
+    )
     try:
         assert child.stdout.readline().split() == ["written", str(n)]
         time.sleep(0.05)  # let it keep writing, so the kill lands mid-episode
@@ -368,7 +370,9 @@ print(json.dumps(out), flush=True)
 
 
 def test_disk_full_raises_episode_write_error_and_keeps_partial_file(tmp_path):
-    child = _run_child(_DISK_FULL_WRITER.format(tests=str(REPO / "tests")), str(tmp_path))
+    child = _run_child(
+        _DISK_FULL_WRITER.format(tests=str(Path(__file__).resolve().parent)), str(tmp_path)
+    )
     stdout, _ = child.communicate(timeout=60)
     assert child.returncode == 0, stdout
     out = json.loads(stdout.strip().splitlines()[-1])

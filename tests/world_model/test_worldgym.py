@@ -67,7 +67,7 @@ def random_state(shapes: dict, seed: int = 0, std: float = 0.2) -> dict[str, tor
 
 
 SMALL = dict(width=32, layers=2, channels=16, patch=2, action_dim=10)
-TINY_VAE = dict(image_size=16)  # tests/test_world_model.tiny_sd3_style_vae downsamples 2x
+TINY_VAE = dict(image_size=16)  # tests/small_models.tiny_sd3_style_vae downsamples 2x
 HEADS = 2
 
 
@@ -190,7 +190,7 @@ def test_converted_backbone_computes_what_worldgym_computes():
 
 
 def test_a_worldgym_checkpoint_converts_loads_and_rolls_out(tmp_path):
-    from test_world_model import tiny_sd3_style_vae
+    from small_models import tiny_sd3_style_vae
 
     from world_model import ActionConditionedWorldModel
 
@@ -229,7 +229,7 @@ def test_a_worldgym_checkpoint_converts_loads_and_rolls_out(tmp_path):
 
 
 def test_the_cli_converts_and_refuses_without_allow_partial(tmp_path, capsys):
-    from test_world_model import tiny_sd3_style_vae
+    from small_models import tiny_sd3_style_vae
 
     from pipeline.cli import main
 

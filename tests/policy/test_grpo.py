@@ -1,7 +1,7 @@
 """GRPO in imagination: the math, closed-loop rollouts, the update, bad input, the loop and TTT.
 
 Real tiny models throughout: the tiny VLA and the tiny world model (shrunk like
-tests/test_world_model.py so a rollout takes a fraction of a second), both untrained. Rewards come
+tests/small_models.py so a rollout takes a fraction of a second), both untrained. Rewards come
 from a test judge with a real rule on the pixels (a rollout succeeds when its last frame is
 brighter than its group's median), so every group of distinct videos is half successes.
 """
@@ -39,16 +39,9 @@ from policy.vla import VLAPolicy
 from reward.judge import JudgeError, JudgeResult, SuccessJudge, check_batch
 from world_model import ActionConditionedWorldModel
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 NOVEL = "wipe the table with the sponge"  # in no task and no demonstration
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass
@@ -136,8 +129,8 @@ def policy() -> VLAPolicy:
 
 @pytest.fixture(scope="module")
 def world_model() -> ActionConditionedWorldModel:
-    """The tiny preset's code path, shrunk (tests/test_world_model.py's small_config)."""
-    from test_world_model import small_config
+    """The tiny preset's code path, shrunk (tests/small_models.py)."""
+    from small_models import small_config
 
     return ActionConditionedWorldModel(small_config())
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from config_convention import assert_follows_the_config_convention
 from safetensors.torch import load_file, save_file
+from small_models import small_config, tiny_sd3_style_vae
 
 from gymnast_common.config import ConfigError
 from world_model import (
@@ -31,6 +31,8 @@ from world_model import (
     write_side_by_side_video,
 )
 from world_model.backbones import make_backbone
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass
@@ -57,29 +59,6 @@ def square_episode(seed: int, steps: int = 24, size: int = 32, side: int = 6) ->
         if t < steps:
             pos = np.clip(pos + actions[t, :2] / 0.05 * 3.0, 0, size - side)  # up to 3 px per step
     return SquareEpisode(np.stack(frames), actions, f"square-{seed}")
-
-
-def small_config(**overrides) -> WorldModelConfig:
-    """The tiny preset's code path, shrunk so a test step takes milliseconds."""
-    kw = dict(
-        image_size=32,
-        pixel_unshuffle=2,
-        unet_block_out_channels=(16, 32, 32),
-        unet_norm_num_groups=8,
-        unet_attention_head_dim=16,
-        num_inference_steps=2,
-    )
-    return WorldModelConfig.from_preset("tiny", **{**kw, **overrides})
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: on a shared 2-core machine, one thread avoids OpenMP oversubscription
-    (measured 10x faster under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -387,29 +366,6 @@ def test_evaluation_and_side_by_side_video(tmp_path, episodes):
 
 
 # ------------------------------------------------------------------------------------ large preset
-
-
-def tiny_sd3_style_vae(path: Path) -> Path:
-    """A 16-channel AutoencoderKL with SD3's scaling/shift, built locally (never downloaded)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=8,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    vae.save_pretrained(path)
-    return path
 
 
 def test_large_preset_loads_local_vae_and_runs(tmp_path, episodes):

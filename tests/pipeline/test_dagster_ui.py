@@ -18,7 +18,7 @@ import pytest
 from pipeline.demo import STAGES
 from pipeline.round.config import SMOKE_ROUND
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 TINY = SMOKE_ROUND
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from small_models import SMALL_VLA
 
 from policy.config import VLAConfig
 from policy.oft import (
@@ -19,17 +20,7 @@ from policy.oft import (
 )
 from policy.vla import VLAPolicy
 
-SMALL = {  # as tests/test_policy.py's SMALL
-    "image_size": 32,
-    "patch_size": 8,
-    "text_hidden": 64,
-    "text_heads": 2,
-    "text_head_dim": 32,
-    "text_intermediate": 256,
-    "vision_hidden": 64,
-    "vision_heads": 2,
-    "vision_intermediate": 128,
-}
+SMALL = SMALL_VLA
 BRIDGE_Q01 = [-0.03, -0.04, -0.03, -0.1, -0.09, -0.2, 0.0]
 BRIDGE_Q99 = [0.03, 0.04, 0.04, 0.1, 0.09, 0.2, 1.0]
 MASK = [True] * 6 + [False]  # the gripper is not normalised
