@@ -27,7 +27,7 @@ BENCH_EXPLORE = 20_000  # sampled (exploration) runs
 BENCH_DYNA = 30_000  # + 1000 per Dyna iteration: the RL policy's own runs
 BENCH_CHECK = 40_000  # snapshot checks that choose a policy
 EVAL_RANGES = {
-    "dev": 50_000,  # development: used by every run up to run Q'' and by all tuning
+    "dev": 50_000,  # development: every earlier run and all tuning saw it
     "final": 9_000_000,  # final test: only for reported results, never for choosing anything
 }
 BENCH_RANGE = 10_000  # seeds per bench purpose (a job runs at most 1000 episodes per task)

@@ -145,23 +145,6 @@ def get_task(name: str) -> Task:
         ) from None
 
 
-@dataclass(frozen=True)
-class ClipReport:
-    """What clipping changed in an action: which dimensions, and whether the workspace box bit."""
-
-    action_clipped: tuple[bool, ...]
-    workspace_clipped: bool
-
-    @property
-    def any(self) -> bool:
-        return any(self.action_clipped) or self.workspace_clipped
-
-    def to_dict(self) -> dict:
-        return {
-            "action_dims": [i for i, c in enumerate(self.action_clipped) if c],
-            "workspace": self.workspace_clipped,
-        }
-
 
 def validate_action(action: np.ndarray) -> np.ndarray:
     """Check dtype-agnostic shape and finiteness; return a float32 copy. Raises ValueError."""

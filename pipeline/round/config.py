@@ -35,34 +35,31 @@ ROUND_PRESETS: dict[str, dict] = {
     "smoke": SMOKE_ROUND,
     "tiny": {},
     "bench": {  # `gymnast bench learning`: little demonstration data, where RL has room to help
-        # 16 demonstrations per task: SFT succeeds sometimes on both drawer tasks (12% / 44% on an
-        # AMD EPYC VM), so GRPO groups have successes to reinforce; with 8 it was 0% / 14% there
-        # and GRPO had nothing. SFT on this little data is a lottery in the count and the CPU: on
-        # an AVX-512 Xeon 16 give 86% / 95% (no room: runs M-P) and 8 give 5% / 31%, where RL
-        # beat SFT on both drawers (README, run Q'); pass --set demo_episodes_per_task=N there
+        # Few demonstrations, so SFT succeeds only sometimes: GRPO groups need some successes to
+        # reinforce, and SFT needs room to improve. Where SFT lands for a given count varies
+        # with the CPU (docs/experiments.md): pass --set demo_episodes_per_task=N to move it.
         "demo_episodes_per_task": 16,
         "collect_episodes_per_task": 20,
         "eval_episodes_per_task": 50,
         "sft_steps": 500,
-        # exploration runs and a longer-trained world model: imagined SFT success then tracks the
-        # real one (README, run B); without them the world model flattered SFT 2-5x
+        # Exploration runs and a longer-trained world model: without failures of the policy's
+        # own kind in its data, the world model imagines successes the arm does not have.
         "explore_episodes_per_task": 50,
         "world_model_steps": 3000,
         "world_model_finetune_steps": 500,  # Dyna iterations (`--dyna`)
         "judge_steps": 600,
         "judge_finetune_steps": 300,
-        # run I (README): 80 GRPO steps, the policy saved every 20; a real check on 16 seeds per
-        # task keeps the best (step 40 there: open drawer 13% -> 56%, 100 episodes per task).
-        # Without the check 60 steps was the limit: run H's 90 lost the open-drawer gain
+        # GRPO drifts into what the world model completes but the arm does not as it trains on:
+        # keep snapshots and let a real check on fresh seeds choose, instead of trusting the
+        # last step.
         "grpo_steps": 80,
         "challenger_snapshots": 4,
         "snapshot_check_episodes_per_task": 16,
-        # Horizon 3 chunks covers the SFT policy's successes (3-8 steps); KL to SFT 0.2 sits
-        # between 0.5 (run C: nothing moved) and 0.05 (run D: the world model was exploited).
-        # Starts by task signal and groups with >= 2 judged successes of 8 (one is within the
-        # judge's false-positive noise): the eggplant tasks, never solved, stop taking half the
-        # batch (run I kept 72% of groups, run F 58%). Task balance ("balanced" draws and an
-        # equal share of the update per task) did worse (run K: open drawer 25%, close 52%)
+        # Horizon 3 chunks covers the SFT policy's successes (3-8 steps). The KL anchor to SFT
+        # sits between too strong (the policy does not move) and too weak (it exploits the world
+        # model). Starts are drawn by task signal and a group needs >= 2 judged successes of 8
+        # (one is within the judge's false-positive noise), so tasks the policy never solves
+        # stop taking half the batch. The measurements behind each value: docs/experiments.md.
         "grpo_overrides": {
             "horizon_chunks": 3,
             "starts_per_step": 8,
@@ -117,7 +114,7 @@ class RoundConfig(Config):
     # > 1: GRPO also saves the policy at that many evenly spaced steps (the last is the final
     # policy) and ``select_challenger`` keeps the one with the most real successes on
     # check seeds: the policy climbs imagined reward past the point where real success peaks
-    # (README, runs F and H), and a few real runs find that point
+    # (docs/experiments.md), and a few real runs find that point
     challenger_snapshots: int = 1
     snapshot_check_episodes_per_task: int = 10
     # Dyna exploration: extra champion runs sampled at the GRPO rollout temperature, for the world

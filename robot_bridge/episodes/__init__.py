@@ -50,7 +50,6 @@ from robot_bridge.episodes.schema import (
     EpisodeReadError,
     EpisodeWriteError,
     episode_id_of,
-    make_episode_id,
 )
 from robot_bridge.episodes.summary import format_summary, summarize
 from robot_bridge.episodes.validate import recover_partials, validate_episode
@@ -76,7 +75,6 @@ __all__ = [
     "format_summary",
     "list_corrupt",
     "list_episodes",
-    "make_episode_id",
     "read_episode",
     "read_episode_header",
     "recover_partials",

@@ -25,7 +25,6 @@ import datetime as dt
 import hashlib
 import json
 import re
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -192,12 +191,6 @@ class EpisodeHeader:
     first_frame: np.ndarray | None  # (H, W, 3) uint8; None for an episode with no observation
     extra: dict = field(default_factory=dict)  # the meta's extra: scene variant, paraphrase set
 
-
-def make_episode_id(station_id: str, task: str) -> str:
-    """A unique, sortable id: ``<station>-<task>-<UTC time>-<random>``."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    safe_station = re.sub(r"[^A-Za-z0-9_-]", "_", station_id) or "station"
-    return f"{safe_station}-{task}-{stamp}-{uuid.uuid4().hex[:8]}"
 
 
 def episode_id_of(path: str | Path) -> str:

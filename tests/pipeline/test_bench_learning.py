@@ -70,7 +70,7 @@ def test_each_arm_is_charged_every_real_episode_it_used_and_the_baselines_match_
         "attempts": 80,
         "exploration": 200,
         "dyna_runs": 80 * dyna,
-        "checks": 256 * legs,  # run Q' (dyna 1): 512 check episodes
+        "checks": 256 * legs,  # 4 snapshots x 16 seeds x 4 tasks per leg
         "total": 64 + 80 + 200 + 80 * dyna + 256 * legs,
     }
     assert budgets["SFT+select"]["checks"] == budgets[main]["checks"]
