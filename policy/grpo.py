@@ -30,6 +30,13 @@ from policy.grpo_math import (  # noqa: F401  (re-exported: the loss lives in on
     task_balance_weights,
 )
 from policy.grpo_shard import RolloutPlan, SampleShard, step_rollouts
+from policy.grpo_starts import (  # noqa: F401 (Start is part of GRPO's API)
+    Start,
+    TaskSignal,
+    _draw_starts,
+    task_key,
+    training_starts,
+)
 
 PRESETS: dict[str, dict] = {
     # the tiny VLA is trained on Gaussian-smoothed bins, so its distribution is already wide:
@@ -146,15 +153,6 @@ class GRPOConfig(Config):
             raise ValueError(
                 f"task_sampling must be one of {TASK_SAMPLING}, got {self.task_sampling!r}"
             )
-
-
-@dataclass
-class Start:
-    """Where a group of imagined rollouts begins: a real frame and the instruction to follow."""
-
-    frame: np.ndarray  # (H, W, 3) uint8
-    instruction: str
-    task: str = ""
 
 
 @dataclass
@@ -430,9 +428,7 @@ def train_grpo(
     from robot_bridge.devices import autocast, placement
 
     if not starts:
-        raise ValueError(
-            "train_grpo needs at least one start (a real initial frame and an instruction)"
-        )
+        raise ValueError("train_grpo needs at least one start (a real frame and an instruction)")
     starts = training_starts(starts, config.train_tasks)
     dev, precision = placement(config.device, config.precision)
     ctx, dev = DistContext.setup(dev)
@@ -463,11 +459,8 @@ def train_grpo(
     bar = _progress(config.steps, progress and ctx.is_main)
     for step in range(config.steps):
         t0 = time.perf_counter()
-        weights = (
-            signal.start_weights(config.task_sampling)
-            if config.task_sampling != "uniform"
-            else None
-        )
+        uniform = config.task_sampling == "uniform"
+        weights = None if uniform else signal.start_weights(config.task_sampling)
         batch = _draw_starts(starts, config, rng, weights)  # the same batch on every rank
         scores.clear()
         with autocast(dev, precision):
@@ -481,14 +474,7 @@ def train_grpo(
         frames = rollouts.videos.shape[0] * (rollouts.videos.shape[1] - 1) * ctx.world_size
         stats = _step_stats(step, rewards, update, time.perf_counter() - t0, frames, per_task)
         history.append(stats)
-        bar.set_postfix(
-            success=f"{stats.success_rate:.2f}",
-            kept=f"{stats.kept_groups}/{stats.total_groups}",
-            clipfrac=f"{stats.clipfrac:.3f}",
-            kl=f"{stats.approx_kl:.4f}",
-            ent=f"{stats.entropy:.2f}",
-        )
-        bar.update(1)
+        _show(bar, stats)
         if on_rollouts is not None and ctx.is_main:
             first = plan.groups.start * config.group_size  # this rank's rollouts in the batch
             mine = rewards[first : first + rollouts.videos.shape[0]]
@@ -532,87 +518,15 @@ def _frozen_copy(policy):
     return reference
 
 
-def training_starts(starts: Sequence[Start], tasks: Sequence[str]) -> list[Start]:
-    """The starts of ``tasks`` (all of them when empty); a task with no start is an error, not a
-    quietly smaller batch (a misspelt name would otherwise train on nothing it names)."""
-    if not tasks:
-        return list(starts)
-    have = {task_key(s) for s in starts}
-    missing = [t for t in tasks if t not in have]
-    if missing:
-        raise ValueError(
-            f"train_tasks {missing} have no start; the starts' tasks are {sorted(have)}"
-        )
-    return [s for s in starts if task_key(s) in tasks]
-
-
-def task_key(start: Start) -> str:
-    """The task a start counts under: its task name, else its instruction (novel ones)."""
-    return start.task or start.instruction
-
-
-class TaskSignal:
-    """Per task: groups drawn and groups kept (carried signal) so far."""
-
-    def __init__(self, starts: Sequence[Start]) -> None:
-        self.task_of = [task_key(s) for s in starts]
-        self.drawn = dict.fromkeys(self.task_of, 0)
-        self.kept = dict.fromkeys(self.task_of, 0)
-
-    def kept_share(self, task: str) -> float:
-        return (self.kept[task] + 1) / (self.drawn[task] + 2)  # Laplace: 1/2 before any draw
-
-    def start_weights(self, mode: str = "signal") -> np.ndarray:
-        """(len(starts),) probabilities: a weight per task, then uniform within the task.
-
-        ``"signal"``: the task's kept share; ``"balanced"``: the kept share over half the best
-        task's, capped at 1 (see ``GRPOConfig.task_sampling``)."""
-        if mode not in ("signal", "balanced"):
-            raise ValueError(f"start_weights mode must be 'signal' or 'balanced', got {mode!r}")
-        share = {t: self.kept_share(t) for t in self.drawn}
-        if mode == "balanced":
-            half_best = max(share.values()) / 2
-            share = {t: min(1.0, v / half_best) for t, v in share.items()}
-        per_task = {t: self.task_of.count(t) for t in self.drawn}
-        w = np.array([share[t] / per_task[t] for t in self.task_of])
-        return w / w.sum()
-
-    def record(self, batch: Sequence[Start], rewards: torch.Tensor, config: GRPOConfig) -> dict:
-        """Count this step's (P, G) rewards; returns per-task imagined success and kept groups."""
-        keep = keep_groups(rewards, config.filter_low, config.filter_high)
-        out: dict[str, float] = {}
-        for task in dict.fromkeys(task_key(s) for s in batch):
-            rows = [i for i, s in enumerate(batch) if task_key(s) == task]
-            self.drawn[task] = self.drawn.get(task, 0) + len(rows)
-            self.kept[task] = self.kept.get(task, 0) + int(keep[rows].sum())
-            out[f"success/{task}"] = float(rewards[rows].mean())
-            out[f"kept/{task}"] = int(keep[rows].sum())
-        return out
-
-
-def _draw_starts(
-    starts: Sequence[Start],
-    config: GRPOConfig,
-    rng: np.random.Generator,
-    weights: np.ndarray | None = None,
-) -> list[Start]:
-    idx = rng.choice(
-        len(starts),
-        size=config.starts_per_step,
-        replace=len(starts) < config.starts_per_step,
-        p=weights,
+def _show(bar, stats: GRPOStats) -> None:
+    bar.set_postfix(
+        success=f"{stats.success_rate:.2f}",
+        kept=f"{stats.kept_groups}/{stats.total_groups}",
+        clipfrac=f"{stats.clipfrac:.3f}",
+        kl=f"{stats.approx_kl:.4f}",
+        ent=f"{stats.entropy:.2f}",
     )
-    batch = [starts[i] for i in idx]
-    if config.distractor_prob > 0:
-        from policy.augment import add_distractors
-
-        batch = [
-            Start(add_distractors(s.frame[None], rng)[0], s.instruction, s.task)
-            if rng.random() < config.distractor_prob
-            else s
-            for s in batch
-        ]
-    return batch
+    bar.update(1)
 
 
 def _progress(total: int, enabled: bool):

@@ -182,7 +182,7 @@ def train_sft(
     from tqdm.auto import tqdm
 
     from policy.distributed import DistContext
-    from robot_bridge.devices import autocast, placement
+    from robot_bridge.devices import placement
 
     c = config
     steps, batch_size = c.steps, c.batch_size
@@ -190,20 +190,7 @@ def train_sft(
     ctx, dev = DistContext.setup(dev)
     ctx.check_batch(batch_size)
     episodes = list(episodes)
-    if not episodes:
-        raise ValueError("train_sft got an empty list of episodes")
-    all_actions = [np.asarray(ep.actions) for ep in episodes if len(ep.actions)]
-    if not all_actions:
-        raise ValueError(f"train_sft: none of the {len(episodes)} episodes has any actions")
-    stats = ActionTokenizer.from_actions(np.concatenate(all_actions), token_start=0).to_dict()
-    if isinstance(policy_or_config, VLAConfig):
-        policy = VLAPolicy.build(policy_or_config, stats)
-    elif isinstance(policy_or_config, VLAPolicy):
-        policy = policy_or_config
-        if c.refit_action_stats:
-            policy.set_action_stats(stats)
-    else:
-        raise TypeError(f"expected a VLAPolicy or VLAConfig, got {type(policy_or_config).__name__}")
+    policy = _policy_to_train(policy_or_config, episodes, c.refit_action_stats)
     policy.to(dev)
 
     cfg = policy.config
@@ -227,15 +214,9 @@ def train_sft(
         # The global batch, drawn and augmented identically on every rank; each keeps its slice.
         idx = rng.integers(0, len(windows), size=batch_size)
         images = augment_images(windows.frames[idx], c.augment, rng)
-        mine = ctx.shard(idx)
-        idx, images = idx[mine], images[mine]
-        with autocast(dev, precision):
-            logits = model(images, [windows.instructions[i] for i in idx])  # action_logits
-        target = targets[idx].to(dev)  # (B, N)
-        loss = action_loss(logits, target, c.label_sigma)  # logits: (B, N, 256) float32
-        acc_t = (logits.detach().argmax(-1) == target).float().mean()
-        # Means over ranks when distributed (the global batch's), so a NaN on any rank stops all.
-        loss_v, acc = ctx.mean(torch.stack([loss.detach(), acc_t])).tolist()
+        loss, loss_v, acc = _slice_loss(
+            model, windows, targets, idx, images, c, dev, precision, ctx
+        )
         if not math.isfinite(loss_v):
             raise FloatingPointError(
                 f"SFT loss is {loss_v} at step {step} (lr={sched.get_last_lr()[0]:.2e}); "
@@ -250,24 +231,14 @@ def train_sft(
         accs.append(acc)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.2f}")
         if callback is not None and ctx.is_main:
+            lr = sched.get_last_lr()[0]
             callback(
                 step,
-                {
-                    "loss": losses[-1],
-                    "token_accuracy": acc,
-                    "lr": sched.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                },
+                {"loss": loss_v, "token_accuracy": acc, "lr": lr, "grad_norm": float(grad_norm)},
             )
     elapsed = time.perf_counter() - start
     policy.eval()
-    tail = max(1, min(10, steps // 5))
-    metrics = {
-        "loss": losses,
-        "token_accuracy": accs,
-        "initial_loss": float(np.mean(losses[:tail])),
-        "final_loss": float(np.mean(losses[-tail:])),
-        "final_token_accuracy": float(np.mean(accs[-tail:])),
+    metrics = _curve_metrics(losses, accs) | {
         "steps_per_s": steps / elapsed,
         "num_episodes": len(episodes),
         "num_windows": len(windows),
@@ -277,6 +248,55 @@ def train_sft(
         **greedy_action_error(policy, windows, rng),
     }
     return policy, metrics
+
+
+def _slice_loss(model, windows, targets, idx, images, c, dev, precision, ctx):
+    """This rank's slice of the global batch: (its loss to backpropagate, the global batch's mean
+    loss, its mean token accuracy). Means over ranks when distributed, so a NaN on any rank stops
+    all of them."""
+    from robot_bridge.devices import autocast
+
+    mine = ctx.shard(idx)
+    idx, images = idx[mine], images[mine]
+    with autocast(dev, precision):
+        logits = model(images, [windows.instructions[i] for i in idx])  # action_logits
+    target = targets[idx].to(dev)  # (B, N)
+    loss = action_loss(logits, target, c.label_sigma)  # logits: (B, N, 256) float32
+    acc_t = (logits.detach().argmax(-1) == target).float().mean()
+    loss_v, acc = ctx.mean(torch.stack([loss.detach(), acc_t])).tolist()
+    return loss, loss_v, acc
+
+
+def _policy_to_train(
+    policy_or_config: VLAPolicy | VLAConfig, episodes: list, refit_action_stats: bool
+) -> VLAPolicy:
+    """A fresh policy whose action bins span the episodes' actions, or the given one (its bins
+    refitted when asked)."""
+    if not episodes:
+        raise ValueError("train_sft got an empty list of episodes")
+    all_actions = [np.asarray(ep.actions) for ep in episodes if len(ep.actions)]
+    if not all_actions:
+        raise ValueError(f"train_sft: none of the {len(episodes)} episodes has any actions")
+    stats = ActionTokenizer.from_actions(np.concatenate(all_actions), token_start=0).to_dict()
+    if isinstance(policy_or_config, VLAConfig):
+        return VLAPolicy.build(policy_or_config, stats)
+    if isinstance(policy_or_config, VLAPolicy):
+        if refit_action_stats:
+            policy_or_config.set_action_stats(stats)
+        return policy_or_config
+    raise TypeError(f"expected a VLAPolicy or VLAConfig, got {type(policy_or_config).__name__}")
+
+
+def _curve_metrics(losses: list[float], accs: list[float]) -> dict:
+    """The training curves and their means over the first and last few steps."""
+    tail = max(1, min(10, len(losses) // 5))
+    return {
+        "loss": losses,
+        "token_accuracy": accs,
+        "initial_loss": float(np.mean(losses[:tail])),
+        "final_loss": float(np.mean(losses[-tail:])),
+        "final_token_accuracy": float(np.mean(accs[-tail:])),
+    }
 
 
 @torch.no_grad()
