@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from gymnast_common.memory import peak_rss_mb
 
 STAGES = (
     "real_episodes",
@@ -503,7 +504,7 @@ def _run_demo(rounds, home, station, tracking_uri, keys_dir, summary_path, log_p
             summaries.append(summarize_round(instance, key))
             print(format_round(summaries[-1], i), flush=True)
     total = time.monotonic() - t_start
-    children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    children_peak = peak_rss_mb(children=True)
     out = {
         "rounds": [asdict(s) for s in summaries],
         "round_wall_s": wall,

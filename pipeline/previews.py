@@ -9,20 +9,16 @@ from __future__ import annotations
 import base64
 import io
 import math
-import resource
 import time
 import warnings
 from pathlib import Path
 
 import dagster as dg
 
+from gymnast_common.memory import peak_rss_mb
 from pipeline.resources import ChallengerEvaluation
 from pipeline.round.records import Evaluation, ModelArtifact
 from robot_bridge.episodes import read_episode
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def frame_strip(episode_path: Path, out: Path, n: int = 6) -> Path:

@@ -11,7 +11,6 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,14 +22,7 @@ from policy.augment import AugmentConfig, augment_images
 from policy.config import VLAConfig
 from policy.tokenization import ActionTokenizer
 from policy.vla import VLAPolicy
-
-
-class EpisodeLike(Protocol):
-    """What SFT reads from ``robot_bridge.episodes.Episode``."""
-
-    instruction: str
-    frames: np.ndarray  # (T+1, H, W, 3) uint8
-    actions: np.ndarray  # (T, 7) float32
+from robot_bridge.episodes.schema import EpisodeLike
 
 
 @dataclass

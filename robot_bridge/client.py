@@ -289,7 +289,7 @@ class StationClient:
                 raise StationTimeout(f"the station is still verifying checkpoint {sha[:12]}")
             time.sleep(poll_s)
 
-    def submit_job(
+    def job_submit(
         self,
         checkpoint_sha256: str,
         tasks: Iterable[str],
@@ -324,7 +324,7 @@ class StationClient:
         args = {"job_id": job_id, "since": since} | ({} if limit is None else {"limit": limit})
         return self.call("job_status", args)[0]
 
-    def cancel_job(self, job_id: str) -> dict:
+    def job_cancel(self, job_id: str) -> dict:
         return self.call("job_cancel", {"job_id": job_id})[0]
 
     def wait_job(
@@ -359,7 +359,7 @@ class StationClient:
                 return status | {"since": 0, "episodes": episodes, "results": results}
             time.sleep(poll_s)
 
-    def fetch_episode(self, name: str, dest_dir: str | Path, chunk: int = 4 * 1024 * 1024) -> Path:
+    def episode_fetch(self, name: str, dest_dir: str | Path, chunk: int = 4 * 1024 * 1024) -> Path:
         """Copy one episode file here, verify its sha256, and move it into place atomically."""
         dest = Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)

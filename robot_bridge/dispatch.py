@@ -130,7 +130,7 @@ def run_on_station(
     )
     fetched: list[Path] = []
     try:
-        job_id = client.submit_job(
+        job_id = client.job_submit(
             sha,
             tasks,
             episodes_per_task,
@@ -143,7 +143,7 @@ def run_on_station(
             job_id,
             poll_s=poll_s,
             progress=progress,
-            on_episode=lambda name: fetched.append(client.fetch_episode(name, dest)),
+            on_episode=lambda name: fetched.append(client.episode_fetch(name, dest)),
         )
     except StationError as e:
         raise DispatchError(

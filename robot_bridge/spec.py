@@ -145,7 +145,6 @@ def get_task(name: str) -> Task:
         ) from None
 
 
-
 def validate_action(action: np.ndarray) -> np.ndarray:
     """Check dtype-agnostic shape and finiteness; return a float32 copy. Raises ValueError."""
     a = np.asarray(action)

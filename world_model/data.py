@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 import torch
 
+from robot_bridge.episodes.schema import EpisodeLike
 from world_model.codec import Codec, resize_frames
-
-
-class EpisodeLike(Protocol):
-    frames: np.ndarray  # (T+1, H, W, 3) uint8
-    actions: np.ndarray  # (T, A) float32
 
 
 class EmptyDatasetError(ValueError):

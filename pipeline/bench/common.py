@@ -4,12 +4,12 @@ context a replicate's stages run in. The stage reuse cache is ``pipeline.bench.r
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
 from pathlib import Path
 
 import numpy as np
 
+from gymnast_common.memory import peak_rss_mb
 from pipeline import seeds
 from pipeline.bench.budget import Ledger
 from pipeline.bench.reuse import reuse_or_train
@@ -24,7 +24,7 @@ DYNA_FROM = ("sft", "rl")
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return peak_rss_mb() / 1024
 
 
 def imagined_success(

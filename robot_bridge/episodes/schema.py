@@ -27,6 +27,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -113,6 +114,16 @@ class EpisodeMeta:
         return cls(**json.loads(text))
 
 
+class EpisodeLike(Protocol):
+    """What training reads of an episode: an ``Episode``, an episode read from a LeRobotDataset,
+    or a test's own. A reader that needs less (the world model: frames and actions) just ignores
+    the rest."""
+
+    instruction: str
+    frames: np.ndarray  # (T+1, H, W, 3) uint8
+    actions: np.ndarray  # (T, 7) float32
+
+
 @dataclass
 class Episode:
     """One recorded episode; ``read_episode(path)`` returns it.
@@ -190,7 +201,6 @@ class EpisodeHeader:
     num_frames: int  # T + 1 committed observations
     first_frame: np.ndarray | None  # (H, W, 3) uint8; None for an episode with no observation
     extra: dict = field(default_factory=dict)  # the meta's extra: scene variant, paraphrase set
-
 
 
 def episode_id_of(path: str | Path) -> str:

@@ -437,11 +437,11 @@ def test_station_job_fails_safely_when_the_server_is_gone(tmp_path):
         StationClient(station.endpoint) as client,
     ):
         sha = client.upload_checkpoint(ckpt)
-        status = client.wait_job(client.submit_job(sha, ["open_drawer"], 1), poll_s=0.05)
+        status = client.wait_job(client.job_submit(sha, ["open_drawer"], 1), poll_s=0.05)
         assert status["state"] == "failed"
         assert (
             "PolicyServerError" in status["error"]
             and "is the policy server running" in (status["error"])
         )
-        ep = read_episode(client.fetch_episode(status["episodes"][0], tmp_path / "fetched"))
+        ep = read_episode(client.episode_fetch(status["episodes"][0], tmp_path / "fetched"))
     assert ep.termination == "error" and ep.policy_sha256 == sha and len(ep.actions) == 0

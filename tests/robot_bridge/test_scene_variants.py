@@ -310,7 +310,7 @@ def test_a_job_in_an_unknown_scene_is_refused(client, tmp_path):
     with pytest.raises(
         StationError, match="valid scenes: base, distractors, background, camera"
     ) as e:
-        client.submit_job(sha, ["open_drawer"], 1, scene="underwater")
+        client.job_submit(sha, ["open_drawer"], 1, scene="underwater")
     assert e.value.code == "unknown_scene"
 
 

@@ -256,11 +256,11 @@ def test_job_runs_checkpoint_and_returns_episodes(station, client, tmp_path):
     ckpt = write_policy_config(tmp_path / "random_policy", "random", seed=5)
     sha = client.upload_checkpoint(ckpt)
     assert client.upload_checkpoint(ckpt) == sha  # already present: no second transfer
-    job_id = client.submit_job(sha, ["open_drawer", "close_drawer"], episodes_per_task=2, seed=100)
+    job_id = client.job_submit(sha, ["open_drawer", "close_drawer"], episodes_per_task=2, seed=100)
     status = client.wait_job(job_id, poll_s=0.05)
     assert status["state"] == "done", status
     assert status["done"] == status["total"] == 4 and len(status["episodes"]) == 4
-    fetched = [client.fetch_episode(name, tmp_path / "fetched") for name in status["episodes"]]
+    fetched = [client.episode_fetch(name, tmp_path / "fetched") for name in status["episodes"]]
     eps = [read_episode(p) for p in fetched]
     assert sorted((e.task, e.seed) for e in eps) == [
         ("close_drawer", 100),
@@ -271,7 +271,7 @@ def test_job_runs_checkpoint_and_returns_episodes(station, client, tmp_path):
     assert all(e.complete and e.policy_sha256 == sha and e.termination == "max_steps" for e in eps)
     assert all(e.actions.shape == (70, 7) for e in eps)
     # resuming skips what is already collected: nothing is driven twice
-    job2 = client.submit_job(
+    job2 = client.job_submit(
         sha, ["open_drawer"], episodes_per_task=2, seed=100, skip={"open_drawer": [100, 101]}
     )
     assert client.wait_job(job2, poll_s=0.05)["total"] == 0
@@ -283,7 +283,7 @@ def test_job_status_pages_episodes_so_a_long_job_never_overflows_the_header(
     """A 400-episode job listed every episode in each status reply and broke the 64 KiB header
     limit mid-evaluation; replies now carry a page, and wait_job gathers them all."""
     sha = client.upload_checkpoint(write_policy_config(tmp_path / "r", "random", seed=3))
-    job_id = client.submit_job(sha, ["open_drawer"], episodes_per_task=5, seed=7)
+    job_id = client.job_submit(sha, ["open_drawer"], episodes_per_task=5, seed=7)
     seen = []
     status = client.wait_job(job_id, poll_s=0.05, page=2, on_episode=seen.append)
     assert status["state"] == "done" and status["done"] == status["listed"] == 5
@@ -321,12 +321,12 @@ def test_tampered_checkpoint_is_refused(client, tmp_path):
             },
         )
     with pytest.raises(StationError, match="checkpoint this station holds"):
-        client.submit_job("f" * 64, ["open_drawer"], 1)
+        client.job_submit("f" * 64, ["open_drawer"], 1)
 
 
 def test_estop_stops_a_running_job(station, client, tmp_path):
     sha = client.upload_checkpoint(write_policy_config(tmp_path / "r", "random", seed=2))
-    job_id = client.submit_job(sha, ["eggplant_in_basket"], episodes_per_task=1000, seed=0)
+    job_id = client.job_submit(sha, ["eggplant_in_basket"], episodes_per_task=1000, seed=0)
     time.sleep(0.3)
     client.estop("stop the job")
     status = client.wait_job(job_id, poll_s=0.05)

@@ -131,7 +131,7 @@ def test_a_job_never_imports_code_from_a_checkpoint_placed_in_the_store(
     pre = json.loads((planted / "preprocessor_config.json").read_text())
     pre["auto_map"] = {"AutoProcessor": "evil.EvilProcessor"}
     (planted / "preprocessor_config.json").write_text(json.dumps(pre))
-    job = client.submit_job(good_sha, ["open_drawer"], episodes_per_task=1)
+    job = client.job_submit(good_sha, ["open_drawer"], episodes_per_task=1)
     status = client.wait_job(job, poll_s=0.1)
     assert status["state"] == "failed" and "refused file" in status["error"], status
     assert not marker.exists(), "code from a checkpoint ran inside the station"
@@ -241,7 +241,7 @@ def test_checkpoint_ids_that_look_like_paths_are_refused(client, tmp_path):
     (tmp_path / "planted.verified").write_text("x")  # what has() looked for beside the folder
     for bad in (str(planted), "../" + "a" * 61, "A" * 64, "a" * 63):
         with pytest.raises(StationError, match="content address") as e:
-            client.submit_job(bad, ["open_drawer"], 1)
+            client.job_submit(bad, ["open_drawer"], 1)
         assert e.value.code == "bad_request"
         for op, args in (
             (
@@ -438,11 +438,11 @@ def test_a_client_cannot_cancel_another_clients_job(tmp_path, keys):
             _as(s.endpoint, keys, "operator", timeout_s=3.0) as op,
         ):
             sha = owner.upload_checkpoint(write_policy_config(tmp_path / "r", "random", seed=1))
-            job = owner.submit_job(sha, ["eggplant_in_basket"], episodes_per_task=1000)
+            job = owner.job_submit(sha, ["eggplant_in_basket"], episodes_per_task=1000)
             with pytest.raises(StationError, match="another client") as e:
-                other.cancel_job(job)
+                other.job_cancel(job)
             assert e.value.code == "forbidden"
-            assert op.cancel_job(job)["job_id"] == job
+            assert op.job_cancel(job)["job_id"] == job
             assert owner.wait_job(job, poll_s=0.05)["state"] == "cancelled"
 
 
