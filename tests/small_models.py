@@ -3,8 +3,10 @@ milliseconds on a shared 2-core CPU, and the code path is the tiny preset's."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from world_model.config import WorldModelConfig
@@ -57,3 +59,15 @@ def tiny_sd3_style_vae(path: Path) -> Path:
     )
     vae.save_pretrained(path)
     return path
+
+
+@dataclass
+class SyntheticEpisode:
+    """The fields training reads of an episode (``robot_bridge.episodes.EpisodeLike``, plus the
+    judge's label and an id), for tests that draw their own frames and actions."""
+
+    frames: np.ndarray  # (T+1, H, W, 3) uint8
+    actions: np.ndarray  # (T, 7) float32
+    instruction: str = "open the drawer"
+    success: bool | None = None
+    episode_id: str = "synthetic"

@@ -20,7 +20,7 @@ import torch
 # As a torchrun script this file's own folder is on sys.path, not tests/ (where pytest's conftest
 # puts it): the shared small models live there.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from small_models import SMALL_VLA  # noqa: E402
+from small_models import SMALL_VLA, SyntheticEpisode  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = SMALL_VLA
@@ -29,21 +29,16 @@ STEPS = 2  # the second step checks that every rank's sampling stream stays in s
 INSTRUCTIONS = ["pick up the red block", "open the drawer"]
 
 
-class _Episode:
-    def __init__(self, instruction: str, frames: np.ndarray, actions: np.ndarray) -> None:
-        self.instruction, self.frames, self.actions = instruction, frames, actions
-
-
-def _episodes() -> list[_Episode]:
+def _episodes() -> list[SyntheticEpisode]:
     rng = np.random.default_rng(0)
     out = []
     for i in range(6):
         t = 3 + i % 2
         out.append(
-            _Episode(
-                INSTRUCTIONS[i % 2],
+            SyntheticEpisode(
                 rng.integers(0, 256, (t + 1, 48, 48, 3), dtype=np.uint8),
                 rng.normal(0, 0.03, (t, 7)).astype(np.float32),
+                INSTRUCTIONS[i % 2],
             )
         )
     return out

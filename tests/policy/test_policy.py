@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 from config_convention import assert_follows_the_config_convention
-from small_models import SMALL_VLA
+from small_models import SMALL_VLA, SyntheticEpisode
 
 from policy.augment import AugmentConfig, add_distractors, augment_images
 from policy.config import VLAConfig
@@ -22,13 +21,6 @@ from robot_bridge.spec import TASKS
 
 INSTRUCTIONS = [t.instruction for t in TASKS.values()]
 SMALL = SMALL_VLA
-
-
-@dataclass
-class FakeEpisode:  # the fields SFT reads from robot_bridge.episodes.Episode
-    instruction: str
-    frames: np.ndarray
-    actions: np.ndarray
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +277,7 @@ def test_one_optimizer_step_changes_every_trainable_parameter():
 
 
 # ----- SFT -----------------------------------------------------------------------------------
-def _synthetic_episodes(n: int, steps: int, seed: int) -> list[FakeEpisode]:
+def _synthetic_episodes(n: int, steps: int, seed: int) -> list[SyntheticEpisode]:
     """dx follows the colour of a square in the image, dy and the gripper follow the instruction."""
     rng = np.random.default_rng(seed)
     episodes = []
@@ -299,11 +291,13 @@ def _synthetic_episodes(n: int, steps: int, seed: int) -> list[FakeEpisode]:
         actions[:, 0] = 0.04 if red else -0.04
         actions[:, 1] = 0.04 if k == 0 else -0.04
         actions[:, 6] = 1.0 if k == 0 else 0.0
-        episodes.append(FakeEpisode(INSTRUCTIONS[k], imgs, actions))
+        episodes.append(SyntheticEpisode(imgs, actions, INSTRUCTIONS[k]))
     return episodes
 
 
-def _greedy_sign_accuracy(policy: VLAPolicy, episodes: list[FakeEpisode]) -> tuple[float, float]:
+def _greedy_sign_accuracy(
+    policy: VLAPolicy, episodes: list[SyntheticEpisode]
+) -> tuple[float, float]:
     s = policy.sample(
         np.stack([e.frames[0] for e in episodes]), [e.instruction for e in episodes], greedy=True
     )
@@ -359,9 +353,7 @@ def test_sft_refuses_empty_data_and_nan_loss():
     cfg = VLAConfig.from_preset("tiny", **SMALL)
     with pytest.raises(ValueError, match="empty"):
         train_sft(cfg, [], SFTConfig(steps=1), progress=False)
-    empty = FakeEpisode(
-        "open the drawer", np.zeros((1, 32, 32, 3), np.uint8), np.zeros((0, 7), np.float32)
-    )
+    empty = SyntheticEpisode(np.zeros((1, 32, 32, 3), np.uint8), np.zeros((0, 7), np.float32))
     with pytest.raises(ValueError, match="no.*actions|has any actions"):
         train_sft(cfg, [empty], SFTConfig(steps=1), progress=False)
     policy = VLAPolicy.build(cfg)

@@ -8,11 +8,10 @@ resolved device. The same runs on CUDA in bf16 are marked ``gpu`` (skipped witho
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
+from small_models import SyntheticEpisode
 
 from robot_bridge import devices
 from robot_bridge.devices import (
@@ -148,16 +147,7 @@ def test_the_station_device_defaults_to_cpu_and_reads_only_its_own_variable(monk
 # --- the trainers -------------------------------------------------------------------------------
 
 
-@dataclass
-class Ep:  # the fields SFT, the world model and the judge read from an Episode
-    frames: np.ndarray
-    actions: np.ndarray
-    instruction: str = "open the drawer"
-    success: bool | None = None
-    episode_id: str = "ep"
-
-
-def episodes(n: int = 4, steps: int = 6, size: int = 32) -> list[Ep]:
+def episodes(n: int = 4, steps: int = 6, size: int = 32) -> list[SyntheticEpisode]:
     rng = np.random.default_rng(0)
     out = []
     for i in range(n):
@@ -165,7 +155,7 @@ def episodes(n: int = 4, steps: int = 6, size: int = 32) -> list[Ep]:
         frames[:, : size // 2] = 40 if i % 2 else 200  # a visible difference between the labels
         actions = rng.uniform(-0.02, 0.02, (steps, 7)).astype(np.float32)
         actions[:, 6] = rng.integers(0, 2, steps)
-        out.append(Ep(frames, actions, success=bool(i % 2), episode_id=f"ep-{i}"))
+        out.append(SyntheticEpisode(frames, actions, success=bool(i % 2), episode_id=f"ep-{i}"))
     return out
 
 

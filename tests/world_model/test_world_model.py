@@ -7,14 +7,13 @@ model that uses its action input predicts the next frame better with the true ac
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 from config_convention import assert_follows_the_config_convention
 from safetensors.torch import load_file, save_file
-from small_models import small_config, tiny_sd3_style_vae
+from small_models import SyntheticEpisode, small_config, tiny_sd3_style_vae
 
 from gymnast_common.config import ConfigError
 from world_model import (
@@ -35,14 +34,7 @@ from world_model.backbones import make_backbone
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@dataclass
-class SquareEpisode:
-    frames: np.ndarray  # (T+1, H, W, 3) uint8
-    actions: np.ndarray  # (T, 7) float32
-    episode_id: str = "square"
-
-
-def square_episode(seed: int, steps: int = 24, size: int = 32, side: int = 6) -> SquareEpisode:
+def square_episode(seed: int, steps: int = 24, size: int = 32, side: int = 6) -> SyntheticEpisode:
     rng = np.random.default_rng(seed)
     color = rng.integers(80, 256, 3).astype(np.uint8)
     pos = rng.uniform(side, size - 2 * side, 2)
@@ -58,11 +50,11 @@ def square_episode(seed: int, steps: int = 24, size: int = 32, side: int = 6) ->
         frames.append(f)
         if t < steps:
             pos = np.clip(pos + actions[t, :2] / 0.05 * 3.0, 0, size - side)  # up to 3 px per step
-    return SquareEpisode(np.stack(frames), actions, f"square-{seed}")
+    return SyntheticEpisode(np.stack(frames), actions, episode_id=f"square-{seed}")
 
 
 @pytest.fixture(scope="module")
-def episodes() -> list[SquareEpisode]:
+def episodes() -> list[SyntheticEpisode]:
     return [square_episode(i) for i in range(4)]
 
 
@@ -268,7 +260,7 @@ def test_every_trainable_parameter_changes_after_one_step(episodes):
 
 
 def test_empty_dataset_and_nan_loss_raise(episodes):
-    empty = SquareEpisode(episodes[0].frames[:1], np.zeros((0, 7), np.float32))
+    empty = SyntheticEpisode(episodes[0].frames[:1], np.zeros((0, 7), np.float32))
     with pytest.raises(EmptyDatasetError, match="no transitions"):
         train_world_model(small_config(), [], WorldModelTrainConfig(steps=1), progress=False)
     with pytest.raises(EmptyDatasetError, match="1 episodes given"):
@@ -276,7 +268,7 @@ def test_empty_dataset_and_nan_loss_raise(episodes):
     with pytest.raises(ValueError, match="frames must be"):
         train_world_model(
             small_config(),
-            [SquareEpisode(episodes[0].frames.astype(np.float32), episodes[0].actions)],
+            [SyntheticEpisode(episodes[0].frames.astype(np.float32), episodes[0].actions)],
             WorldModelTrainConfig(steps=1),
             progress=False,
         )
