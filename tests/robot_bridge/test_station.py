@@ -426,7 +426,9 @@ def test_a_killed_parent_takes_its_station_with_it(tmp_path):
     assert _running(station_pid)  # alive while the parent is
     parent.kill()
     parent.wait(timeout=10)
-    deadline = time.monotonic() + 10
+    # It shuts down in about a second; a machine loaded by other jobs has been seen to take over
+    # 10 s. The claim is that it dies with its parent, not how fast.
+    deadline = time.monotonic() + 60
     while _running(station_pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     if _running(station_pid):
