@@ -486,8 +486,8 @@ def _run_demo(rounds, home, station, tracking_uri, keys_dir, summary_path, log_p
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if log_path else None
     with local_stack(home, station=station, tracking_uri=tracking_uri, keys_dir=keys_dir, say=say):
         instance = dg.DagsterInstance.get()
-        for pool in ("robot", "gpu"):
-            instance.event_log_storage.set_concurrency_slots(pool, 1)
+        # the training pool; each arm's pool (robot/<station>) takes the instance's default of 1
+        instance.event_log_storage.set_concurrency_slots("gpu", 1)
         keys = last_rounds(rounds)
         summaries, wall = [], {}
         for i, key in enumerate(keys, 1):
