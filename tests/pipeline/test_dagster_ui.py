@@ -165,32 +165,15 @@ def test_asset_graph_of_a_finished_round_renders_materialized(finished_round, we
         # the champion's page for the round shows the success-over-rounds chart: a PNG inlined in
         # its metadata (markdown over 1,000 characters sits behind "[Show Markdown]", whose
         # dialog draws it)
-        page.goto(
-            f"{webserver}/assets/champion?view=partitions&partition={round_key}",
-            wait_until="domcontentloaded",
-        )
-        row = page.locator("tr", has_text="success_over_rounds").first
-        row.wait_for(timeout=60_000)
-        row.get_by_text("[Show Markdown]").first.click()
-        chart = page.locator('img[alt^="success over rounds"]').first
-        chart.wait_for(state="visible", timeout=60_000)
-        chart_src = chart.get_attribute("src") or ""
-        chart_size = chart.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-        page.screenshot(path="/tmp/gymnast_dagster_success_chart.png", full_page=True)
-
+        chart_src, chart_size = _inline_image(
+            page, f"{webserver}/assets/champion", round_key, "success_over_rounds",
+            "success over rounds", "/tmp/gymnast_dagster_success_chart.png",
+        )  # fmt: skip
         # the challenger's page shows the strip of GRPO's imagined rollouts, judge score on each
-        page.goto(
-            f"{webserver}/assets/challenger?view=partitions&partition={round_key}",
-            wait_until="domcontentloaded",
-        )
-        row = page.locator("tr", has_text="imagined_rollouts").first
-        row.wait_for(timeout=60_000)
-        row.get_by_text("[Show Markdown]").first.click()
-        strip = page.locator('img[alt^="GRPO\'s imagined rollouts"]').first
-        strip.wait_for(state="visible", timeout=60_000)
-        strip_src = strip.get_attribute("src") or ""
-        strip_size = strip.evaluate("img => [img.naturalWidth, img.naturalHeight]")
-        page.screenshot(path="/tmp/gymnast_dagster_grpo_rollouts.png", full_page=True)
+        strip_src, strip_size = _inline_image(
+            page, f"{webserver}/assets/challenger", round_key, "imagined_rollouts",
+            "GRPO's imagined rollouts", "/tmp/gymnast_dagster_grpo_rollouts.png",
+        )  # fmt: skip
         browser.close()
     assert chart_src.startswith("data:image/png;base64,")
     assert chart_size[0] > 300 and chart_size[1] > 200  # decoded and drawn, not a broken image
@@ -201,3 +184,18 @@ def test_asset_graph_of_a_finished_round_renders_materialized(finished_round, we
         assert "Materialized (1)" in text, name
         assert "Failed (0)" in text and "Materializing (0)" in text, name
     shutil.copy(shot, tmp_path / shot.name)
+
+
+def _inline_image(page, asset_url: str, round_key: str, key: str, alt: str, screenshot: str):
+    """The (src, natural size) of a PNG inlined in an asset's metadata ``key`` for the round:
+    markdown over 1,000 characters sits behind "[Show Markdown]", whose dialog draws it."""
+    page.goto(f"{asset_url}?view=partitions&partition={round_key}", wait_until="domcontentloaded")
+    row = page.locator("tr", has_text=key).first
+    row.wait_for(timeout=60_000)
+    row.get_by_text("[Show Markdown]").first.click()
+    image = page.locator(f'img[alt^="{alt}"]').first
+    image.wait_for(state="visible", timeout=60_000)
+    src = image.get_attribute("src") or ""
+    size = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    page.screenshot(path=screenshot, full_page=True)
+    return src, size
