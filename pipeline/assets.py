@@ -46,8 +46,8 @@ from pipeline.resources import (
     StationResource,
     TrackingResource,
 )
-from pipeline.rollout_strip import RolloutKeeper, publish
-from pipeline.round import stages
+from pipeline.rollout_strip import publish_strip
+from pipeline.round import launch, stages
 from pipeline.round.config import RoundConfig
 from pipeline.round.records import DatasetInfo, ModelArtifact
 from pipeline.round.statistics import decide_promotion
@@ -322,7 +322,7 @@ def world_model(
     tracking: TrackingResource,
     dataset: DatasetInfo,
 ) -> dg.Output[ModelArtifact]:
-    return _refresh(context, settings, tracking, "world_model", stages.refresh_world_model, dataset)
+    return _refresh(context, settings, tracking, "world_model", dataset)
 
 
 @dg.asset(
@@ -340,7 +340,7 @@ def judge(
     tracking: TrackingResource,
     dataset: DatasetInfo,
 ) -> dg.Output[ModelArtifact]:
-    return _refresh(context, settings, tracking, "judge", stages.refresh_judge, dataset)
+    return _refresh(context, settings, tracking, "judge", dataset)
 
 
 def _refresh(
@@ -348,11 +348,11 @@ def _refresh(
     settings: LoopSettings,
     tracking: TrackingResource,
     kind: str,
-    refresh,
     dataset: DatasetInfo,
 ) -> dg.Output:
     """World model and judge: warm start from the newest earlier round's checkpoint, if any; the
-    round's episodes read from the LeRobotDataset (``dataset``), not the HDF5 files."""
+    round's episodes read from the LeRobotDataset (``dataset``), not the HDF5 files. On
+    ``train_processes`` data-parallel processes (``pipeline.round.launch``)."""
     from pipeline.lerobot_dataset import DatasetEpisodes
 
     r, store, t0 = context.partition_key, settings.store, _started()
@@ -360,11 +360,13 @@ def _refresh(
     ids = tuple(episode_id_of(p) for p in dataset.episode_files)
     with tracked_stage(context, settings, tracking, kind) as (tracker, run):
         run.set_tags({"warm_start_from": previous[0] if previous else "scratch"})
-        art = refresh(
-            [DatasetEpisodes(dataset.path, ids)],
-            previous[1].path if previous else None,
-            store.fresh_dir(store.model_dir(kind, r)),
+        art = launch.run_stage(
+            kind,
             settings.round_config(),
+            store.round_dir(r) / "launch",
+            sources=[DatasetEpisodes(dataset.path, ids)],
+            previous=previous[1].path if previous else None,
+            out_dir=store.fresh_dir(store.model_dir(kind, r)),
             progress=settings.progress,
         )
         version = log_model(tracker, run, kind, art, r, aliases=("challenger",))
@@ -399,25 +401,34 @@ def challenger(
 ) -> dg.Output[ModelArtifact]:
     r, store, t0 = context.partition_key, settings.store, _started()
     cfg = settings.round_config()
-    keeper = RolloutKeeper(cfg.grpo_steps)  # a few rollouts of the first and last step
+    strip = store.round_dir(r) / "previews" / "grpo_rollouts.png"  # first and last step's
     with tracked_stage(context, settings, tracking, "challenger") as (tracker, run):
         run.set_tags({"champion_sha256": real_episodes.champion.sha256})
-        art = stages.train_challenger(
-            real_episodes.champion.path,
-            world_model.path,
-            judge.path,
-            training_dirs(store, r),
-            store.fresh_dir(store.model_dir("policy", r)),
+
+        def log_step(s) -> None:  # extra: ref_kl, success/<task>, kept/<task>
+            metrics = {k: v for k, v in vars(s).items() if k not in ("step", "extra")}
+            run.log_metrics(metrics | s.extra, step=s.step)
+
+        # live metrics in one process; a launch's ranks leave their history on disk instead
+        live = launch.processes_for(cfg) == 1
+        art = launch.run_stage(
+            "challenger",
             cfg,
+            store.round_dir(r) / "launch",
+            champion=real_episodes.champion.path,
+            world_model=world_model.path,
+            judge=judge.path,
+            episode_dirs=training_dirs(store, r),
+            out_dir=store.fresh_dir(store.model_dir("policy", r)),
             progress=settings.progress,
-            on_step=lambda s: run.log_metrics(  # extra: ref_kl, success/<task>, kept/<task>
-                {k: v for k, v in vars(s).items() if k not in ("step", "extra")} | s.extra,
-                step=s.step,
-            ),
-            on_rollouts=keeper,
+            rollout_strip=strip,
+            **({"on_step": log_step} if live else {}),
         )
+        if not live:
+            for s in stages.grpo_history(art.path):
+                log_step(s)
         version = log_model(tracker, run, "policy", art, r, aliases=("challenger",))
-        rollouts = publish(keeper, store.round_dir(r) / "previews" / "grpo_rollouts.png", run)
+        rollouts = publish_strip(strip, run)
     return dg.Output(
         art,
         metadata={

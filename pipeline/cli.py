@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline.bench.cli import add_bench_command
-from robot_bridge.spec import TASKS
+from robot_bridge.spec import AUTOEVAL_TASKS, LANGUAGE_TASKS, TASKS
 
 
 def gymnast_home() -> Path:
@@ -16,12 +16,22 @@ def gymnast_home() -> Path:
     return Path(os.environ.get("GYMNAST_HOME", ".gymnast")).resolve()
 
 
+# Names that stand for several tasks in ``--tasks``: "all" is the four AutoEval tasks (what it
+# meant before the simulator's language tasks existed), "language" the two language tasks.
+_TASK_GROUPS = {"all": AUTOEVAL_TASKS, "language": LANGUAGE_TASKS}
+
+
 def _tasks(value: str) -> list[str]:
-    names = list(TASKS) if value == "all" else [t.strip() for t in value.split(",") if t.strip()]
+    names: list[str] = []
+    for item in (t.strip() for t in value.split(",")):
+        for name in _TASK_GROUPS.get(item, (item,) if item else ()):
+            if name not in names:
+                names.append(name)
     unknown = [t for t in names if t not in TASKS]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown task(s) {unknown}; valid: all, {', '.join(TASKS)}"
+            f"unknown task(s) {unknown}; valid: all (the AutoEval tasks), language, "
+            f"{', '.join(TASKS)}"
         )
     return names
 
@@ -420,7 +430,11 @@ def _add_collect(sub) -> None:
         help="checkpoint dir, 'scripted_expert', 'random' or an AutoEval policy server URL",
     )
     co.add_argument(
-        "--tasks", type=_tasks, default=list(TASKS), help="comma-separated task names or 'all'"
+        "--tasks",
+        type=_tasks,
+        default=list(AUTOEVAL_TASKS),
+        help="comma-separated task names, 'all' (the AutoEval tasks) or 'language' (the "
+        "simulator's language tasks)",
     )
     co.add_argument("-n", "--episodes-per-task", type=int, default=5)
     co.add_argument("--seed", type=int, default=0)
@@ -450,7 +464,11 @@ def _add_dispatch(sub) -> None:
         help="CURVE keys directory (server.key + client.key_secret)",
     )
     di.add_argument(
-        "--tasks", type=_tasks, default=list(TASKS), help="comma-separated task names or 'all'"
+        "--tasks",
+        type=_tasks,
+        default=list(AUTOEVAL_TASKS),
+        help="comma-separated task names, 'all' (the AutoEval tasks) or 'language' (the "
+        "simulator's language tasks)",
     )
     di.add_argument("-n", "--episodes-per-task", type=int, default=10)
     di.add_argument("--seed", type=int, default=0)

@@ -150,12 +150,17 @@ def publish(keeper: RolloutKeeper, out: Path, run) -> dict:
     """Write ``keeper``'s strip to ``out``, log it to the stage's MLflow ``run`` (``previews/``)
     and return the challenger's Dagster metadata for it: the strip inline and its path ({} when
     there is no strip)."""
+    return publish_strip(keeper.write(out), run)
+
+
+def publish_strip(strip: Path | None, run) -> dict:
+    """A strip already drawn (e.g. by rank 0 of a launched stage): logged to ``run`` and as
+    Dagster metadata; {} when there is none."""
     import dagster as dg
 
     from pipeline.previews import preview_md
 
-    strip = keeper.write(out)
-    if strip is None:
+    if strip is None or not Path(strip).is_file():
         return {}
     run.log_artifact(strip, "previews")
     return {

@@ -20,7 +20,9 @@ The scheme, the same for every trainer that uses it:
 * only rank 0 (``is_main_process()``) writes checkpoints, MLflow and progress bars.
 
 GRPO shards its rollout groups instead of a sampled batch and reduces gradients itself
-(``policy.grpo_shard`` says how and why).
+(``policy.grpo_shard`` says how and why); so do the world model (``world_model.train``, batch
+parts with their own generators, ``part_generator``) and the judge (``reward.train``), whose
+losses are not a ``forward`` DDP could hook.
 
 Why DDP and not ``accelerate.Accelerator``: accelerate is here only as a transitive dependency
 (lerobot's), not one the project declares; for plain data parallelism it wraps the same DDP; and
@@ -209,6 +211,14 @@ class DistContext:
             else torch.device("cpu")
         )
 
+    def broadcast_object(self, obj, src: int = 0):
+        """Rank ``src``'s picklable ``obj`` on every rank (``obj`` itself when not distributed)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Element-wise mean of a small tensor over ranks (the tensor itself when not distributed)."""
         if not self.enabled:
@@ -216,3 +226,11 @@ class DistContext:
         out = values.detach().clone()
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out / self.world_size
+
+
+def part_generator(seed: int, step: int, part: int, device: torch.device | str) -> torch.Generator:
+    """A generator for part ``part`` of step ``step``'s batch, seeded from ``(seed, step, part)``:
+    the same on every rank, whichever process holds the part (``policy.grpo_shard`` seeds its
+    rollout parts this way)."""
+    state = np.random.SeedSequence([seed, step, part]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robot_bridge.spec import TASKS
+from robot_bridge.spec import AUTOEVAL_TASKS, TASKS
 
 N_BINS = 256
 # Ranges narrower than this (a dimension the data never moves, e.g. rotations of a scripted
@@ -168,7 +168,9 @@ def build_tiny_tokenizer(num_queries: int, bpe_vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = [format_prompt(t.instruction) for t in TASKS.values()] * 8 + _EXTRA_CORPUS
+    # the AutoEval tasks only: the tiny vocabulary (and every tiny checkpoint's token ids) stays
+    # what it was before the language tasks; byte-level BPE still spells their instructions
+    corpus = [format_prompt(TASKS[t].instruction) for t in AUTOEVAL_TASKS] * 8 + _EXTRA_CORPUS
     tok.train_from_iterator(corpus, trainer)
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]

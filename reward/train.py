@@ -5,6 +5,16 @@ tiled) with the episode's ``success`` label, plus optional early-frame negatives
 class-balanced (half successes, half failures) and augmented with the artefacts world-model
 rollouts show (blur, low resolution, noise, colour shifts, small shifts), because the judge will
 score imagined rollouts after training on real ones.
+
+Data parallelism (launched by torchrun / ``accelerate launch``; ``policy.distributed``):
+``batch_size`` is the global batch; every rank draws and augments the same global batch with the
+same CPU generator and keeps its contiguous slice; each slice's loss is weighted by its share of
+the batch, and the gradients are summed across ranks before clipping, so every rank takes the
+1-process step. Explicit sums rather than DistributedDataParallel because the loss goes through
+``VLMJudge.yes_no_margin``, not the model's ``forward`` DDP hooks. The logged loss is the global
+batch's; rank 0 alone shows progress, and calibrates the threshold on the validation episodes,
+then hands it (and the validation metrics) to the other ranks, so every rank returns the same
+judge.
 """
 
 from __future__ import annotations
@@ -168,13 +178,30 @@ def finetune_judge(
     Augmentation stays on the CPU (its generator too); the augmented batch moves to the judge's
     device (``config.device``; None keeps a given judge where it is).
     Returns the trained judge (in eval mode) and metrics (loss, speed, data counts, val F1).
+
+    Launched with several processes it trains data-parallel (see the module docstring); each
+    rank's judge then moves to its own GPU (``cuda:LOCAL_RANK``) even when ``config.device`` is
+    None, and every rank returns the same judge, threshold included.
     """
-    from robot_bridge.devices import autocast, resolve_precision
+    from policy.distributed import DistContext
+    from robot_bridge.devices import autocast, resolve_device, resolve_precision
 
     steps, batch_size, lr = config.steps, config.batch_size, config.lr
     judge = _as_vlm_judge(judge_or_config, episodes)
-    if config.device is not None:
-        judge.to(config.device)
+    # config.device None: the judge's kind of device, which DistContext makes each rank's own
+    # GPU when distributed (and which is not applied to a 1-process judge: it stays put)
+    dev = (
+        resolve_device(config.device)
+        if config.device is not None
+        else torch.device(judge.device.type)
+    )
+    ctx, dev = DistContext.setup(dev)
+    ctx.check_batch(batch_size)
+    if val_episodes is not None:  # before training, and on every rank (rank 0 calibrates)
+        _require_both_classes([e.success for e in labelled(val_episodes)[0]], "validation episodes")
+    if config.device is not None or ctx.enabled:
+        judge.to(dev)
+    ctx.broadcast_parameters(judge.model)  # seeded builds agree already; a given judge may not
     precision = resolve_precision(config.precision, judge.device)
     ex = build_examples(judge, episodes, config)
     if ex.n_skipped:
@@ -187,25 +214,33 @@ def finetune_judge(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
     sched = warmup_cosine(opt, max(1, int(config.warmup_frac * steps)), steps, floor=0.1)
     loss_ema, losses = None, []
-    bar = _progress(steps, progress)
+    bar = _progress(steps, progress and ctx.is_main)
     t0 = time.perf_counter()
     try:
         for step in range(steps):
+            # the global batch, drawn and augmented alike on every rank; this rank's slice
             idx = _balanced_batch(ex, batch_size, config.early_batch_frac, gen)
             x = augment(ex.images[idx].float() / 255.0, config.augment, gen)
+            mine = ctx.shard(idx)
+            idx, x = idx[mine], x[mine]
             with autocast(judge.device, precision):
                 margin = judge.yes_no_margin(x, [ex.instructions[i] for i in idx.tolist()])
             loss = F.binary_cross_entropy_with_logits(
                 margin.float(), ex.labels[idx].to(margin.device)
             )
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"judge loss is {loss.item()} at step {step} (lr {lr})")
+            if ctx.enabled:
+                loss = loss * (len(idx) / batch_size)  # the slice's share of the global batch
+            # the global batch's loss: a sum over ranks, so a NaN anywhere stops every rank
+            loss_v = ctx.sum(loss.detach()).item()
+            if not math.isfinite(loss_v):
+                raise FloatingPointError(f"judge loss is {loss_v} at step {step} (lr {lr})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            ctx.sum_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             opt.step()
             sched.step()
-            losses.append(loss.item())
+            losses.append(loss_v)
             loss_ema = losses[-1] if loss_ema is None else 0.95 * loss_ema + 0.05 * losses[-1]
             if bar is not None:
                 bar.update(1)
@@ -230,12 +265,31 @@ def finetune_judge(
         "train_config": config.to_dict(),
         "device": str(judge.device),
         "precision": precision,
+        "world_size": ctx.world_size,
     }
     if val_episodes is not None:
-        _, metrics["val_calibration"] = calibrate_threshold(judge, val_episodes)
-        metrics["val"] = evaluate_judge(judge, val_episodes)
+        metrics |= _calibrate_on_rank0(judge, val_episodes, ctx)
     metrics["threshold"] = judge.config.threshold
     return judge, metrics
+
+
+def _calibrate_on_rank0(judge: VLMJudge, val_episodes: Sequence[Any], ctx: Any) -> dict:
+    """Calibrate the threshold and evaluate on rank 0; every rank gets its threshold and
+    metrics (a failure on rank 0 is reported to the others instead of leaving them waiting)."""
+    result = None
+    if ctx.is_main:
+        try:
+            _, calibration = calibrate_threshold(judge, val_episodes)
+            result = {"val_calibration": calibration, "val": evaluate_judge(judge, val_episodes)}
+            result["threshold"] = judge.config.threshold
+        except BaseException:
+            ctx.broadcast_object(None)
+            raise
+    result = ctx.broadcast_object(result)
+    if result is None:
+        raise RuntimeError("rank 0 failed to calibrate the judge's threshold (see its error)")
+    judge.config = replace(judge.config, threshold=result.pop("threshold"))
+    return result
 
 
 def _as_vlm_judge(judge_or_config: Any, episodes: Sequence[Any]) -> VLMJudge:

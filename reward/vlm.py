@@ -88,10 +88,14 @@ def tta_view(images: torch.Tensor, sample: int, shift_px: int, brightness: float
 
 
 def tiny_corpus(config: VLMJudgeConfig, instructions: Sequence[str] = ()) -> list[str]:
-    from robot_bridge.spec import TASKS
+    from robot_bridge.spec import AUTOEVAL_TASKS, TASKS
 
+    # the AutoEval tasks by default (the tiny judge's vocabulary stays what it was); callers add
+    # the instructions of any other task they judge
     texts = sorted(
-        {t.instruction for t in TASKS.values()} | set(config.extra_instructions) | set(instructions)
+        {TASKS[t].instruction for t in AUTOEVAL_TASKS}
+        | set(config.extra_instructions)
+        | set(instructions)
     )
     prompts = [config.prompt_template.format(instruction=t) for t in texts]
     # the answers must become single tokens, so they appear on their own many times

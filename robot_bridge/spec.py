@@ -42,8 +42,21 @@ TASKS: dict[str, Task] = {
         Task("close_drawer", "close the drawer", 70),
         Task("eggplant_in_sink", "put the eggplant in the blue sink", 100),
         Task("eggplant_in_basket", "put the eggplant in the yellow basket", 100),
+        Task("blue_cup_on_plate", "put the blue cup on the plate", 100),
+        Task("red_cup_on_plate", "put the red cup on the plate", 100),
     )
 }
+
+# The four AutoEval tasks: the default task set of every command, round and benchmark.
+AUTOEVAL_TASKS: tuple[str, ...] = (
+    "open_drawer",
+    "close_drawer",
+    "eggplant_in_sink",
+    "eggplant_in_basket",
+)
+# Tasks only the instruction tells apart: both cups stand on the table in both, so a policy that
+# ignores the language succeeds on at most about half of their episodes. Simulator only.
+LANGUAGE_TASKS: tuple[str, ...] = ("blue_cup_on_plate", "red_cup_on_plate")
 
 
 # Paraphrases of each task's instruction, split once and for all: training code may see the
@@ -100,6 +113,32 @@ PARAPHRASES: dict[str, dict[str, tuple[str, ...]]] = {
             "the eggplant goes in the yellow bin",
             "set the purple vegetable down inside the basket",
             "transfer the eggplant to the yellow basket",
+        ),
+    },
+    "blue_cup_on_plate": {
+        "train": (
+            "place the blue cup on the plate",
+            "move the blue cup onto the plate",
+            "pick up the blue cup and set it on the plate",
+            "put the blue mug on the plate",
+        ),
+        "heldout": (
+            "the blue cup goes on the plate",
+            "set the blue one down on the dish",
+            "transfer the blue cup onto the white plate",
+        ),
+    },
+    "red_cup_on_plate": {
+        "train": (
+            "place the red cup on the plate",
+            "move the red cup onto the plate",
+            "pick up the red cup and set it on the plate",
+            "put the red mug on the plate",
+        ),
+        "heldout": (
+            "the red cup goes on the plate",
+            "set the red one down on the dish",
+            "transfer the red cup onto the white plate",
         ),
     },
 }

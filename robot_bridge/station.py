@@ -563,7 +563,7 @@ class Station(StepControl):
             "control_hz": CONTROL_HZ,
             "tasks": {
                 t.name: {"instruction": t.instruction, "max_steps": t.max_steps}
-                for t in TASKS.values()
+                for t in (TASKS[name] for name in self.backend.tasks)
             },
             "action_low": ACTION_LOW.tolist(),
             "action_high": ACTION_HIGH.tolist(),

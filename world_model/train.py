@@ -1,4 +1,25 @@
-"""Train or finetune the world model on recorded episodes (next-frame diffusion loss)."""
+"""Train or finetune the world model on recorded episodes (next-frame diffusion loss).
+
+Data parallelism (launched by torchrun / ``accelerate launch``; ``policy.distributed``):
+
+* ``batch_size`` is the global batch; every rank draws the same window indices from the same
+  seeded generator;
+* the global batch is cut into ``batch_parts`` equal, contiguous *parts* (0: one per process);
+  rank ``r`` of ``W`` takes parts ``[r P/W, (r+1) P/W)``. Each part's diffusion loss draws its
+  noise, timesteps and action dropout from a generator seeded from ``(seed, step, part)``, so a
+  step is a function of ``(seed, batch_parts)``, not of the process count: W processes with P
+  parts take the step one process takes with P parts. A single part uses the run's own
+  generator stream, so a 1-process run with the default draws exactly as it always has;
+* each part's loss is weighted by its share of the global batch and backpropagated on its own
+  (several parts per process are gradient accumulation), then the gradients are summed across
+  ranks before clipping, so every rank takes the same optimizer step;
+* the logged loss is the global batch's (a sum over ranks, so a non-finite loss on any rank
+  stops all of them together); rank 0 alone shows progress, callers save on rank 0.
+
+Why explicit gradient sums and not DistributedDataParallel: the loss is
+``model.training_loss``, not ``forward``, which DDP's hooks are built around, and several parts
+per rank would need ``no_sync`` bookkeeping; one all-reduce per optimizer step is exact.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +62,9 @@ class WorldModelTrainConfig(Config):
     seed: int = 0
     grad_clip: float = 1.0
     warmup_steps: int = 20  # linear warmup, then a constant learning rate
+    # equal parts of the global batch, each with its own seeded generator (see the module
+    # docstring): 0 is one per process; a multiple of the process count that divides batch_size
+    batch_parts: int = 0
     # ``robot_bridge.devices`` settings ("auto": CUDA when present); "bf16" autocasts the forward
     # pass (fp32 weights, optimizer and loss)
     device: str = "auto"
@@ -51,6 +75,11 @@ class WorldModelTrainConfig(Config):
             raise ValueError(
                 f"steps and batch_size must be >= 1, got steps={self.steps}, "
                 f"batch_size={self.batch_size}"
+            )
+        if self.batch_parts < 0 or (self.batch_parts and self.batch_size % self.batch_parts):
+            raise ValueError(
+                f"batch_parts must be 0 (one per process) or a divisor of batch_size "
+                f"{self.batch_size}, got {self.batch_parts}"
             )
         from robot_bridge.devices import check_device_setting, check_precision_setting
 
@@ -72,9 +101,18 @@ def train_world_model(
     checkpoint's action statistics, since the learned action embedding depends on them.
     The model moves to ``config.device`` once; batches and the noise generator live there.
     Returns the model (in eval mode) and metrics: per-step ``loss``, ``steps_per_s``, ...
+
+    Launched with several processes it trains data-parallel (see the module docstring); every
+    rank returns the same model.
     """
+    from policy.distributed import DistContext, part_generator
+
     steps, batch_size, lr, seed = config.steps, config.batch_size, config.lr, config.seed
     dev, precision = placement(config.device, config.precision)
+    ctx, dev = DistContext.setup(dev)
+    parts = resolve_batch_parts(ctx, batch_size, config.batch_parts)
+    per_part = batch_size // parts
+    my_parts = range(ctx.rank * parts // ctx.world_size, (ctx.rank + 1) * parts // ctx.world_size)
     torch.manual_seed(seed)
     model = _build(model_or_config, init_from).to(dev)
     cfg = model.config
@@ -82,6 +120,7 @@ def train_world_model(
     fresh = isinstance(model_or_config, WorldModelConfig) and init_from is None
     if fresh:
         cfg.action_mean, cfg.action_std = (tuple(x) for x in data.action_stats())
+    ctx.broadcast_parameters(model)  # seeded builds agree already; a given model may not
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -91,18 +130,29 @@ def train_world_model(
     losses: list[float] = []
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="world model", disable=not progress)
+    bar = tqdm(range(steps), desc="world model", disable=not (progress and ctx.is_main))
     for step in bar:
+        # the global batch, drawn alike on every rank; this rank computes its parts of it
         idx = torch.from_numpy(rng.integers(0, len(data), size=batch_size))
-        batch = {k: v.to(model.device) for k, v in data.batch(idx).items()}
-        with autocast(dev, precision):
-            loss = model.training_loss(**batch, generator=gen)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(
-                f"world-model loss is {loss.item()} at step {step} (lr={lr}); stopping"
-            )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        part_losses = []
+        for p in my_parts:
+            batch = data.batch(idx[p * per_part : (p + 1) * per_part])
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            g = gen if parts == 1 else part_generator(seed, step, p, model.device)
+            with autocast(dev, precision):
+                loss = model.training_loss(**batch, generator=g)
+            if parts > 1:
+                loss = loss / parts  # the part's share of the global batch
+            loss.backward()
+            part_losses.append(loss.detach())
+        # the global batch's loss; a sum over ranks, so a NaN or inf anywhere reaches every rank
+        loss_v = ctx.sum(torch.stack(part_losses).sum()).item()
+        if not math.isfinite(loss_v):
+            raise NonFiniteLossError(
+                f"world-model loss is {loss_v} at step {step} (lr={lr}); stopping"
+            )
+        ctx.sum_gradients(params)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         if not math.isfinite(grad_norm.item()):
             raise NonFiniteLossError(
@@ -110,7 +160,7 @@ def train_world_model(
             )
         opt.step()
         sched.step()
-        losses.append(loss.item())
+        losses.append(loss_v)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
     elapsed = time.perf_counter() - t0
@@ -120,6 +170,8 @@ def train_world_model(
         "final_loss": float(np.mean(losses[-max(1, steps // 10) :])),
         "steps": steps,
         "batch_size": batch_size,
+        "batch_parts": parts,
+        "world_size": ctx.world_size,
         "train_seconds": elapsed,
         "steps_per_s": steps / elapsed,
         "transitions": len(data),
@@ -129,6 +181,24 @@ def train_world_model(
         "precision": precision,
     }
     return model, metrics
+
+
+def resolve_batch_parts(ctx, batch_size: int, setting: int) -> int:
+    """The number of batch parts for ``WorldModelTrainConfig.batch_parts`` = ``setting`` on
+    ``ctx``'s processes (0: one per process); an uneven split is a ValueError."""
+    ctx.check_batch(batch_size)
+    parts = setting or ctx.world_size
+    if parts % ctx.world_size:
+        raise ValueError(
+            f"WorldModelTrainConfig.batch_parts={setting} must be a multiple of the "
+            f"{ctx.world_size} processes (or 0: one part per process)"
+        )
+    if batch_size % parts:
+        raise ValueError(
+            f"batch_size {batch_size} (the global batch) does not split into {parts} equal "
+            f"parts (batch_parts={setting}, {ctx.world_size} processes)"
+        )
+    return parts
 
 
 def _build(model_or_config, init_from) -> ActionConditionedWorldModel:

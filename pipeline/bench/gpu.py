@@ -171,10 +171,11 @@ def vla(kind: str, quick: bool, device: torch.device):
 def judge(device: torch.device):
     from reward.config import VLMJudgeConfig
     from reward.vlm import VLMJudge
-    from robot_bridge.spec import TASKS
+    from robot_bridge.spec import AUTOEVAL_TASKS, TASKS
 
     return VLMJudge.from_config(
-        VLMJudgeConfig(device=str(device)), instructions=[t.instruction for t in TASKS.values()]
+        VLMJudgeConfig(device=str(device)),
+        instructions=[TASKS[t].instruction for t in AUTOEVAL_TASKS],
     )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gymnast_common.config import Config
-from robot_bridge.spec import TASKS
+from robot_bridge.spec import AUTOEVAL_TASKS, TASKS
 
 # A round in a few minutes: the sizes the tests and smoke runs use (models barely train).
 SMOKE_ROUND = {
@@ -81,6 +81,7 @@ ROUND_PRESETS: dict[str, dict] = {
         "judge_steps": 3000,
         "judge_finetune_steps": 1000,
         "grpo_steps": 200,
+        "train_processes": 0,  # one process per GPU of the machine
     },
 }
 
@@ -91,7 +92,9 @@ class RoundConfig(Config):
 
     PRESETS = ROUND_PRESETS
 
-    tasks: tuple[str, ...] = tuple(TASKS)
+    # any of robot_bridge.spec.TASKS; the AutoEval tasks by default (the language tasks are the
+    # simulator's only)
+    tasks: tuple[str, ...] = AUTOEVAL_TASKS
     model_preset: str = "tiny"
     # bootstrap (first round only): scripted demonstrations -> SFT
     demo_episodes_per_task: int = 10
@@ -131,6 +134,9 @@ class RoundConfig(Config):
     # GYMNAST_DEVICE / GYMNAST_PRECISION environment, else CUDA (bf16) when present, else CPU
     device: str = "auto"
     precision: str = "auto"
+    # data-parallel processes for each training stage (world model, judge, GRPO): > 1 launches
+    # the stage under torchrun (pipeline.round.launch); 0: one per visible CUDA device (1 on CPU)
+    train_processes: int = 1
     # LeRobot datasets a lab already has (local folders, e.g. its Bridge data) that join the world
     # model's and the judge's training data (never their held-out splits): a path, or
     # {"path": ..., "success": true|false|null, "image_key": ...} (pipeline.lerobot_dataset)
@@ -170,6 +176,10 @@ class RoundConfig(Config):
             raise ValueError(
                 f"grpo_overrides train_tasks {stray} are not among the round's tasks "
                 f"{list(self.tasks)}"
+            )
+        if self.train_processes < 0:
+            raise ValueError(
+                f"train_processes must be >= 0 (0: one per CUDA device), got {self.train_processes}"
             )
         if self.explore_episodes_per_task < 0:
             raise ValueError(

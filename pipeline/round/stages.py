@@ -44,6 +44,21 @@ from robot_bridge.policies import write_policy_config
 if TYPE_CHECKING:
     from pipeline.lerobot_dataset import DatasetEpisodes
 
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch (``pipeline.round.launch``), or a single process: the one
+    that saves, evaluates and returns the stage's artifact (torch imported only when asked)."""
+    from policy.distributed import is_main_process as main
+
+    return main()
+
+
+def barrier() -> None:
+    from policy.distributed import barrier as wait_for_every_rank
+
+    wait_for_every_rank()
+
+
 Station = StationClient | FleetRunner  # one arm's client, or a fleet run as one
 
 
@@ -81,7 +96,6 @@ def bootstrap_champion(
     SFT reads the demonstrations back from the LeRobotDataset ``dataset`` (appended to; default
     ``workdir/demos_dataset``), as the world model and the judge read theirs."""
     from policy.config import VLAConfig
-    from policy.distributed import barrier, is_main_process
     from policy.sft import SFTConfig, train_sft
 
     workdir = Path(workdir)
@@ -266,7 +280,7 @@ def refresh_world_model(
     out_dir: Path,
     cfg: RoundConfig,
     progress: bool = True,
-) -> ModelArtifact:
+) -> ModelArtifact | None:
     """Train (or warm-start from last round and finetune) the world model; held-out error and a
     preview. ``sources``: see ``load_episodes`` (the loop passes its round's ``DatasetEpisodes``);
     ``cfg.external_datasets`` join the training split (held-out error stays on our arm's data)."""
@@ -287,6 +301,8 @@ def refresh_world_model(
         progress=progress,
         init_from=previous,
     )
+    if not is_main_process():
+        return None  # a torchrun launch's other ranks: rank 0 saves and evaluates
     out = Path(model.save_pretrained(out_dir))
     horizon = grpo_horizon_steps(cfg)  # what GRPO imagines, judged against the real episode
     evaluation = evaluate_world_model(
@@ -333,7 +349,7 @@ def refresh_judge(
     out_dir: Path,
     cfg: RoundConfig,
     progress: bool = True,
-) -> ModelArtifact:
+) -> ModelArtifact | None:
     """Finetune the success judge on the success-labelled real episodes; F1 on held-out ones.
     ``sources`` as for ``refresh_world_model``; labelled episodes of ``cfg.external_datasets``
     join the training split only (threshold and held-out F1 stay on our arm's data)."""
@@ -361,6 +377,8 @@ def refresh_judge(
         val_episodes=val,
         progress=progress,
     )
+    if not is_main_process():
+        return None  # a torchrun launch's other ranks: rank 0 saves and evaluates
     out = Path(judge.save_pretrained(out_dir))
     held_metrics = evaluate_judge(judge, held)
     return ModelArtifact(
@@ -389,7 +407,7 @@ def train_challenger(
     progress: bool = True,
     on_step: Callable | None = None,
     on_rollouts: Callable | None = None,
-) -> ModelArtifact:
+) -> ModelArtifact | None:
     """GRPO-finetune the champion in the world model, rewarded by the judge, from real initial frames.
     ``on_rollouts``: ``train_grpo``'s (e.g. a ``pipeline.rollout_strip.RolloutKeeper``)."""
     from policy.grpo import GRPOConfig, train_grpo
@@ -408,7 +426,7 @@ def train_challenger(
         **{"device": cfg.device, "precision": cfg.precision, **cfg.grpo_overrides},
     )
     snapshots = snapshots_dir(Path(out_dir))
-    if snapshots.exists():
+    if snapshots.exists() and is_main_process():
         shutil.rmtree(snapshots)  # an earlier run's: they would pass for this one's
     at = snapshot_steps(cfg)
 
@@ -422,6 +440,8 @@ def train_challenger(
         policy, wm, judge_model, starts, grpo_cfg,
         progress=progress, on_step=step_done, on_rollouts=on_rollouts,
     )  # fmt: skip
+    if not is_main_process():
+        return None  # a torchrun launch's other ranks: rank 0 saves (snapshots too, in on_step)
     out = Path(policy.save_pretrained(out_dir))
     metrics = {
         "grpo_steps": len(history),
@@ -435,6 +455,14 @@ def train_challenger(
         json.dumps([dataclasses.asdict(h) for h in history], indent=1)
     )
     return ModelArtifact(out, checkpoint_sha256(out), metrics)
+
+
+def grpo_history(challenger_dir: Path) -> list:
+    """The ``GRPOStats`` of every step ``train_challenger`` took, from beside its policy."""
+    from policy.grpo import GRPOStats
+
+    rows = json.loads((Path(challenger_dir) / "grpo_history.json").read_text())
+    return [GRPOStats(**row) for row in rows]
 
 
 def snapshot_steps(cfg: RoundConfig) -> list[int]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from robot_bridge.spec import IMAGE_SHAPE, STATE_DIM
+from robot_bridge.spec import AUTOEVAL_TASKS, IMAGE_SHAPE, STATE_DIM
 
 
 @dataclass
@@ -84,6 +84,9 @@ class RobotBackend(ABC):
     """
 
     info: BackendInfo
+    # The tasks whose scene this backend has (the station's hello lists them): the AutoEval
+    # tasks; the simulator adds the language tasks.
+    tasks: tuple[str, ...] = AUTOEVAL_TASKS
 
     @abstractmethod
     def reset(self, task: str, seed: int | None = None) -> Observation:

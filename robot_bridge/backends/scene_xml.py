@@ -46,6 +46,12 @@ class SceneStyle:
     cabinet_rgba: tuple = (0.92, 0.92, 0.90, 1)
     drawer_rgba: tuple = (0.95, 0.45, 0.10, 1)
     handle_rgba: tuple = (0.10, 0.75, 0.80, 1)
+    # the language tasks' objects (in their scenes only: ``language_bodies_xml``)
+    blue_cup_rgba: tuple = (0.12, 0.30, 0.88, 1)
+    red_cup_rgba: tuple = (0.85, 0.12, 0.10, 1)
+    cup_inside_rgba: tuple = (0.18, 0.16, 0.15, 1)
+    plate_rgba: tuple = (0.96, 0.96, 0.93, 1)
+    plate_rim_rgba: tuple = (0.70, 0.74, 0.78, 1)
     light_dir: tuple = (0.3, 0.2, -1.0)
     light_diffuse: float = 0.65
     ambient: float = 0.35
@@ -72,6 +78,10 @@ GAP_STYLE = replace(
     basket_rgba=(0.95, 0.70, 0.10, 1),
     cabinet_rgba=(0.70, 0.55, 0.40, 1),
     drawer_rgba=(0.80, 0.30, 0.15, 1),
+    blue_cup_rgba=(0.20, 0.42, 0.95, 1),
+    red_cup_rgba=(0.92, 0.22, 0.15, 1),
+    plate_rgba=(0.90, 0.88, 0.80, 1),
+    plate_rim_rgba=(0.55, 0.55, 0.62, 1),
     light_dir=(-0.5, 0.4, -0.8),
     light_diffuse=0.85,
     ambient=0.20,
@@ -123,6 +133,16 @@ EGGPLANT_RADIUS = 0.021
 EGGPLANT_HALF_LEN = 0.035
 CABINET_POS = np.array([0.40, 0.165])  # drawer front face x, cabinet centre y
 HANDLE_Z = TABLE_Z + 0.06
+
+# The language tasks' cups and plate (robot_bridge.spec.LANGUAGE_TASKS): two cups alike but for
+# their colour, so only the instruction says which one goes on the plate.
+CUP_COLOURS = ("blue", "red")
+CUP_RADIUS = 0.021
+CUP_HALF_HEIGHT = 0.03
+PLATE_RADIUS = 0.07  # outer radius; the rim is the outer 15 mm
+PLATE_INNER = 0.055
+PLATE_TOP = TABLE_Z + 0.008  # the plate's surface
+PLATE_POS = np.array([0.24, 0.12])  # where the plate stands in the model, before the layout
 
 
 def _arm_xml(s: SceneStyle) -> str:
@@ -206,6 +226,30 @@ def _eggplant_xml(s: SceneStyle) -> str:
       <geom name="eggplant_body" class="object" type="capsule" size="{r} {h}" euler="0 1.5708 0" rgba="{_fmt(s.eggplant_rgba)}" mass="0.06"/>
       <geom name="eggplant_cap" class="object" type="cylinder" size="0.011 0.012" pos="{h + r + 0.006:.4f} 0 0" euler="0 1.5708 0" rgba="{_fmt(s.eggplant_cap_rgba)}" mass="0.005"/>
     </body>"""
+
+
+def language_bodies_xml(s: SceneStyle) -> str:
+    """The plate (fixed to the table, like the containers) and the two cups (free bodies), added
+    to the MJCF of the language tasks' scenes only: the AutoEval tasks' model stays the base
+    scene's, byte for byte."""
+    r, h = CUP_RADIUS, CUP_HALF_HEIGHT
+    cups = []
+    for i, colour in enumerate(CUP_COLOURS):
+        rgba = getattr(s, f"{colour}_cup_rgba")
+        # the dark disc on top reads as the cup's opening; it has no contact
+        cups.append(f"""
+    <body name="{colour}_cup" pos="{PLATE_POS[0]} {PLATE_POS[1] - 0.1 + 0.2 * i:.4f} {TABLE_Z + h:.4f}">
+      <freejoint name="{colour}_cup_free"/>
+      <geom name="{colour}_cup_body" class="object" type="cylinder" size="{r} {h}" rgba="{_fmt(rgba)}" mass="0.02"/>
+      <geom type="cylinder" size="{r - 0.004:.4f} 0.004" pos="0 0 {0.004 - h:.4f}" rgba="{_fmt(rgba)}" contype="0" conaffinity="0" mass="0.05"/>
+      <geom type="cylinder" size="{r - 0.004:.4f} 0.0008" pos="0 0 {h:.4f}" rgba="{_fmt(s.cup_inside_rgba)}" contype="0" conaffinity="0" mass="0"/>
+    </body>""")
+    rim_h = (PLATE_TOP - TABLE_Z) / 2
+    return f"""
+    <body name="plate" pos="{PLATE_POS[0]} {PLATE_POS[1]} {TABLE_Z}">
+      <geom name="plate_rim" type="cylinder" size="{PLATE_RADIUS} {rim_h - 0.001:.4f}" pos="0 0 {rim_h - 0.001:.4f}" rgba="{_fmt(s.plate_rim_rgba)}"/>
+      <geom name="plate_surface" type="cylinder" size="{PLATE_INNER} {rim_h:.4f}" pos="0 0 {rim_h:.4f}" rgba="{_fmt(s.plate_rgba)}"/>
+    </body>{"".join(cups)}"""
 
 
 def build_scene_xml(

@@ -78,9 +78,16 @@ class SceneVariant:
         return ""
 
     def sample(
-        self, rng: np.random.Generator, style, keepouts: list[Keepout], table_z: float
+        self,
+        rng: np.random.Generator,
+        style,
+        keepouts: list[Keepout],
+        table_z: float,
+        avoid: tuple[tuple[str, str], ...] = (),
     ) -> dict:
-        """The episode's parameters (JSON types: they are recorded with the episode)."""
+        """The episode's parameters (JSON types: they are recorded with the episode).
+        ``avoid``: (object kind, colour) pairs no distractor may take (the language tasks' target
+        cups); the draw is the same as without it where it avoids nothing."""
         raise NotImplementedError
 
     def apply(self, model, data, params: dict, table_z: float) -> None:
@@ -204,7 +211,12 @@ class DistractorScene(SceneVariant):
         return "".join(out)
 
     def sample(
-        self, rng: np.random.Generator, style, keepouts: list[Keepout], table_z: float
+        self,
+        rng: np.random.Generator,
+        style,
+        keepouts: list[Keepout],
+        table_z: float,
+        avoid: tuple[tuple[str, str], ...] = (),
     ) -> dict:
         n = int(rng.integers(2, 5))
         twin = bool(rng.random() < 0.75)  # most scenes hold an object much like the target
@@ -214,7 +226,8 @@ class DistractorScene(SceneVariant):
         objects = []
         for k in chosen:
             o = _OBJECTS[k]
-            colour = o.colours[int(rng.integers(len(o.colours)))]
+            allowed = [c for c in o.colours if (o.kind, c) not in avoid]
+            colour = allowed[int(rng.integers(len(allowed)))]
             yaw = float(rng.uniform(-math.pi, math.pi))
             for _ in range(_PLACE_TRIES):
                 x, y = (float(v) for v in rng.uniform(_PLACE_LOW, _PLACE_HIGH))
@@ -286,7 +299,12 @@ class BackgroundScene(SceneVariant):
         return "".join(out)
 
     def sample(
-        self, rng: np.random.Generator, style, keepouts: list[Keepout], table_z: float
+        self,
+        rng: np.random.Generator,
+        style,
+        keepouts: list[Keepout],
+        table_z: float,
+        avoid: tuple[tuple[str, str], ...] = (),
     ) -> dict:
         tables, walls = sorted(_TABLES), sorted(_WALLS)
         return {
@@ -348,7 +366,12 @@ class CameraScene(SceneVariant):
     )
 
     def sample(
-        self, rng: np.random.Generator, style, keepouts: list[Keepout], table_z: float
+        self,
+        rng: np.random.Generator,
+        style,
+        keepouts: list[Keepout],
+        table_z: float,
+        avoid: tuple[tuple[str, str], ...] = (),
     ) -> dict:
         pos = np.asarray(style.camera_pos) + rng.uniform(-CAMERA_SHIFT, CAMERA_SHIFT, size=3)
         target = np.asarray(style.camera_target) + rng.uniform(

@@ -1,8 +1,15 @@
-"""A MuJoCo-simulated WidowX 250s station: the four AutoEval tasks with ground-truth success.
+"""A MuJoCo-simulated WidowX 250s station: the four AutoEval tasks and the two language tasks,
+with ground-truth success.
 
 The arm follows the public Interbotix WX250s kinematics (link offsets and joint limits of
 ``wx250s.urdf.xacro``) built from primitive geoms; the scene is a table with a drawer cabinet, a
 purple eggplant, a blue sink and a yellow basket, seen by one over-the-shoulder RGB camera.
+
+The language tasks (``robot_bridge.spec.LANGUAGE_TASKS``: put the blue / the red cup on the
+plate) run in a model of their own: the base scene (or variant) plus a plate and two cups, with
+the eggplant parked off the table. Both cups stand on the table in both tasks, at the same
+seeded places for a seed, so only the instruction tells which one to move. The AutoEval tasks'
+model never holds these bodies: their observations are what they were before the cups existed.
 
 Coordinates are the robot-base frame: x forward, y left, z up, origin at the base of the arm
 (which stands on a 10 cm riser, so the table top is z = -0.10). The Bridge workspace box of
@@ -36,6 +43,9 @@ from robot_bridge.backends.scene_xml import (  # noqa: F401 (the scene's constan
     BASKET_POS,
     BASKET_WALL,
     CABINET_POS,
+    CUP_COLOURS,
+    CUP_HALF_HEIGHT,
+    CUP_RADIUS,
     DRAWER_CLOSED_SUCCESS,
     DRAWER_OPEN_SUCCESS,
     DRAWER_TRAVEL,
@@ -48,6 +58,9 @@ from robot_bridge.backends.scene_xml import (  # noqa: F401 (the scene's constan
     FINGER_STOP,
     GAP_STYLE,
     HANDLE_Z,
+    PLATE_INNER,
+    PLATE_RADIUS,
+    PLATE_TOP,
     SIM_STYLE,
     SINK_INNER,
     SINK_POS,
@@ -55,6 +68,7 @@ from robot_bridge.backends.scene_xml import (  # noqa: F401 (the scene's constan
     TABLE_Z,
     SceneStyle,
     build_scene_xml,
+    language_bodies_xml,
 )
 from robot_bridge.backends.scenes import (
     BASE_SCENE,
@@ -64,7 +78,14 @@ from robot_bridge.backends.scenes import (
     variant_rng,
 )
 from robot_bridge.rotations import euler_to_matrix, matrix_to_euler
-from robot_bridge.spec import ACTION_DIM, CONTROL_HZ, clip_target_position, get_task
+from robot_bridge.spec import (
+    ACTION_DIM,
+    CONTROL_HZ,
+    LANGUAGE_TASKS,
+    TASKS,
+    clip_target_position,
+    get_task,
+)
 
 # Gripper-down orientation: the gripper's approach axis (its local x) points along -z and its
 # fingers close along the base y axis. States and targets store angles relative to it.
@@ -125,6 +146,9 @@ class _Layout:
     sink_xy: np.ndarray
     basket_xy: np.ndarray
     cabinet_y: float
+    # language tasks only: the plate and each cup (by colour); the eggplant is then parked
+    plate_xy: np.ndarray | None = None
+    cup_xy: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -135,21 +159,75 @@ class _CompiledScene:
     default_body_pos: np.ndarray
 
 
+# Language-task placements (robot-base frame): a box of the table in the camera's view and the
+# arm's reach, in front of the cabinet and beside the containers. A cup keeps room for the open
+# fingers around it (they reach 5 cm to either side) clear of the other objects.
+_LANG_LOW, _LANG_HIGH = np.array([0.12, 0.0]), np.array([0.33, 0.23])
+_LANG_MAX_X, _LANG_MAX_Y = 0.34, 0.24  # no footprint beyond (the drawer handle; the workspace)
+_FINGER_ROOM = 0.05
+_ARM_BASE_CLEAR = 0.15
+_PLACE_TRIES = 500
+_EGGPLANT_PARK = (-0.3, -1.6)  # off the table, behind the camera, on the floor
+
+
+def _place_language_objects(
+    rng: np.random.Generator, sink_xy: np.ndarray, basket_xy: np.ndarray
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The plate's and the cups' seeded places: every footprint on the free table, the cups
+    apart from each other and from the plate with room for the fingers. Blue is drawn first,
+    then red, whatever the task: a seed sets the same scene for both language tasks."""
+    m = 0.01
+    zones = [
+        Keepout(*sink_xy, hx=SINK_INNER + 0.006 + m, hy=SINK_INNER + 0.006 + m),
+        Keepout(*basket_xy, hx=BASKET_INNER + 0.006 + m, hy=BASKET_INNER + 0.006 + m),
+        Keepout(0.0, 0.0, r=_ARM_BASE_CLEAR),
+    ]
+
+    def free(xy: np.ndarray, radius: float, others: list[Keepout]) -> bool:
+        x, y = float(xy[0]), float(xy[1])
+        inside = x + radius <= _LANG_MAX_X and y + radius <= _LANG_MAX_Y
+        return inside and not any(z.hits(x, y, radius) for z in (*zones, *others))
+
+    for _ in range(_PLACE_TRIES):
+        plate = rng.uniform(_LANG_LOW, _LANG_HIGH)
+        if not free(plate, PLATE_RADIUS, []):
+            continue
+        placed = [Keepout(*plate, r=PLATE_RADIUS + 0.015 + CUP_RADIUS - _FINGER_ROOM)]
+        cups: dict[str, np.ndarray] = {}
+        for colour in CUP_COLOURS:
+            for _ in range(100):
+                xy = rng.uniform(_LANG_LOW, _LANG_HIGH)
+                if free(xy, _FINGER_ROOM, placed):
+                    cups[colour] = xy
+                    placed.append(Keepout(*xy, r=CUP_RADIUS + 0.01))
+                    break
+        if len(cups) == len(CUP_COLOURS):
+            return plate, cups
+    # never reached in practice (measured: at most ~100 tries over 2000 seeds); a fixed layout
+    # keeps the episode valid all the same
+    return np.array([0.17, 0.15]), {"blue": np.array([0.29, 0.17]), "red": np.array([0.29, 0.06])}
+
+
 def _keepouts(layout: _Layout) -> list[Keepout]:
     """Where a distractor would be in the task's way: the eggplant and room for the open fingers
-    around it, the containers and a margin, the drawer's travel with the gripper in front of its
-    handle, and the arm's base."""
+    around it (in a language task: the plate and the cups with that room instead), the
+    containers and a margin, the drawer's travel with the gripper in front of its handle (the
+    shut cabinet in a language task), and the arm's base."""
     m = 0.035
+    if layout.plate_xy is None:
+        targets = [Keepout(*layout.eggplant_xy, r=EGGPLANT_HALF_LEN + EGGPLANT_RADIUS + 0.045)]
+    else:
+        # the fingers' room is margin enough around a cup: a wider one leaves the distractors
+        # too little free table
+        targets = [Keepout(*layout.plate_xy, r=PLATE_RADIUS + 0.02)]
+        targets += [Keepout(*xy, r=_FINGER_ROOM + 0.01) for xy in layout.cup_xy.values()]
+    # the drawer's travel; in a language task the drawer stays shut: the cabinet and its handle
+    front = CABINET_POS[0] - (DRAWER_TRAVEL + 0.11 if layout.plate_xy is None else 0.05 + m)
     return [
-        Keepout(*layout.eggplant_xy, r=EGGPLANT_HALF_LEN + EGGPLANT_RADIUS + 0.045),
+        *targets,
         Keepout(*layout.sink_xy, hx=SINK_INNER + 0.006 + m, hy=SINK_INNER + 0.006 + m),
         Keepout(*layout.basket_xy, hx=BASKET_INNER + 0.006 + m, hy=BASKET_INNER + 0.006 + m),
-        Keepout(
-            (CABINET_POS[0] - DRAWER_TRAVEL - 0.11 + 0.80) / 2,
-            layout.cabinet_y,
-            hx=(0.80 - (CABINET_POS[0] - DRAWER_TRAVEL - 0.11)) / 2,
-            hy=0.07 + 0.05,
-        ),
+        Keepout((front + 0.80) / 2, layout.cabinet_y, hx=(0.80 - front) / 2, hy=0.07 + 0.05),
         Keepout(0.0, 0.0, r=0.12),
     ]
 
@@ -159,6 +237,7 @@ class SimBackend(RobotBackend):
 
     name = "sim"
     style: SceneStyle = SIM_STYLE
+    tasks: tuple[str, ...] = tuple(TASKS)  # the AutoEval tasks and the language tasks
     # Named scenes besides the base one, selectable per reset (robot_bridge.backends.scenes).
     scene_variants: tuple[str, ...] = tuple(SCENE_VARIANTS)
 
@@ -170,9 +249,11 @@ class SimBackend(RobotBackend):
             has_ground_truth_success=True,
             extra={"simulator": f"mujoco {mujoco.__version__}", "control_hz": CONTROL_HZ},
         )
-        # One compiled model per scene variant, made on first use and kept.
-        self._scenes: dict[str, _CompiledScene] = {}
+        # One compiled model per scene variant, and per variant with the language tasks' cups and
+        # plate (True), made on first use and kept.
+        self._scenes: dict[tuple[str, bool], _CompiledScene] = {}
         self._scene = BASE_SCENE
+        self._language = False  # whether the current model holds the cups and the plate
         self.scene_params: dict | None = None  # the current episode's variant draw, if any
         self._use_scene(BASE_SCENE)
         self._n_substeps = max(1, round(self.config.control_dt / self.model.opt.timestep))
@@ -180,7 +261,7 @@ class SimBackend(RobotBackend):
         # its socket thread and from job threads: one renderer per thread and scene model.
         self._render_enabled = render
         self._image_size = image_size
-        self._renderers: dict[tuple[int, str], mujoco.Renderer] = {}
+        self._renderers: dict[tuple[int, str, bool], mujoco.Renderer] = {}
         self._renderers_lock = threading.Lock()
         self._blank = np.zeros((image_size, image_size, 3), dtype=np.uint8)
         self._seq = SequenceCounter()
@@ -198,22 +279,28 @@ class SimBackend(RobotBackend):
         """The scene variant of the current episode (``"base"``: the default scene)."""
         return self._scene
 
-    def _use_scene(self, name: str) -> None:
-        compiled = self._scenes.get(name)
+    def _use_scene(self, name: str, language: bool = False) -> None:
+        compiled = self._scenes.get((name, language))
         if compiled is None:
-            if name == BASE_SCENE:
+            extra = language_bodies_xml(self.style) if language else ""
+            if name == BASE_SCENE and not language:
                 xml = build_scene_xml(self.style, self.config.image_size)
+            elif name == BASE_SCENE:
+                xml = build_scene_xml(self.style, self.config.image_size, "", extra)
             else:
                 v = get_variant(name)
                 xml = build_scene_xml(
-                    self.style, self.config.image_size, v.assets_xml(), v.bodies_xml(TABLE_Z)
+                    self.style,
+                    self.config.image_size,
+                    v.assets_xml(),
+                    v.bodies_xml(TABLE_Z) + extra,
                 )
             model = mujoco.MjModel.from_xml_string(xml)
             compiled = _CompiledScene(
                 model, mujoco.MjData(model), mujoco.MjData(model), model.body_pos.copy()
             )
-            self._scenes[name] = compiled
-        self._scene = name
+            self._scenes[(name, language)] = compiled
+        self._scene, self._language = name, language
         self.model, self.data, self._ik_data = compiled.model, compiled.data, compiled.ik_data
         self._default_body_pos = compiled.default_body_pos
         self._index_model()
@@ -249,13 +336,21 @@ class SimBackend(RobotBackend):
         geom = lambda n: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, n)  # noqa: E731
         self._pad_geoms = {geom("left_pad"), geom("right_pad")}
         self._egg_geoms = {geom("eggplant_body"), geom("eggplant_cap")}
+        if self._language:
+            self._plate_body = body("plate")
+            self._cup_body = {c: body(f"{c}_cup") for c in CUP_COLOURS}
+            self._cup_geom = {c: geom(f"{c}_cup_body") for c in CUP_COLOURS}
+            self._cup_qpos = {
+                c: m.jnt_qposadr[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, f"{c}_cup_free")]
+                for c in CUP_COLOURS
+            }
 
     # ------------------------------------------------------------------ episode
 
     def _sample_layout(self, task: str, rng: np.random.Generator) -> _Layout:
         u = lambda lo, hi: rng.uniform(lo, hi)  # noqa: E731
         drawer_q = u(0.08, 0.11) if task == "close_drawer" else u(0.0, 0.01)
-        return _Layout(
+        layout = _Layout(
             arm_pos=np.array([0.22 + u(-0.02, 0.02), 0.03 + u(-0.03, 0.03), 0.09 + u(-0.02, 0.02)]),
             arm_yaw=u(-0.15, 0.15),
             eggplant_xy=EGGPLANT_POS + rng.uniform(-0.02, 0.02, size=2),
@@ -265,6 +360,11 @@ class SimBackend(RobotBackend):
             basket_xy=BASKET_POS + rng.uniform(-0.012, 0.012, size=2),
             cabinet_y=float(CABINET_POS[1] + u(-0.012, 0.012)),
         )
+        if task in LANGUAGE_TASKS:  # drawn after the rest: the other draws stay as they were
+            layout.plate_xy, layout.cup_xy = _place_language_objects(
+                rng, layout.sink_xy, layout.basket_xy
+            )
+        return layout
 
     def reset(self, task: str, seed: int | None = None, scene: str | None = None) -> Observation:
         """``scene``: a name of ``scene_variants`` (``None`` or ``"base"``: the default scene);
@@ -272,10 +372,11 @@ class SimBackend(RobotBackend):
         get_task(task)
         scene = BASE_SCENE if scene is None else scene
         variant = None if scene == BASE_SCENE else get_variant(scene)
+        language = task in LANGUAGE_TASKS
         rng = np.random.default_rng(seed)
         layout = self._sample_layout(task, rng)
-        if self._scene != scene:
-            self._use_scene(scene)
+        if (self._scene, self._language) != (scene, language):
+            self._use_scene(scene, language)
         self._task, self._layout = task, layout
         m, d = self.model, self.data
         m.body_pos[:] = self._default_body_pos
@@ -293,6 +394,13 @@ class SimBackend(RobotBackend):
             0.0,
             math.sin(half),
         ]
+        if language:
+            m.body_pos[self._plate_body, :2] = layout.plate_xy
+            # the eggplant waits on the floor, out of the camera's view and the arm's reach
+            d.qpos[self._egg_qpos : self._egg_qpos + 3] = [*_EGGPLANT_PARK, -0.8 + EGGPLANT_RADIUS]
+            for colour, xy in layout.cup_xy.items():
+                q = self._cup_qpos[colour]
+                d.qpos[q : q + 7] = [*xy, TABLE_Z + CUP_HALF_HEIGHT + 0.001, 1.0, 0.0, 0.0, 0.0]
         self._target_pos = layout.arm_pos.copy()
         self._target_rpy = np.array([0.0, 0.0, layout.arm_yaw])
         q0 = np.array([0.0, -0.3, 0.6, 0.0, 1.2, 0.0])
@@ -304,7 +412,12 @@ class SimBackend(RobotBackend):
         self.scene_params = None
         if variant is not None:
             self.scene_params = variant.sample(
-                variant_rng(seed), self.style, _keepouts(layout), TABLE_Z
+                variant_rng(seed),
+                self.style,
+                _keepouts(layout),
+                TABLE_Z,
+                # a distractor cup in a target cup's colour would make the instruction ambiguous
+                avoid=tuple(("cup", c) for c in CUP_COLOURS) if language else (),
             )
             variant.apply(m, d, self.scene_params, TABLE_Z)
         mujoco.mj_forward(m, d)
@@ -355,7 +468,7 @@ class SimBackend(RobotBackend):
         return self._seq.stamp(self._render(), self._state())
 
     def _renderer(self) -> mujoco.Renderer:
-        key = (threading.get_ident(), self._scene)
+        key = (threading.get_ident(), self._scene, self._language)
         with self._renderers_lock:
             if key not in self._renderers:
                 self._renderers[key] = mujoco.Renderer(
@@ -401,7 +514,7 @@ class SimBackend(RobotBackend):
         # a context can only be released from its own thread; others die with their threads
         me = threading.get_ident()
         with self._renderers_lock:
-            own = [r for (thread, _), r in self._renderers.items() if thread == me]
+            own = [r for (thread, *_), r in self._renderers.items() if thread == me]
             self._renderers.clear()
         for renderer in own:
             renderer.close()
@@ -444,7 +557,7 @@ class SimBackend(RobotBackend):
         egg_rot = d.xmat[self._egg_body].reshape(3, 3)
         axis = egg_rot[:, 0]  # the capsule lies along the body x axis
         state = self._state()
-        return {
+        truth = {
             "task": self._task,
             "ee_pos": state[:3].astype(np.float64),
             "ee_rpy": state[3:6].astype(np.float64),
@@ -466,6 +579,18 @@ class SimBackend(RobotBackend):
             "basket_wall_height": BASKET_WALL,
             "table_z": TABLE_Z,
         }
+        if self._language:
+            for colour in CUP_COLOURS:
+                truth[f"{colour}_cup_pos"] = d.xpos[self._cup_body[colour]].copy()
+            truth.update(
+                cup_radius=CUP_RADIUS,
+                cup_half_height=CUP_HALF_HEIGHT,
+                plate_center=d.xpos[self._plate_body].copy(),
+                plate_radius=PLATE_RADIUS,
+                plate_inner_radius=PLATE_INNER,
+                plate_top_z=PLATE_TOP,
+            )
+        return truth
 
     def _eggplant_in(self, body: int, inner_half: float, wall_h: float) -> bool:
         d = self.data
@@ -476,11 +601,24 @@ class SimBackend(RobotBackend):
         return inside and low and not self._eggplant_held()
 
     def _eggplant_held(self) -> bool:
+        return self._held(self._egg_geoms)
+
+    def _held(self, geoms: set[int]) -> bool:
         for c in self.data.contact[: self.data.ncon]:
             pair = {c.geom1, c.geom2}
-            if pair & self._pad_geoms and pair & self._egg_geoms:
+            if pair & self._pad_geoms and pair & geoms:
                 return True
         return False
+
+    def _cup_on_plate(self, colour: str) -> bool:
+        """The cup stands upright on the plate's surface, its centre inside the rim, and no
+        finger touches it."""
+        d = self.data
+        cup, plate = d.xpos[self._cup_body[colour]], d.xpos[self._plate_body]
+        inside = bool(np.hypot(*(cup[:2] - plate[:2])) < PLATE_INNER)
+        resting = abs(float(cup[2]) - (PLATE_TOP + CUP_HALF_HEIGHT)) < 0.006
+        upright = float(d.xmat[self._cup_body[colour]][8]) > 0.95  # its axis against world z
+        return inside and resting and upright and not self._held({self._cup_geom[colour]})
 
     def success(self) -> bool:
         self._require_reset()
@@ -493,6 +631,8 @@ class SimBackend(RobotBackend):
             return self._eggplant_in(self._sink_body, SINK_INNER, SINK_WALL)
         if self._task == "eggplant_in_basket":
             return self._eggplant_in(self._basket_body, BASKET_INNER, BASKET_WALL)
+        if self._task in LANGUAGE_TASKS:
+            return self._cup_on_plate(self._task.split("_", 1)[0])
         raise AssertionError(f"task {self._task!r} has no success rule")
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from robot_bridge.policies.base import Policy, PolicyLoadError
-from robot_bridge.spec import ACTION_DIM, ACTION_HIGH, ACTION_LOW, get_task
+from robot_bridge.spec import ACTION_DIM, ACTION_HIGH, ACTION_LOW, LANGUAGE_TASKS, get_task
 
 if TYPE_CHECKING:
     from robot_bridge.backends.base import Observation, RobotBackend
@@ -129,6 +129,8 @@ class ScriptedExpertPolicy(Policy):
             return self._plan_open_drawer()
         if task == "close_drawer":
             return self._plan_close_drawer()
+        if task in LANGUAGE_TASKS:
+            return self._plan_cup(task.split("_", 1)[0])
         container = "sink" if task == "eggplant_in_sink" else "basket"
         return self._plan_eggplant(container)
 
@@ -174,6 +176,58 @@ class ScriptedExpertPolicy(Policy):
         return phases + [
             _Phase("carry", lambda s: (above_container(s), s["target_rpy"][2]), 0.0, tol=0.015),
             _Phase("lower", lambda s: (into_container(s), s["target_rpy"][2]), 0.0, tol=0.012),
+            _Phase("release", hold, 1.0, tol=1.0, hold=2),
+            _Phase(
+                "retreat",
+                lambda s: (_up(s["ee_pos"], 0.08), s["target_rpy"][2]),
+                1.0,
+                max_steps=10**9,
+            ),
+        ]
+
+    def _plan_cup(self, colour: str) -> list[_Phase]:
+        """Grasp the ``colour`` cup from above, lift it, carry it over the plate, lower it until
+        it stands on the plate, release, lift away. The mistakes are the eggplant's: a grasp
+        above the cup, or a release on the way."""
+        key = f"{colour}_cup_pos"
+        offset = np.zeros(3)
+        early_release = False
+        if self._mistake:
+            if self._rng.random() < 0.5:  # pinch the air above the cup
+                offset[2] = 0.06
+            else:
+                early_release = True
+
+        def grasp_point(s: dict) -> np.ndarray:
+            # a little below the cup's middle: the pads then clear the table by ~1 cm
+            return s[key] + offset + np.array([0.0, 0.0, -0.004])
+
+        def above_plate(s: dict) -> np.ndarray:
+            p = s["plate_center"].copy()
+            p[2] = 0.04
+            return p
+
+        def onto_plate(s: dict) -> np.ndarray:
+            # the grasp point's height above the table, put back on top of the plate (+3 mm,
+            # so the cup drops the last bit rather than being pushed into the plate)
+            p = s["plate_center"].copy()
+            p[2] = s["plate_top_z"] + s["cup_half_height"] - 0.004 + 0.003
+            return p
+
+        hold = lambda s: (s["ee_pos"].copy(), s["target_rpy"][2])  # noqa: E731
+        phases = [
+            _Phase("approach", lambda s: (_up(grasp_point(s), 0.09), 0.0), 1.0, tol=0.012),
+            _Phase("descend", lambda s: (grasp_point(s), 0.0), 1.0, tol=0.008, max_steps=8),
+            _Phase("grasp", hold, 0.0, tol=1.0, hold=3),
+            _Phase(
+                "lift", lambda s: (np.r_[s["ee_pos"][:2], 0.04], s["target_rpy"][2]), 0.0, tol=0.015
+            ),
+        ]
+        if early_release:
+            phases.append(_Phase("drop", hold, 1.0, tol=1.0, hold=2))
+        return phases + [
+            _Phase("carry", lambda s: (above_plate(s), s["target_rpy"][2]), 0.0, tol=0.012),
+            _Phase("lower", lambda s: (onto_plate(s), s["target_rpy"][2]), 0.0, tol=0.008),
             _Phase("release", hold, 1.0, tol=1.0, hold=2),
             _Phase(
                 "retreat",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,9 +19,9 @@ import torch
 # As a torchrun script this file's own folder is on sys.path, not tests/ (where pytest's conftest
 # puts it): the shared small models live there.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from distributed_launch import run_worker  # noqa: E402
 from small_models import SMALL_VLA, SyntheticEpisode  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 SMALL = SMALL_VLA
 GLOBAL_BATCH = 8
 STEPS = 2  # the second step checks that every rank's sampling stream stays in step
@@ -90,22 +89,7 @@ def _single_process_env(monkeypatch):
 
 
 def test_two_gloo_ranks_take_the_same_sft_step_as_one_process(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env |= {
-        "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        "GYMNAST_DEVICE": "cpu",
-    }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    run = subprocess.run(
-        [*cmd, str(Path(__file__).resolve()), str(tmp_path)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run_worker(__file__, [tmp_path], nproc=2, timeout=240)
     ddp = torch.load(tmp_path / "p.pt")
     ddp_metrics = json.loads((tmp_path / "metrics.json").read_text())
     # Only rank 0 calls the callback (MLflow); rank 1 trains silently.
@@ -250,24 +234,7 @@ def _grpo_worker(out: Path) -> None:
 
 
 def _run(args: list[str], tmp: Path, nproc: int | None) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env |= {
-        "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        "GYMNAST_DEVICE": "cpu",
-    }
-    launch = [sys.executable]
-    if nproc is not None:
-        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    run = subprocess.run(
-        [*launch, str(Path(__file__).resolve()), str(tmp), *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run_worker(__file__, [tmp, *args], nproc=nproc)
 
 
 def test_two_gloo_ranks_take_the_same_grpo_steps_as_one_process(tmp_path):

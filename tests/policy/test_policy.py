@@ -17,9 +17,9 @@ from policy.tokenization import ActionTokenizer
 from policy.vla import CheckpointError, VLAPolicy
 from robot_bridge.backends.base import Observation
 from robot_bridge.policies import PolicyLoadError, load_policy, read_policy_config
-from robot_bridge.spec import TASKS
+from robot_bridge.spec import AUTOEVAL_TASKS, TASKS
 
-INSTRUCTIONS = [t.instruction for t in TASKS.values()]
+INSTRUCTIONS = [TASKS[t].instruction for t in AUTOEVAL_TASKS]  # a batch of four
 SMALL = SMALL_VLA
 
 
