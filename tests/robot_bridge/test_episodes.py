@@ -222,7 +222,9 @@ def test_writer_refuses_bad_use(tmp_path):
     w.finish(success=False, success_source="detector", termination="max_steps")
     with pytest.raises(FileExistsError, match="ep-0001"):
         EpisodeWriter(tmp_path, make_meta(), image_shape=SHAPE)
-    with pytest.raises(ValueError, match="unknown task 'fly'; valid tasks: blue_cup_on_plate, close_drawer"):
+    with pytest.raises(
+        ValueError, match="unknown task 'fly'; valid tasks: blue_cup_on_plate, close_drawer"
+    ):
         make_meta(task="fly")
 
 
