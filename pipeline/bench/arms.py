@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from pipeline import seeds
 from pipeline.bench.budget import iter_sft_data
 from pipeline.bench.common import DYNA_SEED, BenchContext, Leg, episodes_of
+from pipeline.bench.sft_choice import choose_sft
 from pipeline.round.config import RoundConfig
 from pipeline.round.episodes import load_episode_headers
 from pipeline.round.records import ModelArtifact
@@ -33,15 +35,21 @@ from pipeline.round.stages import (
 from robot_bridge.episodes import read_episode, read_episode_header
 
 
-def first_leg(ctx: BenchContext) -> tuple[ModelArtifact, Leg]:
-    """Demonstrations -> SFT; SFT's attempts (and exploration) on the station -> world model and
-    judge; GRPO from SFT in the world model, then the snapshot check."""
+def first_leg(ctx: BenchContext, sft_counts: Sequence[int] = ()) -> tuple[ModelArtifact, Leg]:
+    """Demonstrations -> SFT (with ``sft_counts``, on the number of demonstrations the rule in
+    ``pipeline.bench.sft_choice`` picks); SFT's attempts (and exploration) on the station ->
+    world model and judge; GRPO from SFT in the world model, then the snapshot check."""
+    if sft_counts:
+        sft = choose_sft(ctx, sft_counts)  # sets ctx.cfg's demonstrations to its choice
+    else:
+        sft = ctx.trained(
+            "demos + SFT",
+            "sft",
+            lambda: bootstrap_champion(
+                ctx.client, ctx.workdir / "bootstrap", ctx.cfg, ctx.progress
+            ),
+        )
     client, workdir, cfg, progress = ctx.client, ctx.workdir, ctx.cfg, ctx.progress
-    sft = ctx.trained(
-        "demos + SFT",
-        "sft",
-        lambda: bootstrap_champion(client, workdir / "bootstrap", cfg, progress),
-    )
     attempts = ctx.timed(
         "SFT attempts on station",
         lambda: collect_episodes(

@@ -4,7 +4,9 @@ A replicate's ``Ledger`` holds the episode files of every real run, by purpose, 
 ran them: ``demos``, ``attempts`` (the SFT policy's greedy runs), ``exploration`` (sampled runs),
 ``dyna{k}_runs`` (the RL policy's own runs in Dyna iteration k), and ``{prefix}check`` (the real
 snapshot checks that chose a policy: ``check`` and ``dyna{k}_check`` for World-Gymnast,
-``sft_select_check``, ``iter_sft_check``, ``sim_rl_check`` for the baselines). An arm's budget
+``sft_select_check``, ``iter_sft_check``, ``sim_rl_check`` for the baselines), and
+``sft_choice`` (the checks that chose how many demonstrations SFT gets, ``pipeline.bench.
+sft_choice``: every arm starts from that choice, so it counts for all). An arm's budget
 is the sum over the purposes it used (``arm_keys``); ``budget_claims`` checks the equal-budget
 statements the bench makes, and the report prints both.
 """
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CATEGORIES = ("demos", "attempts", "exploration", "dyna_runs", "checks")
+CATEGORIES = ("demos", "sft_choice", "attempts", "exploration", "dyna_runs", "checks")
 WG = "WG"  # World-Gymnast's first leg; "WG+Dyna{k}" after k Dyna iterations
 
 
@@ -25,7 +27,7 @@ def wg_name(dyna: int) -> str:
 
 def category(key: str) -> str:
     """The budget column a ledger key counts under."""
-    if key in ("demos", "attempts", "exploration"):
+    if key in ("demos", "sft_choice", "attempts", "exploration"):
         return key
     if key.endswith("_runs"):
         return "dyna_runs"
@@ -67,11 +69,19 @@ def wg_keys(dyna: int, checked: bool) -> list[str]:
     return keys
 
 
-def arm_keys(arm: str, main_keys: Sequence[str], checked: bool) -> list[str]:
-    """The purposes arm ``arm`` used, given the main World-Gymnast arm's (``main_keys``).
+def arm_keys(
+    arm: str, main_keys: Sequence[str], checked: bool, sft_choice: bool = False
+) -> list[str]:
+    """The purposes arm ``arm`` used, given the main World-Gymnast arm's (``main_keys``), and
+    the SFT choice's checks when one ran (every arm starts from it).
 
     SFT+select and Sim-RL: the demonstrations and a check of their own; Iter-SFT: everything the
     main arm ran (its data: the successes among them) and a check of its own."""
+    keys = _arm_keys(arm, main_keys, checked)
+    return [*keys, "sft_choice"] if sft_choice else keys
+
+
+def _arm_keys(arm: str, main_keys: Sequence[str], checked: bool) -> list[str]:
     own = lambda prefix: [f"{prefix}_check"] if checked else []  # noqa: E731
     if arm == "SFT":
         return ["demos"]

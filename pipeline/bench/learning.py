@@ -34,8 +34,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import seeds
 from pipeline.bench.arms import (
     dyna_iteration,
@@ -64,6 +62,8 @@ from pipeline.bench.common import (
     spread_sample,
 )
 from pipeline.bench.report import (
+    agreement,
+    agreement_points,
     format_report,
     summarize,
     write_summary,
@@ -90,6 +90,9 @@ class Options:
     replicates: int = 3
     baselines: bool = True
     progress: bool = True
+    # demonstrations per task SFT may get, chosen by pipeline.bench.sft_choice's rule; () keeps
+    # the config's demo_episodes_per_task
+    sft_counts: tuple[int, ...] = ()
 
     def check(self, cfg: RoundConfig) -> list[int]:
         """Refuses a bad setting before anything runs; returns each replicate's config seed."""
@@ -122,6 +125,7 @@ def run(
     eval_range: str = "dev",
     replicates: int = 3,
     baselines: bool = True,
+    sft_counts: tuple[int, ...] = (),
 ) -> dict:
     """The benchmark: ``replicates`` independent replicates, every arm evaluated on the same
     seeds of ``eval_range`` ("dev" while developing, "final" only for results to report), then
@@ -130,7 +134,8 @@ def run(
     its KL anchor); ``dyna_seed`` seeds their GRPO (default: the replicate's seed).
     ``task_episodes`` gives some tasks more (or fewer) evaluation episodes than
     ``eval_episodes``. ``baselines=False`` runs SFT and World-Gymnast only (the target is then
-    not judged)."""
+    not judged). ``sft_counts``: the demonstrations per task SFT may get, one chosen per
+    replicate by ``pipeline.bench.sft_choice``'s rule (default: the config's count)."""
     opts = Options(
         eval_episodes,
         dict(task_episodes or {}),
@@ -141,6 +146,7 @@ def run(
         replicates,
         baselines,
         progress,
+        tuple(sft_counts),
     )
     rep_seeds = opts.check(cfg)
     from robot_bridge.client import StationClient
@@ -210,7 +216,8 @@ def train_arms(ctx: BenchContext, opts: Options):
     """SFT, World-Gymnast's legs and the baselines, in the report's order (baselines first, the
     main arm last); records each arm's real budget and the equal-budget claims."""
     cfg = ctx.cfg
-    sft, leg = first_leg(ctx)
+    sft, leg = first_leg(ctx, opts.sft_counts)
+    cfg = ctx.cfg  # with the chosen demonstrations
     first = leg
     wg = {wg_name(0): leg.rl}
     for k in range(1, opts.dyna_iterations + 1):
@@ -227,7 +234,8 @@ def train_arms(ctx: BenchContext, opts: Options):
         policies["Iter-SFT"] = iter_sft(ctx, main_keys, candidates)
         policies["Sim-RL"] = sim_rl(ctx, sft, first.data_dirs)
     policies |= wg
-    budgets = {n: ctx.ledger.budget(arm_keys(n, main_keys, checked)) for n in policies}
+    chose = bool(opts.sft_counts)
+    budgets = {n: ctx.ledger.budget(arm_keys(n, main_keys, checked, chose)) for n in policies}
     ctx.report.update(main_arm=main, budget=budgets, budget_claims=budget_claims(budgets, main))
     return sft, policies, leg
 
@@ -263,20 +271,16 @@ def finish_report(ctx: BenchContext, sft, policies: dict, evals: dict, leg: Leg)
     report["verdict"] = target_verdict(
         {name: [ev.outcomes] for name, ev in evals.items()}, cfg.tasks, main
     )
-    real = {name: {t: r.success_rate for t, r in ev.per_task.items()} for name, ev in evals.items()}
-    xs = [imag[n][t] for n in imag for t in imag[n]]
-    ys = [real[n][t] for n in imag for t in imag[n]]
+    report.update(imagined=imag, real={n: ev.to_dict() for n, ev in evals.items()})
+    points = agreement_points(report)
     report.update(
+        agreement=agreement(points),
+        pearson_r=agreement(points)["pooled"]["r"],  # the pooled figure, as earlier reports had
         sft=dataclasses.asdict(sft) | {"path": str(sft.path)},
         world_model=dict(wm.metrics),
         judge=dict(judge.metrics),
         judge_on_imagined=judge_imagined,
         grpo=leg.rl.metrics,
-        real={n: ev.to_dict() for n, ev in evals.items()},
-        imagined=imag,
-        pearson_r=float(np.corrcoef(xs, ys)[0, 1])
-        if np.std(xs) > 0 and np.std(ys) > 0
-        else float("nan"),
         imagined_fps_b8=imagination_throughput(
             wm.path, read_episode_header(eval_eps["SFT"][0]).first_frame
         ),
@@ -344,6 +348,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="SFT and World-Gymnast only (development runs; the target is then not judged)",
     )
     p.add_argument(
+        "--sft-choice",
+        default="auto",
+        metavar="N,N,...|auto|off",
+        help="demonstrations per task SFT may get; each replicate keeps the fewest whose check "
+        "success is in the band of pipeline/bench/sft_choice.py (auto: its counts with the bench "
+        "preset, off otherwise; off: the config's demo_episodes_per_task)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -372,5 +384,20 @@ def run_from_args(args: argparse.Namespace) -> int:
         eval_range=args.eval_range,
         replicates=args.replicates,
         baselines=args.baselines,
+        sft_counts=sft_counts_arg(args.sft_choice, args.preset),
     )
     return 0
+
+
+def sft_counts_arg(value: str, preset: str) -> tuple[int, ...]:
+    """``--sft-choice``: the candidate counts, () for none."""
+    from pipeline.bench.sft_choice import COUNTS
+
+    if value == "auto":
+        return COUNTS if preset == "bench" else ()
+    if value == "off":
+        return ()
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise SystemExit(f"--sft-choice wants N,N,..., auto or off, got {value!r}") from None

@@ -8,6 +8,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.bench.budget import CATEGORIES
 from pipeline.round.statistics import format_verdict, intervals_beyond, target_verdict
 from robot_bridge.dispatch import wilson_interval
@@ -58,7 +60,7 @@ def format_report(r: dict) -> str:
         f"(precision {r['judge'].get('heldout_precision', float('nan')):.3f}, recall {r['judge'].get('heldout_recall', float('nan')):.3f})",
         "judge on imagined replays of real episodes vs their real outcome: "
         + _prf(r["judge_on_imagined"]),
-        f"imagined vs real success, Pearson r over (policy, task): {r['pearson_r']:.3f}",
+        format_agreement(r["agreement"]) if "agreement" in r else "",
         f"imagined frames/s (batch 8): {r['imagined_fps_b8']:.1f}",
         f"GRPO seconds/step: {r['grpo']['seconds_per_step']:.1f}",
         *(
@@ -73,6 +75,46 @@ def format_report(r: dict) -> str:
         "reused from an earlier run (same settings): " + (", ".join(r["reused_stages"]) or "none"),
     ]
     return "\n".join(lines)
+
+
+def agreement_points(report: dict) -> list[tuple[str, float, float]]:
+    """(task, imagined success, real success) of every (arm, task) one replicate evaluated."""
+    return [
+        (task, float(x), float(report["real"][arm]["per_task"][task]["success_rate"]))
+        for arm, per_task in report.get("imagined", {}).items()
+        for task, x in per_task.items()
+        if task in report["real"].get(arm, {}).get("per_task", {})
+    ]
+
+
+def _pearson(xs: list[float], ys: list[float]) -> float:
+    """r, or NaN with fewer than 3 points or no spread on either side (r is undefined there)."""
+    if len(xs) < 3 or np.std(xs) == 0 or np.std(ys) == 0:
+        return float("nan")
+    return float(np.corrcoef(xs, ys)[0, 1])
+
+
+def agreement(points: list[tuple[str, float, float]]) -> dict:
+    """Does the world model rank policies as the arm does? Pearson r between imagined and real
+    success within each task (over the policies evaluated on it: a pooled r can be carried by
+    one task whose level differs from the others') and pooled over every point, with the number
+    of points behind each figure."""
+    per_task = {}
+    for task in dict.fromkeys(t for t, _, _ in points):
+        xs = [x for t, x, _ in points if t == task]
+        ys = [y for t, _, y in points if t == task]
+        per_task[task] = {"r": _pearson(xs, ys), "points": len(xs)}
+    xs, ys = [x for _, x, _ in points], [y for _, _, y in points]
+    return {"per_task": per_task, "pooled": {"r": _pearson(xs, ys), "points": len(xs)}}
+
+
+def format_agreement(a: dict) -> str:
+    cells = [f"{t} {v['r']:+.2f} ({v['points']})" for t, v in a["per_task"].items()]
+    return (
+        "imagined vs real success, Pearson r (points) within each task: "
+        + ", ".join(cells)
+        + f"; pooled {a['pooled']['r']:+.2f} ({a['pooled']['points']})"
+    )
 
 
 def _count(judge: dict, *cells: str) -> str:
@@ -99,7 +141,7 @@ def _budget_lines(r: dict) -> list[str]:
         return []
     out = ["real episodes used (" + " + ".join(CATEGORIES) + " = total):"]
     for arm, b in r["budget"].items():
-        out.append(f"  {arm}: " + " + ".join(str(b[c]) for c in CATEGORIES) + f" = {b['total']}")
+        out.append(f"  {arm}: " + " + ".join(str(b.get(c, 0)) for c in CATEGORIES) + f" = {b['total']}")
     claims = r.get("budget_claims", {})
     out += [f"  {'ok' if ok else 'NOT MET'}: {claim}" for claim, ok in claims.items()]
     return out
@@ -130,6 +172,8 @@ def summarize(cfg, settings: dict, reports: list[dict], outcomes: dict) -> dict:
         "budget": [rep.get("budget", {}) for rep in reports],
         "budget_claims": [rep.get("budget_claims", {}) for rep in reports],
         "verdict": target_verdict(outcomes, tasks, main),
+        # every replicate's (arm, task) points: within a task, R x arms policies
+        "agreement": agreement([p for rep in reports for p in agreement_points(rep)]),
         "replicates": reports,
     }
 
@@ -178,9 +222,11 @@ def markdown_summary(s: dict) -> str:
         for arm, b in budget.items():
             lines.append(
                 f"| {r} | {arm} | "
-                + " | ".join(str(b[c]) for c in CATEGORIES)
+                + " | ".join(str(b.get(c, 0)) for c in CATEGORIES)
                 + f" | {b['total']} |"
             )
+    if "agreement" in s:
+        lines += ["", format_agreement(s["agreement"])]
     lines += ["", "```", format_verdict(s["verdict"]), "```"]
     return "\n".join(lines) + "\n"
 

@@ -89,12 +89,14 @@ def bootstrap_champion(
     *,
     demo_seed: int | None = None,
     dataset: Path | None = None,
+    policy_dir: Path | None = None,
 ) -> ModelArtifact:
     """No champion yet: scripted-expert demonstrations on the station, then SFT.
 
     ``demo_seed``: the demonstrations' first seed (default: the bench's demonstration range).
     SFT reads the demonstrations back from the LeRobotDataset ``dataset`` (appended to; default
-    ``workdir/demos_dataset``), as the world model and the judge read theirs."""
+    ``workdir/demos_dataset``), as the world model and the judge read theirs. The policy goes
+    to ``policy_dir`` (default ``workdir/policy``)."""
     from policy.config import VLAConfig
     from policy.sft import SFTConfig, train_sft
 
@@ -128,7 +130,7 @@ def bootstrap_champion(
         SFTConfig(steps=cfg.sft_steps, seed=cfg.seed, device=cfg.device, precision=cfg.precision),
         progress=progress,
     )
-    out = workdir / "policy"
+    out = Path(policy_dir) if policy_dir is not None else workdir / "policy"
     # Launched data-parallel (torchrun), every rank trained the same policy: one writes it, the
     # others wait for it before they hash it.
     if is_main_process():

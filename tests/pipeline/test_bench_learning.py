@@ -1,5 +1,7 @@
 """The learning bench's arms get the real budget they are said to get; its replicates draw
-their own seeds; its report, markdown and figure come out of hand-made outcomes."""
+their own seeds; its report, markdown and figure come out of hand-made outcomes; a stage is reused
+only with the same settings and checkpoint; each task is evaluated as often as asked, on a station.
+(The whole bench through the CLI: test_bench_learning_end_to_end.py, slow.)"""
 
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from pipeline.bench.budget import (
     selection_candidates,
     wg_keys,
 )
+from pipeline.round.records import ModelArtifact
 
 TASKS = ["open_drawer", "close_drawer", "eggplant_in_sink", "eggplant_in_basket"]
 
@@ -59,6 +62,7 @@ def test_each_arm_is_charged_every_real_episode_it_used_and_the_baselines_match_
     legs = 1 + dyna
     assert budgets["SFT"] == {
         "demos": 64,
+        "sft_choice": 0,  # no SFT choice in this replicate (test_sft_choice.py has one)
         "attempts": 0,
         "exploration": 0,
         "dyna_runs": 0,
@@ -67,6 +71,7 @@ def test_each_arm_is_charged_every_real_episode_it_used_and_the_baselines_match_
     }
     assert budgets[main] == {
         "demos": 64,
+        "sft_choice": 0,
         "attempts": 80,
         "exploration": 200,
         "dyna_runs": 80 * dyna,
@@ -151,8 +156,8 @@ def test_the_report_over_replicates_has_every_arm_its_budget_the_verdict_and_a_f
     }
     outcomes = {a: [_outcomes(r)] * 3 for a, r in arms.items()}
     budget = {
-        a: dict.fromkeys(["demos", "attempts", "exploration", "dyna_runs", "checks"], 1)
-        | {"total": 5}
+        a: dict.fromkeys(["demos", "sft_choice", "attempts", "exploration", "dyna_runs"], 1)
+        | {"checks": 2, "total": 7}
         for a in arms
     }
     reports = [{"main_arm": "WG", "budget": budget, "budget_claims": {"x": True}}] * 3
@@ -169,7 +174,7 @@ def test_the_report_over_replicates_has_every_arm_its_budget_the_verdict_and_a_f
     out = write_summary(tmp_path, summary)
     text = out["markdown"].read_text()
     assert "| open_drawer | WG | 80% [58, 92] (16/20) |" in text
-    assert "TARGET MET" in text and "| 2 | Sim-RL | 1 | 1 | 1 | 1 | 1 | 5 |" in text
+    assert "TARGET MET" in text and "| 2 | Sim-RL | 1 | 1 | 1 | 1 | 1 | 2 | 7 |" in text
     assert out["figure"].stat().st_size > 10_000 and out["json"].is_file()
     # without the baselines the target is not judged met, whatever SFT's figures
     no_baselines = {a: outcomes[a] for a in ("SFT", "WG")}
@@ -239,3 +244,107 @@ def test_sim_rl_is_the_same_grpo_in_the_gapped_simulator_rewarded_by_ground_trut
     assert len(history) == 1 and history[0].total_groups == 2
     with pytest.raises(ValueError, match="distractor_prob=0"):
         SimRollouts(policy, GRPOConfig.from_preset("tiny", distractor_prob=0.5), parallel=1)
+
+
+# --- reusing a stage, and the real evaluation on a station ----------------------------------------
+
+
+def test_learning_bench_reuses_a_stage_only_with_the_same_settings_and_checkpoint(tmp_path):
+    from pipeline.bench.reuse import reuse_or_train
+    from pipeline.round.config import RoundConfig
+    from pipeline.round.stages import checkpoint_sha256
+
+    ckpt = tmp_path / "world_model"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "weights.safetensors").write_bytes(b"v1")
+    calls = []
+
+    def train():
+        calls.append(1)
+        return ModelArtifact(ckpt, checkpoint_sha256(ckpt), {"heldout_mse": 0.01})
+
+    cfg = RoundConfig.from_preset("bench")
+    record = tmp_path / "world_model.stage.json"
+    first, reused = reuse_or_train(record, "world_model", cfg, train)
+    assert not reused and len(calls) == 1
+    again, reused = reuse_or_train(record, "world_model", cfg, train)
+    assert reused and len(calls) == 1 and again == first  # metrics come back from the record
+    # a GRPO-only change leaves the world model's inputs alone ...
+    grpo_only = RoundConfig.from_preset("bench", grpo_overrides={"lr": 1e-3})
+    assert reuse_or_train(record, "world_model", grpo_only, train)[1]
+    # ... but its own inputs, or a checkpoint that changed on disk, retrain
+    assert not reuse_or_train(record, "world_model", RoundConfig(world_model_steps=7), train)[1]
+    (ckpt / "weights.safetensors").write_bytes(b"v2")
+    assert not reuse_or_train(record, "world_model", RoundConfig(world_model_steps=7), train)[1]
+    assert len(calls) == 3
+    # a Dyna stage is keyed on the checkpoints it starts from too: another RL policy's runs retrain
+    dyna = tmp_path / "dyna1_world_model.stage.json"
+    assert not reuse_or_train(dyna, "world_model", cfg, train, {"runs_of": "aa", "from": "bb"})[1]
+    assert reuse_or_train(dyna, "world_model", cfg, train, {"runs_of": "aa", "from": "bb"})[1]
+    assert not reuse_or_train(dyna, "world_model", cfg, train, {"runs_of": "cc", "from": "bb"})[1]
+    assert len(calls) == 5
+
+
+def test_learning_bench_evaluates_each_task_as_often_as_asked_and_judges_by_the_intervals(
+    tmp_path,
+):
+    """A close task can get more real episodes than the rest: one job per count, same seeds for
+    every policy, extending an earlier evaluation rather than repeating it; the verdict is
+    "better" only when the RL interval lies wholly above SFT's."""
+    from pipeline.bench.common import EVAL_SEED, eval_counts, evaluate_policy
+    from pipeline.bench.report import beyond_intervals
+    from pipeline.cli import build_parser
+    from pipeline.round.config import RoundConfig
+    from robot_bridge.client import StationClient
+    from robot_bridge.dispatch import wilson_interval
+    from robot_bridge.episodes import list_episodes, read_episode_header
+    from robot_bridge.launch import StationProcess
+    from robot_bridge.policies.base import write_policy_config
+
+    tasks = ("open_drawer", "close_drawer")
+    assert eval_counts(tasks, 2, {"close_drawer": 5}) == {"open_drawer": 2, "close_drawer": 5}
+    with pytest.raises(ValueError, match="tasks not in this run: \\['eggplant_in_sink'\\]"):
+        eval_counts(tasks, 2, {"eggplant_in_sink": 5})
+    with pytest.raises(ValueError, match="must be >= 1"):
+        eval_counts(tasks, 0)
+    args = build_parser().parse_args(
+        ["bench", "learning", "--eval-task-episodes", "close_drawer=500"]
+    )
+    assert args.eval_task_episodes == ["close_drawer=500"]
+
+    def rate(k, n):
+        return {"ci95": list(wilson_interval(k, n))}
+
+    assert beyond_intervals(rate(500, 1000), rate(600, 1000)) == 1  # [47, 53] vs [57, 63]
+    assert beyond_intervals(rate(50, 100), rate(60, 100)) == 0  # [40, 60] vs [50, 69]
+    assert beyond_intervals(rate(13, 100), rate(1, 100)) == -1
+
+    expert = write_policy_config(tmp_path / "expert", "scripted_expert")
+    cfg = RoundConfig.from_preset("smoke", tasks=list(tasks))
+    with (
+        StationProcess("sim", episodes_dir=tmp_path / "station") as station,
+        StationClient(station.endpoint, timeout_s=60) as client,
+    ):
+        ev = evaluate_policy(
+            client, expert, tmp_path / "eval", cfg, {"open_drawer": 1, "close_drawer": 3}, False
+        )
+        assert {t: r.labelled for t, r in ev.per_task.items()} == {
+            "open_drawer": 1,
+            "close_drawer": 3,
+        }
+        assert ev.outcomes == {
+            ("open_drawer", EVAL_SEED): True,
+            **{("close_drawer", EVAL_SEED + i): True for i in range(3)},
+        }
+        more = evaluate_policy(
+            client, expert, tmp_path / "eval", cfg, {"open_drawer": 2, "close_drawer": 3}, False
+        )
+    assert more.per_task["open_drawer"].labelled == 2 and len(more.episodes) == 5
+    seeds = sorted(
+        (h.task, h.seed) for h in map(read_episode_header, list_episodes(tmp_path / "eval"))
+    )
+    assert seeds == sorted(
+        [("open_drawer", EVAL_SEED + i) for i in range(2)]
+        + [("close_drawer", EVAL_SEED + i) for i in range(3)]
+    )  # the second evaluation ran only open drawer's new seed

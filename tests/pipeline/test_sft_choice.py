@@ -1,0 +1,127 @@
+"""The learning bench's fixed rules: how many demonstrations SFT gets (chosen by a band on check
+seeds, in code), and how imagined and real success are compared (Pearson r within each task
+beside the pooled one). Rules on hand-made figures; the choice once on a real sim station."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from pipeline.bench.budget import Ledger, arm_keys, category, wg_keys
+from pipeline.bench.report import agreement, agreement_points
+from pipeline.bench.sft_choice import BAND, Candidate, band_distance, choose
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _c(n: int, k: int, of: int = 32) -> Candidate:
+    return Candidate(n, k, of)
+
+
+def test_the_fewest_demonstrations_in_the_band_win():
+    lo, hi = BAND
+    assert band_distance(lo) == band_distance(hi) == band_distance((lo + hi) / 2) == 0.0
+    assert band_distance(lo - 0.05) == pytest.approx(0.05)
+    # 8 demos: 0/32 (no signal for GRPO); 16: 6/32 in the band; 24: 12/32 in it too
+    assert choose([_c(8, 0), _c(16, 6), _c(24, 12)]).demos_per_task == 16
+    # the order the candidates come in does not matter
+    assert choose([_c(24, 12), _c(16, 6), _c(8, 0)]).demos_per_task == 16
+
+
+def test_with_none_in_the_band_the_closest_wins_and_ties_go_to_fewer_demonstrations():
+    # every candidate saturated: the least saturated
+    assert choose([_c(8, 30), _c(16, 31), _c(24, 32)]).demos_per_task == 8
+    # every candidate too weak: the strongest
+    assert choose([_c(8, 0), _c(16, 1), _c(24, 2)]).demos_per_task == 24
+    # an exact tie (the same check success): the fewer demonstrations win
+    assert choose([_c(8, 2), _c(16, 2)]).demos_per_task == 8
+    with pytest.raises(ValueError, match="no SFT candidates"):
+        choose([])
+
+
+def test_every_arm_is_charged_the_sft_choice_checks_and_nothing_else_changes():
+    ledger = Ledger()
+    ledger.add("demos", [Path(f"/d/{i}") for i in range(8)])
+    ledger.add("sft_choice", [Path(f"/c/{i}") for i in range(24)])
+    assert category("sft_choice") == "sft_choice"
+    main = wg_keys(0, checked=False)
+    for arm in ("SFT", "SFT+select", "Iter-SFT", "Sim-RL", "WG"):
+        keys = arm_keys(arm, main, checked=False, sft_choice=True)
+        assert keys == [*arm_keys(arm, main, checked=False), "sft_choice"]
+    assert ledger.budget(arm_keys("SFT", main, False, True))["sft_choice"] == 24
+    assert ledger.budget(arm_keys("SFT", main, False, True))["total"] == 32
+
+
+def _report(imagined: dict, real: dict) -> dict:
+    return {
+        "imagined": imagined,
+        "real": {
+            arm: {"per_task": {t: {"success_rate": v} for t, v in tasks.items()}}
+            for arm, tasks in real.items()
+        },
+    }
+
+
+def test_agreement_is_reported_within_each_task_beside_the_pooled_figure():
+    # close drawer: imagined tracks real; open drawer: imagined runs against real. Pooled, the
+    # task levels (open near 0, close near 1) make r look strong: what a per-task r exposes.
+    arms = ["SFT", "SFT+select", "Iter-SFT", "WG"]
+    imagined = {
+        a: {"open_drawer": 0.1 * i, "close_drawer": 0.7 + 0.1 * i} for i, a in enumerate(arms)
+    }
+    real = {
+        a: {"open_drawer": 0.1 * (3 - i), "close_drawer": 0.6 + 0.1 * i} for i, a in enumerate(arms)
+    }
+    got = agreement(agreement_points(_report(imagined, real)))
+    assert got["per_task"]["close_drawer"] == {"r": pytest.approx(1.0), "points": 4}
+    assert got["per_task"]["open_drawer"] == {"r": pytest.approx(-1.0), "points": 4}
+    assert got["pooled"]["points"] == 8
+    assert got["pooled"]["r"] > 0.8  # carried by the difference between the tasks
+    # fewer than 3 policies, or no spread, leaves r undefined rather than made up
+    two = agreement([("t", 0.1, 0.2), ("t", 0.3, 0.4)])
+    flat = agreement([("t", 0.5, 0.1), ("t", 0.5, 0.2), ("t", 0.5, 0.3)])
+    assert math.isnan(two["per_task"]["t"]["r"]) and math.isnan(flat["per_task"]["t"]["r"])
+
+
+@pytest.mark.timeout(600)
+def test_sft_choice_on_a_station_trains_each_count_checks_it_and_keeps_the_rules_choice(
+    tmp_path,
+):
+    from pipeline.bench.common import BenchContext
+    from pipeline.bench.sft_choice import CHECK_OFFSET, choose_sft
+    from pipeline.round.config import RoundConfig
+    from robot_bridge.client import StationClient
+    from robot_bridge.episodes import read_episode_header
+    from robot_bridge.launch import StationProcess
+
+    cfg = RoundConfig.from_preset("smoke", tasks=["open_drawer"], sft_steps=3, device="cpu")
+    with (
+        StationProcess("sim", episodes_dir=tmp_path / "station") as station,
+        StationClient(station.endpoint, timeout_s=60) as client,
+    ):
+        ctx = BenchContext(client, tmp_path / "rep0", cfg, {}, progress=False)
+        art = choose_sft(ctx, counts=(2, 3), check_episodes=2)
+        report = ctx.report["sft_choice"]
+        found = [
+            Candidate(c["demos_per_task"], c["successes"], c["episodes"])
+            for c in report["candidates"]
+        ]
+        assert [c.demos_per_task for c in found] == [2, 3] and all(c.episodes == 2 for c in found)
+        assert report["chosen"] == choose(found).demos_per_task == ctx.cfg.demo_episodes_per_task
+        assert art.path == tmp_path / "rep0" / "bootstrap" / f"policy_{report['chosen']}"
+        # each candidate's check: its own policy on the same two seeds, charged as sft_choice
+        checks = ctx.ledger.paths(["sft_choice"])
+        headers = [read_episode_header(p) for p in checks]
+        assert len(headers) == 4
+        assert {h.seed for h in headers} == {cfg.seed + CHECK_OFFSET, cfg.seed + CHECK_OFFSET + 1}
+        assert len({h.policy_sha256 for h in headers}) == 2
+        # demonstrations are prefixes of one draw: 3 per task, not 2 + 3
+        demos = list((tmp_path / "rep0" / "bootstrap" / "demos").rglob("*.h5"))
+        assert len(demos) == 3
+        # a second run reuses both trained candidates and re-runs no check episode
+        again = BenchContext(client, tmp_path / "rep0", cfg, {}, progress=False)
+        assert choose_sft(again, counts=(2, 3), check_episodes=2).sha256 == art.sha256
+        assert again.reused == ["demos + SFT (2 per task)", "demos + SFT (3 per task)"]
+        assert sorted(again.ledger.paths(["sft_choice"])) == sorted(checks)
