@@ -13,16 +13,13 @@ import dagster as dg
 
 from pipeline.assets import ROUND_ASSETS
 from pipeline.checks import ROUND_CHECKS
+from pipeline.cli_common import gymnast_home
 from pipeline.resources import LoopSettings, RoundStoreIOManager, StationResource, TrackingResource
 from pipeline.schedules import ROUND_JOB, nightly_round, report_failed_rounds, round_job
 
 
-def gymnast_home() -> str:
-    return os.path.abspath(os.environ.get("GYMNAST_HOME", ".gymnast"))
-
-
 def resources() -> dict:
-    home = gymnast_home()
+    home = str(gymnast_home())
     return {
         "settings": LoopSettings(
             home=home,

@@ -391,7 +391,7 @@ def stage_timings(instance, round_key: str) -> dict[str, StageTiming]:
 
 
 def summarize_round(instance, round_key: str) -> RoundSummary:
-    from pipeline.definitions import gymnast_home
+    from pipeline.cli_common import gymnast_home
     from pipeline.resources import RoundStore
 
     store = RoundStore(gymnast_home())
