@@ -34,8 +34,12 @@ from policy.grpo_starts import (  # noqa: F401 (Start is part of GRPO's API)
     Start,
     TaskSignal,
     _draw_starts,
+    check_no_heldout,
+    check_paraphrasable,
+    judge_instruction,
     task_key,
     training_starts,
+    vary_start,
 )
 
 PRESETS: dict[str, dict] = {
@@ -82,7 +86,15 @@ class GRPOConfig(Config):
     filter_high: float = 0.9
     steps: int = 100
     judge_samples: int = 5
-    distractor_prob: float = 0.0  # chance a start frame gets pasted distractor objects
+    # World-Gymnast-Distract: the chance a drawn start's frame gets distractor shapes pasted in
+    # (``policy.augment.add_distractors``), drawn by the GRPO rng, the same for its whole group
+    distractor_prob: float = 0.0
+    # World-Gymnast-Language: the chance a drawn start's instruction is replaced by one of its
+    # task's training instructions (``policy.augment.paraphrase_instruction``; never a held-out
+    # paraphrase), one per start, so its whole group follows the same prompt. The judge still
+    # reads the task's own instruction (``judge_instruction``): the reward does not hinge on
+    # whether the judge understood a wording it was not trained on
+    paraphrase_prob: float = 0.0
     # how a step's starts are drawn: "uniform" over all starts, or "signal": task first, each task
     # weighted by the share of its groups that carried signal (were kept; Laplace-smoothed), then
     # a start of that task uniformly. A task the policy never (or always) solves in imagination
@@ -135,8 +147,9 @@ class GRPOConfig(Config):
             raise ValueError(
                 f"clip_low must be in (0, 1) and clip_high > 0, got {self.clip_low}, {self.clip_high}"
             )
-        if not 0 <= self.distractor_prob <= 1:
-            raise ValueError(f"distractor_prob must be in [0, 1], got {self.distractor_prob}")
+        for name in ("distractor_prob", "paraphrase_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not isinstance(self.task_balanced_loss, bool):
             raise ValueError(f"task_balanced_loss must be a bool, got {self.task_balanced_loss!r}")
         # a JSON override gives a list; a bare string would select tasks by its letters
@@ -260,7 +273,10 @@ def judge_rollouts(
     """``score_rollouts``' rewards and (B,) the judge's scores in [0, 1] (each rollout's mean
     score over its samples: what the vote thresholds, shown beside the rollouts it rewarded)."""
     videos = [v.numpy() for v in rollouts.videos]
-    result = judge.judge(videos, rollouts.instructions, n_samples=config.judge_samples)
+    instructions = rollouts.instructions
+    if config.paraphrase_prob > 0:
+        instructions = [judge_instruction(t) for t in instructions]
+    result = judge.judge(videos, instructions, n_samples=config.judge_samples)
     rewards = torch.as_tensor(result.rewards, dtype=torch.float32)
     if rewards.shape != (len(videos),):
         raise ValueError(f"judge returned {tuple(rewards.shape)} rewards for {len(videos)} videos")
@@ -430,6 +446,9 @@ def train_grpo(
     if not starts:
         raise ValueError("train_grpo needs at least one start (a real frame and an instruction)")
     starts = training_starts(starts, config.train_tasks)
+    check_no_heldout(starts)
+    if config.paraphrase_prob > 0:
+        check_paraphrasable(starts)
     dev, precision = placement(config.device, config.precision)
     ctx, dev = DistContext.setup(dev)
     plan = RolloutPlan.make(ctx, config.starts_per_step, config.rollout_shards)

@@ -1,8 +1,11 @@
 """Where GRPO's imagined rollouts begin, and which starts a step draws: per-task signal (how
-often a task's groups carried a learning signal), the task filter, optional distractors."""
+often a task's groups carried a learning signal), the task filter, optional distractors and
+paraphrased instructions (World-Gymnast-Distract and -Language), and the guard that keeps the
+held-out paraphrases out of training."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -95,14 +98,65 @@ def _draw_starts(
         replace=len(starts) < config.starts_per_step,
         p=weights,
     )
-    batch = [starts[i] for i in idx]
-    if config.distractor_prob > 0:
+    return [vary_start(starts[i], config, rng) for i in idx]
+
+
+def vary_start(start: Start, config: GRPOConfig, rng: np.random.Generator) -> Start:
+    """``start`` as one group of a step sees it: with ``config.distractor_prob``, distractor
+    shapes pasted into its frame (``add_distractors``); with ``config.paraphrase_prob``, its
+    instruction replaced by one of its task's training instructions (``paraphrase_instruction``,
+    never a held-out paraphrase). Every draw comes from the GRPO ``rng`` (a run is reproducible),
+    and an option at 0 draws nothing (a run without it draws exactly as before it existed). The
+    whole group of the start shares the result: GRPO compares rollouts of one prompt."""
+    frame, instruction = start.frame, start.instruction
+    if config.distractor_prob > 0 and rng.random() < config.distractor_prob:
         from policy.augment import add_distractors
 
-        batch = [
-            Start(add_distractors(s.frame[None], rng)[0], s.instruction, s.task)
-            if rng.random() < config.distractor_prob
-            else s
-            for s in batch
-        ]
-    return batch
+        frame = add_distractors(frame[None], rng)[0]
+    if config.paraphrase_prob > 0 and rng.random() < config.paraphrase_prob:
+        from policy.augment import paraphrase_instruction
+
+        instruction = paraphrase_instruction(start.task, rng)
+    if frame is start.frame and instruction is start.instruction:
+        return start
+    return Start(frame, instruction, start.task)
+
+
+def check_paraphrasable(starts: Sequence[Start]) -> None:
+    """Refuses starts whose task has no paraphrases (a novel task, or none named), for
+    ``paraphrase_prob`` > 0: their instruction could not be replaced by a training one."""
+    from robot_bridge.spec import PARAPHRASES
+
+    bad = sorted({s.task or repr(s.instruction) for s in starts if s.task not in PARAPHRASES})
+    if bad:
+        raise ValueError(
+            f"paraphrase_prob > 0 needs starts of tasks with paraphrases; {bad} have none "
+            f"(tasks with paraphrases: {sorted(PARAPHRASES)})"
+        )
+
+
+def judge_instruction(instruction: str) -> str:
+    """The instruction the judge reads for a rollout: the task's own for one of its training
+    paraphrases, else ``instruction`` itself."""
+    return _own_instructions().get(instruction, instruction)
+
+
+@functools.cache
+def _own_instructions() -> dict[str, str]:
+    """Training paraphrase -> its task's own instruction."""
+    from robot_bridge.spec import PARAPHRASES, TASKS
+
+    return {p: TASKS[t].instruction for t, sets in PARAPHRASES.items() for p in sets["train"]}
+
+
+def check_no_heldout(starts: Sequence[Start]) -> None:
+    """Refuses a start whose instruction is a held-out paraphrase (evaluation only): GRPO must
+    never train on one (a start taken from an episode run with ``instruction_set="heldout"``)."""
+    from robot_bridge.spec import PARAPHRASES
+
+    heldout = {p for sets in PARAPHRASES.values() for p in sets["heldout"]}
+    leaked = sorted({s.instruction for s in starts if s.instruction in heldout})
+    if leaked:
+        raise ValueError(
+            f"GRPO starts carry held-out paraphrases {leaked}: those are for evaluation only"
+        )

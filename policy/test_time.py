@@ -1,11 +1,13 @@
 """Test-time training from one novel initial frame (World-Gymnast's TTT).
 
 Before deploying in a new scene, World-Gymnast runs GRPO in the world model from that scene's
-single initial frame and the instruction: every group of imagined rollouts starts from the same
+single initial frame and the instruction(s): every group of imagined rollouts starts from the same
 real frame, the judge scores them, and the policy is updated, with no real rollouts at all.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,26 +30,47 @@ def check_frame(frame: np.ndarray) -> None:
         )
 
 
+def starts_from_frame(
+    frame: np.ndarray, instructions: str | Sequence[str], tasks: Sequence[str] | None = None
+) -> list[Start]:
+    """One start per instruction, every one on the same single ``frame`` (checked): the only
+    real input test-time training has. ``tasks`` names each instruction's task (default
+    ``"test_time"`` for all: one novel task)."""
+    check_frame(frame)
+    if not isinstance(instructions, (list, tuple)):
+        instructions = [instructions]
+    if not instructions:
+        raise ValueError("instruction must be a non-empty string, got no instruction")
+    for instruction in instructions:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
+    tasks = ["test_time"] * len(instructions) if tasks is None else list(tasks)
+    if len(tasks) != len(instructions):
+        raise ValueError(f"got {len(tasks)} tasks for {len(instructions)} instructions")
+    return [Start(frame, text, task) for text, task in zip(instructions, tasks, strict=True)]
+
+
 def test_time_train(
     policy,
     world_model,
     judge,
     frame: np.ndarray,
-    instruction: str,
+    instruction: str | Sequence[str],
     config: GRPOConfig | None = None,
     *,
+    tasks: Sequence[str] | None = None,
     progress: bool = False,
 ) -> list[GRPOStats]:
-    """GRPO in imagination from one (frame, instruction); updates ``policy`` in place.
+    """GRPO in imagination from one frame and the instruction(s); updates ``policy`` in place.
 
-    ``config`` defaults to :func:`default_test_time_config`; a ``starts_per_step`` above 1 draws
-    the one start that many times per step (more groups from the same frame).
+    ``frame`` is one (H, W, 3) uint8 camera frame: a batch of frames, an episode or anything
+    else is refused (``check_frame``). ``instruction``: one, or one per task to train (``tasks``
+    names their tasks), all started from ``frame``. ``config`` defaults to
+    :func:`default_test_time_config`; a ``starts_per_step`` above the number of instructions
+    draws the starts that many times per step (more groups from the same frame).
     """
-    check_frame(frame)
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise ValueError(f"instruction must be a non-empty string, got {instruction!r}")
+    starts = starts_from_frame(frame, instruction, tasks)
     config = config or default_test_time_config()
-    starts = [Start(frame, instruction, task="test_time")]
     return train_grpo(policy, world_model, judge, starts, config, progress=progress)
 
 

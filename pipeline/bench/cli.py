@@ -22,6 +22,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from pipeline.bench import learning
 
         return learning.run_from_args(args)
+    if args.bench_command == "capabilities":
+        from pipeline.bench import capabilities
+
+        return capabilities.run_from_args(args)
     if args.bench_command == "gpu":
         from pipeline.bench import gpu
 
@@ -33,7 +37,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_command == "loop":
         from pipeline.bench import loop
 
-        return loop.main(args.rounds, args.json, keep=args.keep, postgres=args.postgres)
+        return loop.main(
+            args.rounds, args.json, keep=args.keep, postgres=args.postgres, preset=args.preset
+        )
     raise AssertionError(args.bench_command)
 
 
@@ -68,12 +74,26 @@ def add_bench_command(sub) -> None:
 
     learning.add_arguments(b)
     b = be_sub.add_parser(
+        "capabilities",
+        help="what RL in the world model does that SFT cannot: distractor scenes, held-out "
+        "paraphrases, language tasks, test-time training, on a learning-bench replicate",
+    )
+    from pipeline.bench import capabilities
+
+    capabilities.add_arguments(b)
+    b = be_sub.add_parser(
         "loop",
         help="N demo rounds in a fresh home: wall time and peak memory per stage",
         description="Runs `gymnast demo` in a temporary home (GYMNAST_PRESET picks the sizes, "
         "default tiny) and prints per-stage wall time and peak RSS.",
     )
     b.add_argument("--rounds", type=int, default=2)
+    b.add_argument(
+        "--preset",
+        default=None,
+        help="the rounds' RoundConfig preset (default: $GYMNAST_PRESET, else tiny); bench: the "
+        "learning bench's sizes, hours per round on 2 CPU cores",
+    )
     b.add_argument(
         "--stations",
         type=int,

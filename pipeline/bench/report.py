@@ -141,7 +141,9 @@ def _budget_lines(r: dict) -> list[str]:
         return []
     out = ["real episodes used (" + " + ".join(CATEGORIES) + " = total):"]
     for arm, b in r["budget"].items():
-        out.append(f"  {arm}: " + " + ".join(str(b.get(c, 0)) for c in CATEGORIES) + f" = {b['total']}")
+        out.append(
+            f"  {arm}: " + " + ".join(str(b.get(c, 0)) for c in CATEGORIES) + f" = {b['total']}"
+        )
     claims = r.get("budget_claims", {})
     out += [f"  {'ok' if ok else 'NOT MET'}: {claim}" for claim, ok in claims.items()]
     return out
