@@ -5,7 +5,6 @@ held-out paraphrases out of training."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -125,38 +124,32 @@ def vary_start(start: Start, config: GRPOConfig, rng: np.random.Generator) -> St
 def check_paraphrasable(starts: Sequence[Start]) -> None:
     """Refuses starts whose task has no paraphrases (a novel task, or none named), for
     ``paraphrase_prob`` > 0: their instruction could not be replaced by a training one."""
-    from robot_bridge.spec import PARAPHRASES
+    from robot_bridge.spec import paraphrased_tasks
 
-    bad = sorted({s.task or repr(s.instruction) for s in starts if s.task not in PARAPHRASES})
+    known = paraphrased_tasks()
+    bad = sorted({s.task or repr(s.instruction) for s in starts if s.task not in known})
     if bad:
         raise ValueError(
             f"paraphrase_prob > 0 needs starts of tasks with paraphrases; {bad} have none "
-            f"(tasks with paraphrases: {sorted(PARAPHRASES)})"
+            f"(tasks with paraphrases: {sorted(known)})"
         )
 
 
 def judge_instruction(instruction: str) -> str:
     """The instruction the judge reads for a rollout: the task's own for one of its training
     paraphrases, else ``instruction`` itself."""
-    return _own_instructions().get(instruction, instruction)
+    from robot_bridge.spec import own_instruction
+
+    return own_instruction(instruction)
 
 
-@functools.cache
-def _own_instructions() -> dict[str, str]:
-    """Training paraphrase -> its task's own instruction."""
-    from robot_bridge.spec import PARAPHRASES, TASKS
+def check_training_instructions(starts: Sequence[Start]) -> None:
+    """Refuses a start whose instruction is kept for evaluation (a paraphrase no training may
+    see, e.g. from an episode run on the evaluation instruction set): GRPO never trains on one."""
+    from robot_bridge.spec import evaluation_only
 
-    return {p: TASKS[t].instruction for t, sets in PARAPHRASES.items() for p in sets["train"]}
-
-
-def check_no_heldout(starts: Sequence[Start]) -> None:
-    """Refuses a start whose instruction is a held-out paraphrase (evaluation only): GRPO must
-    never train on one (a start taken from an episode run with ``instruction_set="heldout"``)."""
-    from robot_bridge.spec import PARAPHRASES
-
-    heldout = {p for sets in PARAPHRASES.values() for p in sets["heldout"]}
-    leaked = sorted({s.instruction for s in starts if s.instruction in heldout})
+    leaked = sorted({s.instruction for s in starts if evaluation_only(s.instruction)})
     if leaked:
         raise ValueError(
-            f"GRPO starts carry held-out paraphrases {leaked}: those are for evaluation only"
+            f"GRPO starts carry evaluation-only paraphrases {leaked}: never for training"
         )

@@ -153,6 +153,24 @@ def training_instructions(task: str) -> tuple[str, ...]:
     return (get_task(task).instruction, *PARAPHRASES[get_task(task).name]["train"])
 
 
+def paraphrased_tasks() -> tuple[str, ...]:
+    """The tasks that have paraphrases (every task here; a lab's new task may not)."""
+    return tuple(PARAPHRASES)
+
+
+def own_instruction(instruction: str) -> str:
+    """The task's own instruction for one of its training paraphrases, else ``instruction``."""
+    for task, sets in PARAPHRASES.items():
+        if instruction in sets["train"]:
+            return TASKS[task].instruction
+    return instruction
+
+
+def evaluation_only(instruction: str) -> bool:
+    """True for a held-out paraphrase: training code asks this to refuse one, never to use it."""
+    return any(instruction in sets["heldout"] for sets in PARAPHRASES.values())
+
+
 def pick_instruction(task: str, instruction_set: str, seed: int | None) -> str:
     """The instruction of one episode: the task's own for ``"default"``, else the paraphrase of
     the set at ``seed`` modulo its size (consecutive seeds cycle through the set evenly; an

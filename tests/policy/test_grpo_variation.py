@@ -157,7 +157,7 @@ def test_a_held_out_paraphrase_never_reaches_grpo_and_unknown_tasks_cannot_be_pa
     config = GRPOConfig.from_preset("tiny", group_size=2, starts_per_step=1, steps=1)
     held = PARAPHRASES["open_drawer"]["heldout"][0]
     judge = AlternatingJudge()
-    with pytest.raises(ValueError, match="held-out paraphrases"):
+    with pytest.raises(ValueError, match="evaluation-only paraphrases"):
         train_grpo(None, None, judge, [Start(frame(0), held, "open_drawer")], config)
     with pytest.raises(ValueError, match="needs starts of tasks with paraphrases"):
         train_grpo(

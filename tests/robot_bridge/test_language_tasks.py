@@ -25,9 +25,9 @@ from robot_bridge.backends.sim import (
     TABLE_Z,
     GapSimBackend,
     SimBackend,
-    _keepouts,
     build_scene_xml,
 )
+from robot_bridge.backends.sim_layout import keepouts
 from robot_bridge.policies.scripted import ScriptedExpertConfig, ScriptedExpertPolicy
 from robot_bridge.spec import (
     AUTOEVAL_TASKS,
@@ -174,7 +174,7 @@ def test_distractors_keep_off_the_cups_and_never_copy_a_target_cup(blind):
         blind.reset(task, seed, scene="distractors")
         objects = blind.scene_params["objects"]
         assert 2 <= len(objects) <= 4
-        zones = _keepouts(blind._layout)
+        zones = keepouts(blind._layout)
         for o in objects:
             assert not any(z.hits(*o["xy"], 0.0) for z in zones), (seed, o)
             assert (o["kind"], o["colour"]) not in {("cup", "blue"), ("cup", "red")}, seed

@@ -25,9 +25,9 @@ from robot_bridge.backends.sim import (
     SIM_STYLE,
     TABLE_Z,
     SimBackend,
-    _keepouts,
     build_scene_xml,
 )
+from robot_bridge.backends.sim_layout import keepouts
 from robot_bridge.client import StationClient, StationError
 from robot_bridge.dispatch import run_on_station
 from robot_bridge.episodes import read_episode
@@ -155,7 +155,7 @@ def test_distractors_stand_in_view_and_out_of_the_tasks_way(blind):
         blind.reset(task, seed, scene="distractors")
         objects = blind.scene_params["objects"]
         assert 2 <= len(objects) <= 4
-        zones = _keepouts(blind._layout)
+        zones = keepouts(blind._layout)
         for o in objects:
             x, y = o["xy"]
             assert not any(z.hits(x, y, 0.0) for z in zones), (seed, o)
