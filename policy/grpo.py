@@ -34,8 +34,8 @@ from policy.grpo_starts import (  # noqa: F401 (Start is part of GRPO's API)
     Start,
     TaskSignal,
     _draw_starts,
-    check_no_heldout,
     check_paraphrasable,
+    check_training_instructions,
     judge_instruction,
     task_key,
     training_starts,
@@ -441,67 +441,125 @@ def train_grpo(
     ``on_step`` and the progress bar run on rank 0 only, and callers save on rank 0 only.
     Every rank returns the same history."""
     from policy.distributed import DistContext
-    from robot_bridge.devices import autocast, placement
+    from robot_bridge.devices import placement
 
-    if not starts:
-        raise ValueError("train_grpo needs at least one start (a real frame and an instruction)")
-    starts = training_starts(starts, config.train_tasks)
-    check_no_heldout(starts)
-    if config.paraphrase_prob > 0:
-        check_paraphrasable(starts)
+    starts = _checked_starts(starts, config)
     dev, precision = placement(config.device, config.precision)
     ctx, dev = DistContext.setup(dev)
     plan = RolloutPlan.make(ctx, config.starts_per_step, config.rollout_shards)
     place_models(dev, policy, world_model, judge)
     ctx.broadcast_parameters(policy)  # identical starting weights on every rank, as DDP does
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator(device=policy.device).manual_seed(config.seed)
-    shuffle = torch.Generator().manual_seed(config.seed)  # PPO minibatches: alike on every rank
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    reference = _frozen_copy(policy) if config.kl_coef > 0 else None
-
-    scores: list[np.ndarray] = []  # the step's judge scores, part by part (for on_rollouts)
-
-    def make(part: list[Start], gen: torch.Generator):
-        if rollout_fn is not None:
-            rollouts, rewards = rollout_fn(part, gen)
-            scores.append(torch.as_tensor(rewards, dtype=torch.float32).cpu().numpy())
-            return rollouts, rewards
-        rollouts = imagine_rollouts(policy, world_model, part, config, gen)
-        rewards, judged = judge_rollouts(judge, rollouts, config)
-        scores.append(judged)
-        return rollouts, rewards
-
+    make_rollouts = _MakeRollouts(policy, world_model, judge, config, rollout_fn)
+    run = _Trainer.make(policy, starts, config, plan, dev, precision, make_rollouts)
     history: list[GRPOStats] = []
-    signal = TaskSignal(starts)
     bar = _progress(config.steps, progress and ctx.is_main)
     for step in range(config.steps):
-        t0 = time.perf_counter()
-        uniform = config.task_sampling == "uniform"
-        weights = None if uniform else signal.start_weights(config.task_sampling)
-        batch = _draw_starts(starts, config, rng, weights)  # the same batch on every rank
-        scores.clear()
-        with autocast(dev, precision):
-            rollouts, rewards = step_rollouts(plan, batch, step, config.seed, generator, make)
-        group_tasks = [task_key(s) for s in batch] if config.task_balanced_loss else None
-        update = grpo_update(
-            policy, optimizer, rollouts, rewards, config, reference, group_tasks, precision,
-            plan=plan, generator=shuffle,
-        )  # fmt: skip
-        per_task = signal.record(batch, rewards.view(len(batch), config.group_size), config)
-        frames = rollouts.videos.shape[0] * (rollouts.videos.shape[1] - 1) * ctx.world_size
-        stats = _step_stats(step, rewards, update, time.perf_counter() - t0, frames, per_task)
+        stats, rollouts, rewards = run.train_step(step)
         history.append(stats)
         _show(bar, stats)
         if on_rollouts is not None and ctx.is_main:
             first = plan.groups.start * config.group_size  # this rank's rollouts in the batch
             mine = rewards[first : first + rollouts.videos.shape[0]]
-            on_rollouts(step, rollouts, mine, np.concatenate(scores))
+            on_rollouts(step, rollouts, mine, np.concatenate(make_rollouts.scores))
         if on_step is not None and ctx.is_main:
             on_step(stats)
     bar.close()
     return history
+
+
+def _checked_starts(starts: Sequence[Start], config: GRPOConfig) -> list[Start]:
+    """The starts of ``config.train_tasks`` (all of them when empty); refuses no starts at all,
+    evaluation-only instructions, and unparaphrasable starts when ``config.paraphrase_prob`` > 0."""
+    if not starts:
+        raise ValueError("train_grpo needs at least one start (a real frame and an instruction)")
+    starts = training_starts(starts, config.train_tasks)
+    check_training_instructions(starts)
+    if config.paraphrase_prob > 0:
+        check_paraphrasable(starts)
+    return starts
+
+
+@dataclass
+class _MakeRollouts:
+    """``step_rollouts``' ``make``: one part's rollouts and rewards, imagined and judged (or
+    ``rollout_fn``'s); keeps the step's judge scores, part by part, for ``on_rollouts``."""
+
+    policy: object
+    world_model: object
+    judge: object
+    config: GRPOConfig
+    rollout_fn: object = None
+    scores: list[np.ndarray] = field(default_factory=list)
+
+    def __call__(self, part: list[Start], gen: torch.Generator):
+        if self.rollout_fn is not None:
+            rollouts, rewards = self.rollout_fn(part, gen)
+            self.scores.append(torch.as_tensor(rewards, dtype=torch.float32).cpu().numpy())
+            return rollouts, rewards
+        rollouts = imagine_rollouts(self.policy, self.world_model, part, self.config, gen)
+        rewards, judged = judge_rollouts(self.judge, rollouts, self.config)
+        self.scores.append(judged)
+        return rollouts, rewards
+
+
+@dataclass
+class _Trainer:
+    """One GRPO run's state across steps: the generators, the optimizer, the frozen reference
+    and the per-task signal that weighs the draws."""
+
+    policy: object
+    starts: list[Start]
+    config: GRPOConfig
+    plan: RolloutPlan
+    dev: torch.device
+    precision: str
+    make_rollouts: _MakeRollouts
+    rng: np.random.Generator  # the starts drawn (and their variations)
+    generator: torch.Generator  # the rollouts' sampling stream
+    shuffle: torch.Generator  # PPO minibatches: alike on every rank
+    optimizer: torch.optim.Optimizer
+    reference: object  # the frozen starting policy when config.kl_coef > 0, else None
+    signal: TaskSignal
+
+    @classmethod
+    def make(
+        cls, policy, starts, config: GRPOConfig, plan, dev, precision, make_rollouts
+    ) -> _Trainer:
+        rng = np.random.default_rng(config.seed)
+        generator = torch.Generator(device=policy.device).manual_seed(config.seed)
+        shuffle = torch.Generator().manual_seed(config.seed)
+        params = [p for p in policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        reference = _frozen_copy(policy) if config.kl_coef > 0 else None
+        return cls(
+            policy, starts, config, plan, dev, precision, make_rollouts, rng, generator, shuffle,
+            optimizer, reference, TaskSignal(starts),
+        )  # fmt: skip
+
+    def train_step(self, step: int) -> tuple[GRPOStats, Rollouts, torch.Tensor]:
+        """Draw a batch of starts, roll out and score its groups, update the policy; returns the
+        step's stats, this rank's rollouts and the whole batch's (P*G,) rewards."""
+        from robot_bridge.devices import autocast
+
+        config, plan = self.config, self.plan
+        t0 = time.perf_counter()
+        uniform = config.task_sampling == "uniform"
+        weights = None if uniform else self.signal.start_weights(config.task_sampling)
+        batch = _draw_starts(self.starts, config, self.rng, weights)  # the same on every rank
+        self.make_rollouts.scores.clear()
+        with autocast(self.dev, self.precision):
+            rollouts, rewards = step_rollouts(
+                plan, batch, step, config.seed, self.generator, self.make_rollouts
+            )
+        group_tasks = [task_key(s) for s in batch] if config.task_balanced_loss else None
+        update = grpo_update(
+            self.policy, self.optimizer, rollouts, rewards, config, self.reference, group_tasks,
+            self.precision, plan=plan, generator=self.shuffle,
+        )  # fmt: skip
+        per_task = self.signal.record(batch, rewards.view(len(batch), config.group_size), config)
+        frames = rollouts.videos.shape[0] * (rollouts.videos.shape[1] - 1) * plan.ctx.world_size
+        stats = _step_stats(step, rewards, update, time.perf_counter() - t0, frames, per_task)
+        return stats, rollouts, rewards
 
 
 def _step_stats(step, rewards, update: dict, seconds: float, frames: int, per_task: dict):

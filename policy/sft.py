@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -176,54 +177,25 @@ def train_sft(
     from policy.distributed import DistContext
     from robot_bridge.devices import placement
 
-    c = config
-    steps, batch_size = c.steps, c.batch_size
-    dev, precision = placement(c.device, c.precision)
+    dev, precision = placement(config.device, config.precision)
     ctx, dev = DistContext.setup(dev)
-    ctx.check_batch(batch_size)
+    ctx.check_batch(config.batch_size)
     episodes = list(episodes)
-    policy = _policy_to_train(policy_or_config, episodes, c.refit_action_stats)
+    policy = _policy_to_train(policy_or_config, episodes, config.refit_action_stats)
     policy.to(dev)
-
-    cfg = policy.config
-    windows = build_windows(episodes, cfg.chunk_size, policy.image_size)
-    targets = torch.from_numpy(
-        policy.action_tokenizer.to_bins(windows.action_chunks).reshape(len(windows), -1)
-    )
-    rng = np.random.default_rng(c.seed)
-    torch.manual_seed(c.seed)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
-    warmup = max(1, steps // 20) if c.warmup_steps is None else max(1, c.warmup_steps)
-    sched = warmup_cosine(opt, warmup, steps, floor=0.1)
-
-    model = ctx.wrap(policy)  # DDP when launched distributed (broadcasts rank 0's weights)
+    run = _Trainer.make(policy, episodes, config, ctx, dev, precision)
     policy.train()
     losses, accs = [], []
     start = time.perf_counter()
-    bar = tqdm(range(steps), disable=not (progress and ctx.is_main), desc="sft", dynamic_ncols=True)
+    show = progress and ctx.is_main
+    bar = tqdm(range(config.steps), disable=not show, desc="sft", dynamic_ncols=True)
     for step in bar:
-        # The global batch, drawn and augmented identically on every rank; each keeps its slice.
-        idx = rng.integers(0, len(windows), size=batch_size)
-        images = augment_images(windows.frames[idx], c.augment, rng)
-        loss, loss_v, acc = _slice_loss(
-            model, windows, targets, idx, images, c, dev, precision, ctx
-        )
-        if not math.isfinite(loss_v):
-            raise FloatingPointError(
-                f"SFT loss is {loss_v} at step {step} (lr={sched.get_last_lr()[0]:.2e}); "
-                "check the episodes' actions/frames for NaN or lower the learning rate"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # under DDP: gradients all-reduced (averaged over ranks) here
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
-        opt.step()
-        sched.step()
+        loss_v, acc, grad_norm = run.train_step(step)
         losses.append(loss_v)
         accs.append(acc)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{acc:.2f}")
         if callback is not None and ctx.is_main:
-            lr = sched.get_last_lr()[0]
+            lr = run.sched.get_last_lr()[0]
             callback(
                 step,
                 {"loss": loss_v, "token_accuracy": acc, "lr": lr, "grad_norm": float(grad_norm)},
@@ -231,15 +203,71 @@ def train_sft(
     elapsed = time.perf_counter() - start
     policy.eval()
     metrics = _curve_metrics(losses, accs) | {
-        "steps_per_s": steps / elapsed,
+        "steps_per_s": config.steps / elapsed,
         "num_episodes": len(episodes),
-        "num_windows": len(windows),
+        "num_windows": len(run.windows),
         "device": str(dev),
         "precision": precision,
         "world_size": ctx.world_size,
-        **greedy_action_error(policy, windows, rng),
+        **greedy_action_error(policy, run.windows, run.rng),
     }
     return policy, metrics
+
+
+@dataclass
+class _Trainer:
+    """One run's training windows and their target bins, the (wrapped) model, the optimizer and
+    the generator batches and augmentation draw from."""
+
+    model: torch.nn.Module  # the policy, under DDP when launched distributed
+    windows: SFTWindows
+    targets: torch.Tensor  # (N, K * 7) the windows' action bins
+    config: SFTConfig
+    ctx: Any  # policy.distributed.DistContext
+    dev: torch.device
+    precision: str
+    rng: np.random.Generator
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: Any
+
+    @classmethod
+    def make(cls, policy: VLAPolicy, episodes: list, c: SFTConfig, ctx, dev, precision) -> _Trainer:
+        windows = build_windows(episodes, policy.config.chunk_size, policy.image_size)
+        targets = torch.from_numpy(
+            policy.action_tokenizer.to_bins(windows.action_chunks).reshape(len(windows), -1)
+        )
+        rng = np.random.default_rng(c.seed)
+        torch.manual_seed(c.seed)
+        params = [p for p in policy.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
+        warmup = max(1, c.steps // 20) if c.warmup_steps is None else max(1, c.warmup_steps)
+        sched = warmup_cosine(opt, warmup, c.steps, floor=0.1)
+        model = ctx.wrap(policy)  # DDP when launched distributed (broadcasts rank 0's weights)
+        return cls(model, windows, targets, c, ctx, dev, precision, rng, params, opt, sched)
+
+    def train_step(self, step: int) -> tuple[float, float, torch.Tensor]:
+        """One optimizer step on a fresh global batch: (its mean loss, its mean token accuracy,
+        the gradient norm before clipping)."""
+        c = self.config
+        # The global batch, drawn and augmented identically on every rank; each keeps its slice.
+        idx = self.rng.integers(0, len(self.windows), size=c.batch_size)
+        images = augment_images(self.windows.frames[idx], c.augment, self.rng)
+        loss, loss_v, acc = _slice_loss(
+            self.model, self.windows, self.targets, idx, images, c, self.dev, self.precision,
+            self.ctx,
+        )  # fmt: skip
+        if not math.isfinite(loss_v):
+            raise FloatingPointError(
+                f"SFT loss is {loss_v} at step {step} (lr={self.sched.get_last_lr()[0]:.2e}); "
+                "check the episodes' actions/frames for NaN or lower the learning rate"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()  # under DDP: gradients all-reduced (averaged over ranks) here
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        return loss_v, acc, grad_norm
 
 
 def _slice_loss(model, windows, targets, idx, images, c, dev, precision, ctx):

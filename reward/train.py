@@ -183,11 +183,41 @@ def finetune_judge(
     rank's judge then moves to its own GPU (``cuda:LOCAL_RANK``) even when ``config.device`` is
     None, and every rank returns the same judge, threshold included.
     """
-    from policy.distributed import DistContext
-    from robot_bridge.devices import autocast, resolve_device, resolve_precision
-
-    steps, batch_size, lr = config.steps, config.batch_size, config.lr
     judge = _as_vlm_judge(judge_or_config, episodes)
+    ctx, precision = _place_judge(judge, config, val_episodes)
+    ex = build_examples(judge, episodes, config)
+    if ex.n_skipped:
+        log.warning(
+            "skipped %d of %d episodes without a success label", ex.n_skipped, len(episodes)
+        )
+    losses, loss_ema, elapsed = _train_judge(judge, ex, config, ctx, precision, progress)
+    metrics: dict[str, Any] = {
+        "steps": config.steps,
+        "steps_per_s": config.steps / elapsed,
+        "train_time_s": elapsed,
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "loss_ema": loss_ema,
+        **_example_counts(ex),
+        "train_config": config.to_dict(),
+        "device": str(judge.device),
+        "precision": precision,
+        "world_size": ctx.world_size,
+    }
+    if val_episodes is not None:
+        metrics |= _calibrate_on_rank0(judge, val_episodes, ctx)
+    metrics["threshold"] = judge.config.threshold
+    return judge, metrics
+
+
+def _place_judge(
+    judge: VLMJudge, config: JudgeTrainConfig, val_episodes: Sequence[Any] | None
+) -> tuple[Any, str]:
+    """Set up data parallelism and move the judge to its device (the same weights on every
+    rank); checks the batch and the validation episodes first. Returns (ctx, precision)."""
+    from policy.distributed import DistContext
+    from robot_bridge.devices import resolve_device, resolve_precision
+
     # config.device None: the judge's kind of device, which DistContext makes each rank's own
     # GPU when distributed (and which is not applied to a 1-process judge: it stays put)
     dev = (
@@ -196,18 +226,26 @@ def finetune_judge(
         else torch.device(judge.device.type)
     )
     ctx, dev = DistContext.setup(dev)
-    ctx.check_batch(batch_size)
+    ctx.check_batch(config.batch_size)
     if val_episodes is not None:  # before training, and on every rank (rank 0 calibrates)
         _require_both_classes([e.success for e in labelled(val_episodes)[0]], "validation episodes")
     if config.device is not None or ctx.enabled:
         judge.to(dev)
     ctx.broadcast_parameters(judge.model)  # seeded builds agree already; a given judge may not
-    precision = resolve_precision(config.precision, judge.device)
-    ex = build_examples(judge, episodes, config)
-    if ex.n_skipped:
-        log.warning(
-            "skipped %d of %d episodes without a success label", ex.n_skipped, len(episodes)
-        )
+    return ctx, resolve_precision(config.precision, judge.device)
+
+
+def _train_judge(
+    judge: VLMJudge,
+    ex: JudgeExamples,
+    config: JudgeTrainConfig,
+    ctx: Any,
+    precision: str,
+    progress: bool,
+) -> tuple[list[float], float, float]:
+    """``config.steps`` optimizer steps; returns the losses, their EMA and the seconds taken.
+    The judge's model is left in eval mode, also when a step fails."""
+    steps, lr = config.steps, config.lr
     gen = torch.Generator().manual_seed(config.seed)
     model = judge.model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -218,18 +256,7 @@ def finetune_judge(
     t0 = time.perf_counter()
     try:
         for step in range(steps):
-            # the global batch, drawn and augmented alike on every rank; this rank's slice
-            idx = _balanced_batch(ex, batch_size, config.early_batch_frac, gen)
-            x = augment(ex.images[idx].float() / 255.0, config.augment, gen)
-            mine = ctx.shard(idx)
-            idx, x = idx[mine], x[mine]
-            with autocast(judge.device, precision):
-                margin = judge.yes_no_margin(x, [ex.instructions[i] for i in idx.tolist()])
-            loss = F.binary_cross_entropy_with_logits(
-                margin.float(), ex.labels[idx].to(margin.device)
-            )
-            if ctx.enabled:
-                loss = loss * (len(idx) / batch_size)  # the slice's share of the global batch
+            loss = _slice_loss(judge, ex, config, ctx, precision, gen)
             # the global batch's loss: a sum over ranks, so a NaN anywhere stops every rank
             loss_v = ctx.sum(loss.detach()).item()
             if not math.isfinite(loss_v):
@@ -249,28 +276,41 @@ def finetune_judge(
         if bar is not None:
             bar.close()
         model.eval()
-    elapsed = time.perf_counter() - t0
-    metrics: dict[str, Any] = {
-        "steps": steps,
-        "steps_per_s": steps / elapsed,
-        "train_time_s": elapsed,
-        "loss_first": losses[0],
-        "loss_last": losses[-1],
-        "loss_ema": loss_ema,
+    return losses, loss_ema, time.perf_counter() - t0
+
+
+def _slice_loss(
+    judge: VLMJudge,
+    ex: JudgeExamples,
+    config: JudgeTrainConfig,
+    ctx: Any,
+    precision: str,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """This rank's loss on its slice of a fresh global batch, weighted by the slice's share."""
+    from robot_bridge.devices import autocast
+
+    # the global batch, drawn and augmented alike on every rank; this rank's slice
+    idx = _balanced_batch(ex, config.batch_size, config.early_batch_frac, gen)
+    x = augment(ex.images[idx].float() / 255.0, config.augment, gen)
+    mine = ctx.shard(idx)
+    idx, x = idx[mine], x[mine]
+    with autocast(judge.device, precision):
+        margin = judge.yes_no_margin(x, [ex.instructions[i] for i in idx.tolist()])
+    loss = F.binary_cross_entropy_with_logits(margin.float(), ex.labels[idx].to(margin.device))
+    if ctx.enabled:
+        loss = loss * (len(idx) / config.batch_size)  # the slice's share of the global batch
+    return loss
+
+
+def _example_counts(ex: JudgeExamples) -> dict[str, int]:
+    return {
         "n_train_episodes": ex.n_episodes,
         "n_skipped_unlabelled": ex.n_skipped,
         "n_positive": int(((ex.labels == 1) & ~ex.early).sum()),
         "n_negative": int(((ex.labels == 0) & ~ex.early).sum()),
         "n_early_negatives": int(ex.early.sum()),
-        "train_config": config.to_dict(),
-        "device": str(judge.device),
-        "precision": precision,
-        "world_size": ctx.world_size,
     }
-    if val_episodes is not None:
-        metrics |= _calibrate_on_rank0(judge, val_episodes, ctx)
-    metrics["threshold"] = judge.config.threshold
-    return judge, metrics
 
 
 def _calibrate_on_rank0(judge: VLMJudge, val_episodes: Sequence[Any], ctx: Any) -> dict:

@@ -105,82 +105,124 @@ def train_world_model(
     Launched with several processes it trains data-parallel (see the module docstring); every
     rank returns the same model.
     """
-    from policy.distributed import DistContext, part_generator
+    from policy.distributed import DistContext
 
-    steps, batch_size, lr, seed = config.steps, config.batch_size, config.lr, config.seed
     dev, precision = placement(config.device, config.precision)
     ctx, dev = DistContext.setup(dev)
-    parts = resolve_batch_parts(ctx, batch_size, config.batch_parts)
-    per_part = batch_size // parts
-    my_parts = range(ctx.rank * parts // ctx.world_size, (ctx.rank + 1) * parts // ctx.world_size)
-    torch.manual_seed(seed)
+    parts = resolve_batch_parts(ctx, config.batch_size, config.batch_parts)
+    torch.manual_seed(config.seed)
     model = _build(model_or_config, init_from).to(dev)
     cfg = model.config
     data = WindowDataset(episodes, model.codec, cfg.image_size, cfg.context_frames, cfg.action_dim)
-    fresh = isinstance(model_or_config, WorldModelConfig) and init_from is None
-    if fresh:
+    if isinstance(model_or_config, WorldModelConfig) and init_from is None:
         cfg.action_mean, cfg.action_std = (tuple(x) for x in data.action_stats())
     ctx.broadcast_parameters(model)  # seeded builds agree already; a given model may not
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = warmup_cosine(opt, config.warmup_steps, steps, floor=1.0)  # warmup, then constant
-    gen = torch.Generator(device=model.device).manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    run = _Trainer.make(model, data, config, ctx, parts, dev, precision)
     losses: list[float] = []
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="world model", disable=not (progress and ctx.is_main))
+    bar = tqdm(range(config.steps), desc="world model", disable=not (progress and ctx.is_main))
     for step in bar:
+        losses.append(run.train_step(step))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
+    elapsed = time.perf_counter() - t0
+    model.eval()
+    return model, _metrics(run, losses, elapsed, episodes, init_from)
+
+
+@dataclass
+class _Trainer:
+    """One run's model, data, optimizer and generators, and this rank's parts of the batch."""
+
+    model: ActionConditionedWorldModel
+    data: WindowDataset
+    config: WorldModelTrainConfig
+    ctx: Any  # policy.distributed.DistContext
+    parts: int
+    dev: torch.device
+    precision: str
+    params: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    sched: Any
+    gen: torch.Generator
+    rng: np.random.Generator
+
+    @classmethod
+    def make(cls, model, data, config, ctx, parts, dev, precision) -> _Trainer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        sched = warmup_cosine(opt, config.warmup_steps, config.steps, floor=1.0)  # then constant
+        gen = torch.Generator(device=model.device).manual_seed(config.seed)
+        rng = np.random.default_rng(config.seed)
+        return cls(model, data, config, ctx, parts, dev, precision, params, opt, sched, gen, rng)
+
+    def train_step(self, step: int) -> float:
+        """One optimizer step on a fresh global batch; returns the global batch's loss."""
+        lr = self.config.lr
         # the global batch, drawn alike on every rank; this rank computes its parts of it
-        idx = torch.from_numpy(rng.integers(0, len(data), size=batch_size))
-        opt.zero_grad(set_to_none=True)
+        idx = torch.from_numpy(self.rng.integers(0, len(self.data), size=self.config.batch_size))
+        self.opt.zero_grad(set_to_none=True)
+        part_losses = self._backward_parts(step, idx)
+        # the global batch's loss; a sum over ranks, so a NaN or inf anywhere reaches every rank
+        loss_v = self.ctx.sum(part_losses.sum()).item()
+        if not math.isfinite(loss_v):
+            raise NonFiniteLossError(
+                f"world-model loss is {loss_v} at step {step} (lr={lr}); stopping"
+            )
+        self.ctx.sum_gradients(self.params)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        if not math.isfinite(grad_norm.item()):
+            raise NonFiniteLossError(
+                f"world-model gradient norm is {grad_norm.item()} at step {step} (lr={lr}); stopping"
+            )
+        self.opt.step()
+        self.sched.step()
+        return loss_v
+
+    def _backward_parts(self, step: int, idx: torch.Tensor) -> torch.Tensor:
+        """Backpropagate this rank's parts of the batch ``idx``; their (weighted) losses."""
+        from policy.distributed import part_generator
+
+        ctx, parts, model = self.ctx, self.parts, self.model
+        per_part = self.config.batch_size // parts
+        my_parts = range(
+            ctx.rank * parts // ctx.world_size, (ctx.rank + 1) * parts // ctx.world_size
+        )
         part_losses = []
         for p in my_parts:
-            batch = data.batch(idx[p * per_part : (p + 1) * per_part])
+            batch = self.data.batch(idx[p * per_part : (p + 1) * per_part])
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            g = gen if parts == 1 else part_generator(seed, step, p, model.device)
-            with autocast(dev, precision):
+            g = self.gen if parts == 1 else part_generator(self.config.seed, step, p, model.device)
+            with autocast(self.dev, self.precision):
                 loss = model.training_loss(**batch, generator=g)
             if parts > 1:
                 loss = loss / parts  # the part's share of the global batch
             loss.backward()
             part_losses.append(loss.detach())
-        # the global batch's loss; a sum over ranks, so a NaN or inf anywhere reaches every rank
-        loss_v = ctx.sum(torch.stack(part_losses).sum()).item()
-        if not math.isfinite(loss_v):
-            raise NonFiniteLossError(
-                f"world-model loss is {loss_v} at step {step} (lr={lr}); stopping"
-            )
-        ctx.sum_gradients(params)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        if not math.isfinite(grad_norm.item()):
-            raise NonFiniteLossError(
-                f"world-model gradient norm is {grad_norm.item()} at step {step} (lr={lr}); stopping"
-            )
-        opt.step()
-        sched.step()
-        losses.append(loss_v)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
-    elapsed = time.perf_counter() - t0
-    model.eval()
-    metrics = {
+        return torch.stack(part_losses)
+
+
+def _metrics(
+    run: _Trainer, losses: list[float], elapsed: float, episodes, init_from
+) -> dict[str, Any]:
+    steps = run.config.steps
+    return {
         "loss": losses,
         "final_loss": float(np.mean(losses[-max(1, steps // 10) :])),
         "steps": steps,
-        "batch_size": batch_size,
-        "batch_parts": parts,
-        "world_size": ctx.world_size,
+        "batch_size": run.config.batch_size,
+        "batch_parts": run.parts,
+        "world_size": run.ctx.world_size,
         "train_seconds": elapsed,
         "steps_per_s": steps / elapsed,
-        "transitions": len(data),
+        "transitions": len(run.data),
         "episodes": len(episodes),
         "warm_start": str(init_from) if init_from is not None else None,
-        "device": str(dev),
-        "precision": precision,
+        "device": str(run.dev),
+        "precision": run.precision,
     }
-    return model, metrics
 
 
 def resolve_batch_parts(ctx, batch_size: int, setting: int) -> int:
