@@ -243,7 +243,7 @@ def format_table(markdown: bool = False, environ: Mapping[str, str] | None = Non
             "",
             "Every environment variable gymnast reads or sets. Generated from "
             "`pipeline/environment.py` by `gymnast env --markdown > docs/environment.md`; "
-            "`tests/pipeline/test_pipeline.py` fails when the code names a variable missing here or this "
+            "`tests/pipeline/test_cli.py` fails when the code names a variable missing here or this "
             "page is stale.",
             "",
             "| variable | default | meaning | used by |",

@@ -1,10 +1,12 @@
 """The loop's failure paths on the arm, through real Dagster materializations, a real MLflow server
-and a real station subprocess: an unreachable station and an e-stop mid-collection each fail the
-step with one clear message, keep every recorded episode, and a re-run resumes without driving the
-arm again for finished work. Also ``gymnast dispatch models:/policy@champion``: the registry path.
+and a real station subprocess: an unreachable station, an e-stop mid-collection and a station killed
+mid-collection each fail the step with one clear message, keep every recorded episode, and a re-run
+resumes without driving the arm again for finished work. Also ``gymnast dispatch
+models:/policy@champion``: the registry path.
 
-Round 1's champion is seeded as a record (a scripted-expert checkpoint), so round 2 collects at
-once instead of bootstrapping an SFT policy first; everything after that is the real code path.
+The ``loop`` fixture seeds round 1's champion as a record (a scripted-expert checkpoint), so round
+2 collects at once instead of bootstrapping an SFT policy first; everything after that is the real
+code path. The station-killed test (slow) starts from nothing on the ``stack`` fixture.
 """
 
 import json
@@ -225,3 +227,84 @@ def test_dispatch_fetches_a_registered_model_by_alias(tmp_path):
     episodes = [read_episode(p) for p in list_episodes(out)]
     assert len(episodes) == 2
     assert {e.policy_sha256 for e in episodes} == {checkpoint_sha256(expert)}
+
+
+# --- a station killed mid-collection (slow) -------------------------------------------------------
+
+
+@pytest.fixture
+def stack(tmp_path, monkeypatch):
+    from pipeline.demo import local_stack
+
+    # two GRPO steps, two candidates: the real evaluation first picks one on check seeds
+    snapshots = {"grpo_steps": 2, "challenger_snapshots": 2, "snapshot_check_episodes_per_task": 1}
+    monkeypatch.setenv("GYMNAST_ROUND_OVERRIDES", json.dumps(SMOKE_ROUND | snapshots))
+    monkeypatch.setenv("GYMNAST_JUDGE_F1_FLOOR", "0.0")
+    monkeypatch.setenv("GYMNAST_PROGRESS", "0")
+    with local_stack(tmp_path / "home") as env:
+        yield tmp_path / "home", env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_station_killed_mid_collection_loses_nothing_and_resume_skips_finished_episodes(
+    stack, tmp_path, monkeypatch
+):
+    from pipeline.assets import ROUND_ASSETS
+    from pipeline.checks import ROUND_CHECKS
+    from pipeline.definitions import resources
+    from pipeline.demo import last_rounds
+    from robot_bridge.episodes import list_episodes
+    from robot_bridge.launch import StationProcess
+
+    home, env = stack
+    monkeypatch.setenv("GYMNAST_STATION_TIMEOUT", "5")  # a dead station is noticed after 3 x 5 s
+    overrides = {**SMOKE_ROUND, "tasks": ["open_drawer"], "collect_episodes_per_task": 6}
+    monkeypatch.setenv("GYMNAST_ROUND_OVERRIDES", json.dumps(overrides))
+    instance = dg.DagsterInstance.get()
+    (r,) = last_rounds(1)
+
+    def collect():  # the round job's real_episodes step, resources read from the environment now
+        return dg.materialize(
+            [*ROUND_ASSETS, *ROUND_CHECKS],
+            selection=["real_episodes"],
+            partition_key=r,
+            instance=instance,
+            resources=resources(),
+            raise_on_error=False,
+        )
+
+    dest = home / "rounds" / r / "episodes" / "champion"
+
+    station_a = StationProcess("sim", episodes_dir=tmp_path / "station_a", lease_timeout_s=5.0)
+    monkeypatch.setenv("GYMNAST_STATION", station_a.endpoint)
+
+    def kill_after_first_episode():
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if dest.exists() and list_episodes(dest):
+                station_a.kill()  # the station drops mid-job
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_after_first_episode, daemon=True)
+    killer.start()
+    result = collect()
+    killer.join(timeout=5)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "re-run the round to resume" in failure.step_failure_data.error.message.lower()
+    kept = list_episodes(dest)
+    assert 1 <= len(kept) < 6
+    assert not list(dest.glob(".*.download"))
+
+    with StationProcess(
+        "sim", episodes_dir=tmp_path / "station_b", lease_timeout_s=5.0
+    ) as station_b:
+        monkeypatch.setenv("GYMNAST_STATION", station_b.endpoint)
+        result = collect()
+        assert result.success
+        run_on_b = list_episodes(tmp_path / "station_b")
+    assert len(list_episodes(dest)) == 6
+    assert set(kept) <= set(list_episodes(dest))  # nothing recorded before the drop was lost
+    assert len(run_on_b) == 6 - len(kept)  # the arm ran only what was missing
