@@ -87,6 +87,33 @@ def _up(p: np.ndarray, dz: float) -> np.ndarray:
     return p + np.array([0.0, 0.0, dz])
 
 
+def _at_height(p: np.ndarray, z: float) -> np.ndarray:
+    out = np.array(p, copy=True)  # the state's own dtype, as the plans always used
+    out[2] = z
+    return out
+
+
+def _pick_and_place(grasp_point, yaw, above, into, approach_up, tols, early_release) -> list:
+    """Approach above the grasp point, descend, grasp, lift, (drop: a mistake), carry above the
+    goal, lower into it (``tols``: carry and lower tolerances), release, retreat upwards."""
+    hold = lambda s: (s["ee_pos"].copy(), s["target_rpy"][2])  # noqa: E731
+    keep_yaw = lambda goal: lambda s: (goal(s), s["target_rpy"][2])  # noqa: E731
+    phases = [
+        _Phase("approach", lambda s: (_up(grasp_point(s), approach_up), yaw(s)), 1.0, tol=0.012),
+        _Phase("descend", lambda s: (grasp_point(s), yaw(s)), 1.0, tol=0.008, max_steps=8),
+        _Phase("grasp", hold, 0.0, tol=1.0, hold=3),
+        _Phase("lift", keep_yaw(lambda s: np.r_[s["ee_pos"][:2], 0.04]), 0.0, tol=0.015),
+    ]
+    if early_release:
+        phases.append(_Phase("drop", hold, 1.0, tol=1.0, hold=2))
+    return phases + [
+        _Phase("carry", keep_yaw(above), 0.0, tol=tols[0]),
+        _Phase("lower", keep_yaw(into), 0.0, tol=tols[1]),
+        _Phase("release", hold, 1.0, tol=1.0, hold=2),
+        _Phase("retreat", keep_yaw(lambda s: _up(s["ee_pos"], 0.08)), 1.0, max_steps=10**9),
+    ]
+
+
 class ScriptedExpertPolicy(Policy):
     """Waypoint expert with privileged simulator state; chunks of one action."""
 
@@ -134,14 +161,19 @@ class ScriptedExpertPolicy(Policy):
         container = "sink" if task == "eggplant_in_sink" else "basket"
         return self._plan_eggplant(container)
 
-    def _plan_eggplant(self, container: str) -> list[_Phase]:
-        offset = np.zeros(3)
-        early_release = False
+    def _mistake_of(self, miss_height: float) -> tuple[np.ndarray, bool]:
+        """This episode's deliberate error, if it has one: half the time a grasp
+        ``miss_height`` above the object (pinching the air), else a release on the way."""
+        offset, early_release = np.zeros(3), False
         if self._mistake:
-            if self._rng.random() < 0.5:  # pinch the air just above the eggplant
-                offset[2] = 0.05
+            if self._rng.random() < 0.5:
+                offset[2] = miss_height
             else:
                 early_release = True
+        return offset, early_release
+
+    def _plan_eggplant(self, container: str) -> list[_Phase]:
+        offset, early_release = self._mistake_of(0.05)
 
         def grasp_point(s: dict) -> np.ndarray:
             p = s["eggplant_pos"].copy()
@@ -149,93 +181,47 @@ class ScriptedExpertPolicy(Policy):
             p[2] = max(p[2], s["table_z"] + 0.02)
             return p + offset
 
-        def yaw(s: dict) -> float:
-            return _grasp_yaw(s["eggplant_yaw"])
-
-        def above_container(s: dict) -> np.ndarray:
-            c = s[f"{container}_center"].copy()
-            c[2] = 0.04
-            return c
-
         def into_container(s: dict) -> np.ndarray:
             c = s[f"{container}_center"].copy()
             c[2] = s["table_z"] + s[f"{container}_wall_height"] + 0.03
             return c
 
-        hold = lambda s: (s["ee_pos"].copy(), s["target_rpy"][2])  # noqa: E731
-        phases = [
-            _Phase("approach", lambda s: (_up(grasp_point(s), 0.08), yaw(s)), 1.0, tol=0.012),
-            _Phase("descend", lambda s: (grasp_point(s), yaw(s)), 1.0, tol=0.008, max_steps=8),
-            _Phase("grasp", hold, 0.0, tol=1.0, hold=3),
-            _Phase(
-                "lift", lambda s: (np.r_[s["ee_pos"][:2], 0.04], s["target_rpy"][2]), 0.0, tol=0.015
-            ),
-        ]
-        if early_release:
-            phases.append(_Phase("drop", hold, 1.0, tol=1.0, hold=2))
-        return phases + [
-            _Phase("carry", lambda s: (above_container(s), s["target_rpy"][2]), 0.0, tol=0.015),
-            _Phase("lower", lambda s: (into_container(s), s["target_rpy"][2]), 0.0, tol=0.012),
-            _Phase("release", hold, 1.0, tol=1.0, hold=2),
-            _Phase(
-                "retreat",
-                lambda s: (_up(s["ee_pos"], 0.08), s["target_rpy"][2]),
-                1.0,
-                max_steps=10**9,
-            ),
-        ]
+        return _pick_and_place(
+            grasp_point,
+            lambda s: _grasp_yaw(s["eggplant_yaw"]),
+            lambda s: _at_height(s[f"{container}_center"], 0.04),
+            into_container,
+            approach_up=0.08,
+            tols=(0.015, 0.012),
+            early_release=early_release,
+        )
 
     def _plan_cup(self, colour: str) -> list[_Phase]:
         """Grasp the ``colour`` cup from above, lift it, carry it over the plate, lower it until
         it stands on the plate, release, lift away. The mistakes are the eggplant's: a grasp
         above the cup, or a release on the way."""
         key = f"{colour}_cup_pos"
-        offset = np.zeros(3)
-        early_release = False
-        if self._mistake:
-            if self._rng.random() < 0.5:  # pinch the air above the cup
-                offset[2] = 0.06
-            else:
-                early_release = True
+        offset, early_release = self._mistake_of(0.06)
 
         def grasp_point(s: dict) -> np.ndarray:
             # a little below the cup's middle: the pads then clear the table by ~1 cm
             return s[key] + offset + np.array([0.0, 0.0, -0.004])
 
-        def above_plate(s: dict) -> np.ndarray:
-            p = s["plate_center"].copy()
-            p[2] = 0.04
-            return p
-
         def onto_plate(s: dict) -> np.ndarray:
             # the grasp point's height above the table, put back on top of the plate (+3 mm,
             # so the cup drops the last bit rather than being pushed into the plate)
-            p = s["plate_center"].copy()
-            p[2] = s["plate_top_z"] + s["cup_half_height"] - 0.004 + 0.003
-            return p
+            height = s["plate_top_z"] + s["cup_half_height"] - 0.004 + 0.003
+            return _at_height(s["plate_center"], height)
 
-        hold = lambda s: (s["ee_pos"].copy(), s["target_rpy"][2])  # noqa: E731
-        phases = [
-            _Phase("approach", lambda s: (_up(grasp_point(s), 0.09), 0.0), 1.0, tol=0.012),
-            _Phase("descend", lambda s: (grasp_point(s), 0.0), 1.0, tol=0.008, max_steps=8),
-            _Phase("grasp", hold, 0.0, tol=1.0, hold=3),
-            _Phase(
-                "lift", lambda s: (np.r_[s["ee_pos"][:2], 0.04], s["target_rpy"][2]), 0.0, tol=0.015
-            ),
-        ]
-        if early_release:
-            phases.append(_Phase("drop", hold, 1.0, tol=1.0, hold=2))
-        return phases + [
-            _Phase("carry", lambda s: (above_plate(s), s["target_rpy"][2]), 0.0, tol=0.012),
-            _Phase("lower", lambda s: (onto_plate(s), s["target_rpy"][2]), 0.0, tol=0.008),
-            _Phase("release", hold, 1.0, tol=1.0, hold=2),
-            _Phase(
-                "retreat",
-                lambda s: (_up(s["ee_pos"], 0.08), s["target_rpy"][2]),
-                1.0,
-                max_steps=10**9,
-            ),
-        ]
+        return _pick_and_place(
+            grasp_point,
+            lambda s: 0.0,
+            lambda s: _at_height(s["plate_center"], 0.04),
+            onto_plate,
+            approach_up=0.09,
+            tols=(0.012, 0.008),
+            early_release=early_release,
+        )
 
     def _plan_open_drawer(self) -> list[_Phase]:
         # The mistake: pinch above the handle tab, so the pull drags nothing.
