@@ -21,3 +21,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def single_process(monkeypatch):
+    """No launcher's variables in the test process: whatever the shell had, the code under test
+    runs as one process, and the workers a test starts get only what it gives them."""
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)

@@ -16,7 +16,7 @@ from robot_bridge.backends.base import Observation
 from robot_bridge.episodes import EpisodeMeta, EpisodeWriter
 from robot_bridge.spec import TASKS
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "single_process")
 
 SHAPE = (64, 64, 3)
 GRPO = {"group_size": 2, "starts_per_step": 2, "horizon_chunks": 2, "judge_samples": 1}
@@ -26,9 +26,7 @@ EVERY_GROUP = {"filter_low": 0.0, "filter_high": 1.0, "entropy_coef": 0.05}
 
 
 @pytest.fixture(autouse=True)
-def _not_a_rank(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
+def _on_the_cpu(monkeypatch):
     monkeypatch.setenv("GYMNAST_DEVICE", "cpu")
 
 

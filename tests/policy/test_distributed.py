@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distributed_launch import run_worker  # noqa: E402
 from small_models import SMALL_VLA, SyntheticEpisode  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("single_process")
+
 SMALL = SMALL_VLA
 GLOBAL_BATCH = 8
 STEPS = 2  # the second step checks that every rank's sampling stream stays in step
@@ -80,12 +82,6 @@ def _worker(out: Path) -> None:
         )
     distributed.barrier()
     distributed.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _single_process_env(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
 
 
 def test_two_gloo_ranks_take_the_same_sft_step_as_one_process(tmp_path):

@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distributed_launch import run_worker  # noqa: E402
 from small_models import SyntheticEpisode  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("single_process")
+
 GLOBAL_BATCH = 8
 STEPS = 2  # the second step checks that the sampling / augmentation stream stays in step
 # A key projection's bias shifts every score of a query alike, which the softmax ignores: its
@@ -79,12 +81,6 @@ def _worker(out: Path) -> None:
     (out / f"metrics{rank}.json").write_text(json.dumps(row))
     distributed.barrier()
     distributed.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _single_process_env(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distributed_launch import run_worker  # noqa: E402
 from small_models import SyntheticEpisode, small_config  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("single_process")
+
 GLOBAL_BATCH = 8
 PARTS = 2
 STEPS = 2  # the second step checks that the sampling stream stays in step on every rank
@@ -73,12 +75,6 @@ def _worker(out: Path) -> None:
     (out / f"metrics{rank}.json").write_text(json.dumps({k: metrics[k] for k in keys}))
     distributed.barrier()
     distributed.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def _single_process_env(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
 
 
 @pytest.mark.usefixtures("one_torch_thread")
