@@ -158,7 +158,19 @@ def instruction_set_arg(args: dict) -> str:
 
 def backend_scenes(backend: RobotBackend) -> tuple[str, ...]:
     """Every scene the backend can reset into: the base scene and its named variants."""
-    return (BASE_SCENE, *getattr(backend, "scene_variants", ()))
+    return (BASE_SCENE, *backend.scene_variants)
+
+
+def check_tasks(backend: RobotBackend, tasks) -> None:
+    """Refuse a task whose objects the backend's scene lacks (``unknown_task``): a real arm's
+    table has no cups, so a language task there would run an episode nobody can succeed at."""
+    missing = [t for t in tasks if t not in backend.tasks]
+    if missing:
+        raise ProtocolError(
+            "unknown_task",
+            f"backend {backend.info.name!r} has no scene for task(s) {missing}; its tasks: "
+            f"{', '.join(backend.tasks)}",
+        )
 
 
 def check_scene(backend: RobotBackend, scene: str | None) -> None:
@@ -293,6 +305,7 @@ class JobRunner:
 
     def submit(self, spec: JobSpec, owner: str | None = None) -> Job:
         check_scene(self.backend, spec.scene)
+        check_tasks(self.backend, spec.tasks)
         if self.running() is not None:
             raise RuntimeError(f"job {self._active.job_id} is still running; one job at a time")
         job = Job(job_id=uuid.uuid4().hex[:12], spec=spec, owner=owner, total=len(spec.plan()))

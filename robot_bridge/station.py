@@ -41,7 +41,7 @@ from robot_bridge.checkpoints import CheckpointError, CheckpointStore, check_che
 from robot_bridge.episodes import recover_partials
 from robot_bridge.episodes.writer import fsync_dir
 from robot_bridge.folders import claim_dir
-from robot_bridge.jobs import JOB_STATUS_PAGE, Job, JobRunner, JobSpec
+from robot_bridge.jobs import JOB_STATUS_PAGE, Job, JobRunner, JobSpec, backend_scenes
 from robot_bridge.protocol import ProtocolError
 from robot_bridge.protocol import field as arg
 from robot_bridge.spec import (
@@ -565,6 +565,7 @@ class Station(StepControl):
                 t.name: {"instruction": t.instruction, "max_steps": t.max_steps}
                 for t in (TASKS[name] for name in self.backend.tasks)
             },
+            "scenes": list(backend_scenes(self.backend)),
             "action_low": ACTION_LOW.tolist(),
             "action_high": ACTION_HIGH.tolist(),
             "workspace_low": WORKSPACE_LOW.tolist(),

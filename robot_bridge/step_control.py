@@ -20,6 +20,7 @@ from robot_bridge.backends.base import BackendError, Observation
 from robot_bridge.episodes import EpisodeMeta, EpisodeWriteError, EpisodeWriter
 from robot_bridge.jobs import (
     check_scene,
+    check_tasks,
     instruction_set_arg,
     reset_in_scene,
     scene_arg,
@@ -146,6 +147,7 @@ class StepControl:
         record = arg(args, "record", bool, default=self.config.record_step_control)
         scene = scene_arg(args)
         check_scene(self.backend, scene)
+        check_tasks(self.backend, [task])
         instruction_set = instruction_set_arg(args)
         instruction = arg(
             args,

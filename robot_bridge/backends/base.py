@@ -87,6 +87,10 @@ class RobotBackend(ABC):
     # The tasks whose scene this backend has (the station's hello lists them): the AutoEval
     # tasks; the simulator adds the language tasks.
     tasks: tuple[str, ...] = AUTOEVAL_TASKS
+    # Named scene variants ``reset(task, seed, scene=...)`` accepts besides the base scene
+    # (``robot_bridge.backends.scenes``); a real arm has none, its scene is whatever is on the
+    # table. The station refuses a variant the backend does not list.
+    scene_variants: tuple[str, ...] = ()
 
     @abstractmethod
     def reset(self, task: str, seed: int | None = None) -> Observation:

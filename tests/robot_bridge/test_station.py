@@ -76,6 +76,23 @@ def test_hello_describes_the_station(client):
     assert hello["camera_shape"] == [256, 256, 3]
     assert hello["action_high"][:3] == pytest.approx([0.05] * 3)
     assert hello["action_high"][3:6] == pytest.approx([0.25] * 3)
+    assert hello["scenes"] == ["base"]  # no scene variants on a backend without a simulator
+
+
+def test_a_task_the_backends_scene_lacks_is_refused_for_step_control_and_jobs(client, tmp_path):
+    """The instant backend stands in for a real arm: its table has no cups, so the simulator's
+    language tasks are refused, never run as episodes nobody could succeed at."""
+    client.acquire_lease()
+    with pytest.raises(
+        StationError, match="no scene for task\\(s\\) \\['red_cup_on_plate'\\]"
+    ) as e:
+        client.reset("red_cup_on_plate", seed=1)
+    assert e.value.code == "unknown_task"
+    client.release_lease()
+    sha = client.upload_checkpoint(write_policy_config(tmp_path / "r", "random"))
+    with pytest.raises(StationError, match="its tasks: open_drawer, close_drawer") as e:
+        client.job_submit(sha, ["open_drawer", "blue_cup_on_plate"], 1)
+    assert e.value.code == "unknown_task"
 
 
 def test_step_control_stamps_and_records(client, station):
