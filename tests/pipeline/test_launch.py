@@ -143,6 +143,7 @@ def test_challenger_on_two_processes_matches_one_process_and_rank_zero_reports(
     assert (tmp_path / "two" / "strip.png").is_file()  # drawn by rank 0 for the step to log
 
 
+@pytest.mark.slow  # the Dagster round below launches this stage too; here on its own
 def test_world_model_stage_on_two_processes_saves_once_with_its_evaluation(round_inputs, tmp_path):
     cfg = RoundConfig.from_preset("smoke", world_model_steps=2, device="cpu", train_processes=2)
     art = launch.run_stage(
