@@ -82,12 +82,16 @@ def rollout_error(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Open-loop error growth: roll out the real action sequence from the real first frame and
-    compare each imagined frame with the real one. Horizon is cut to the shortest episode used.
+    compare each imagined frame with the real one. Episodes at least ``horizon`` actions long
+    come first (a short success would otherwise cut every rollout to its length); the horizon is
+    cut to the shortest episode used only when too few are that long.
 
     Returns per-step ``mse`` / ``psnr`` lists (index k = k+1 steps after the initial frame), plus
     ``imagined`` and ``real`` uint8 arrays (E, H', S, S, 3) for videos.
     """
-    eps = [e for e in episodes if len(e.actions) >= 1][:max_episodes]
+    usable = [e for e in episodes if len(e.actions) >= 1]
+    long = [e for e in usable if len(e.actions) >= horizon]
+    eps = (long + [e for e in usable if len(e.actions) < horizon])[:max_episodes]
     if not eps:
         raise EmptyDatasetError("rollout_error needs at least one episode with an action")
     h = min(horizon, *(len(e.actions) for e in eps))

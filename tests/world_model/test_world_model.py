@@ -6,6 +6,7 @@ model that uses its action input predicts the next frame better with the true ac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -325,6 +326,17 @@ def test_learns_action_conditioning():
 
 
 # ------------------------------------------------------------------------------------ evaluation
+
+
+def test_open_loop_rollouts_use_episodes_as_long_as_the_horizon_before_short_ones(episodes):
+    """A quick success among the held-out episodes must not cut every rollout to its length."""
+    model = ActionConditionedWorldModel(small_config())
+    long = episodes[0]
+    short = dataclasses.replace(long, frames=long.frames[:4], actions=long.actions[:3])
+    ro = rollout_error(model, [short, long, long], horizon=6, max_episodes=2)
+    assert (ro["horizon"], ro["episodes"]) == (6, 2)  # the two long ones
+    # too few long ones: the short one joins, and the horizon is cut to it
+    assert rollout_error(model, [short, long], horizon=6, max_episodes=2)["horizon"] == 3
 
 
 def test_evaluation_and_side_by_side_video(tmp_path, episodes):
