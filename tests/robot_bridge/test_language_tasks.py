@@ -46,20 +46,6 @@ OTHER = {"blue_cup_on_plate": "red_cup_on_plate", "red_cup_on_plate": "blue_cup_
 COLOUR = {"blue_cup_on_plate": "blue", "red_cup_on_plate": "red"}
 
 
-@pytest.fixture(scope="module")
-def sim() -> SimBackend:
-    backend = SimBackend(image_size=SIZE)
-    yield backend
-    backend.close()
-
-
-@pytest.fixture(scope="module")
-def blind() -> SimBackend:
-    backend = SimBackend(image_size=32, render=False)
-    yield backend
-    backend.close()
-
-
 def _objects(backend: SimBackend) -> dict[str, np.ndarray]:
     s = backend.privileged_state()
     return {"blue": s["blue_cup_pos"], "red": s["red_cup_pos"], "plate": s["plate_center"]}

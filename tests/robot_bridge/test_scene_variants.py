@@ -49,20 +49,6 @@ HALF_HEIGHT = {o.kind: o.half_height for o in _OBJECTS}
 SIZE = 64
 
 
-@pytest.fixture(scope="module")
-def sim() -> SimBackend:
-    backend = SimBackend(image_size=SIZE)
-    yield backend
-    backend.close()
-
-
-@pytest.fixture(scope="module")
-def blind() -> SimBackend:
-    backend = SimBackend(image_size=32, render=False)
-    yield backend
-    backend.close()
-
-
 # --------------------------------------------------------------------------- the base scene
 
 # Recorded from the code before scene variants existed: the base scene's MJCF, and the first
