@@ -24,6 +24,10 @@ from robot_bridge import protocol
 from robot_bridge.backends.base import Observation
 from robot_bridge.checkpoints import CHUNK_BYTES, build_manifest, sha256_file
 
+# how long a chunk is sent again while the station's disk is behind: 32 MiB of queued chunks
+# drain in well under a second on a healthy disk; a minute of "busy" means it is not healthy
+BUSY_PATIENCE_S = 60.0
+
 
 class StationError(RuntimeError):
     """The station answered with an error; ``code`` says which kind."""
@@ -266,16 +270,31 @@ class StationClient:
             with open(Path(checkpoint_dir) / entry.path, "rb") as f:
                 offset = 0
                 while data := f.read(chunk):
-                    self.call(
-                        "upload_chunk",
-                        {"sha256": sha, "path": entry.path, "offset": offset},
-                        arrays={"data": np.frombuffer(data, dtype=np.uint8)},
-                    )
+                    self.upload_chunk(sha, entry.path, offset, data)
                     offset += len(data)
                     bar.update(len(data))
         bar.close()
         self.wait_commit(sha, total_bytes=sum(e.size for e in entries))
         return sha
+
+    def upload_chunk(self, sha: str, path: str, offset: int, data: bytes) -> None:
+        """One chunk; sent again while the station's disk is behind (``busy``), for as long as
+        a healthy disk would take to drain its queue many times over."""
+        deadline = time.monotonic() + BUSY_PATIENCE_S
+        pause = 0.01
+        while True:
+            try:
+                self.call(
+                    "upload_chunk",
+                    {"sha256": sha, "path": path, "offset": offset},
+                    arrays={"data": np.frombuffer(data, dtype=np.uint8)},
+                )
+                return
+            except StationError as e:
+                if e.code != "busy" or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.5)
 
     def wait_commit(self, sha: str, total_bytes: int, poll_s: float = 0.05) -> str:
         """Ask the station to verify an upload, and wait until it has; returns its path there.

@@ -11,8 +11,9 @@ everything recorded kept; a job and a lease never drive the arm at the same time
 
 A request id is executed at most once per peer: every reply to a mutating request, error or not,
 is kept under (peer, id), and a retry (the same bytes from the same peer) gets that reply back
-after the peer's role is checked again. Nothing that grows with an upload runs on the socket
-thread (see ``robot_bridge.uploads``), so an e-stop is always answered within a control period.
+after the peer's role is checked again. Nothing that grows with an upload or writes its bytes runs
+on the socket thread (see ``robot_bridge.uploads``), so an e-stop is answered within a control
+period even while the disk stalls.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from robot_bridge.spec import (
     WORKSPACE_LOW,
 )
 from robot_bridge.step_control import Lease, StepControl, StepEpisode
-from robot_bridge.uploads import Uploads
+from robot_bridge.uploads import UploadBusy, Uploads
 
 log = logging.getLogger("gymnast.station")
 
@@ -439,6 +440,8 @@ class Station(StepControl):
             raise ProtocolError("bad_request", "upload_chunk needs a 1-D uint8 'data' frame")
         try:
             end = self.uploads.chunk(sha, path, offset, memoryview(data))
+        except UploadBusy as e:
+            raise ProtocolError("busy", str(e)) from None
         except CheckpointError as e:
             raise ProtocolError("bad_checkpoint", str(e)) from None
         return {"received": end}, {}

@@ -261,11 +261,7 @@ def bench_estop_under_upload(size_bytes: int, workdir: Path, every_s: float = 0.
                 with open(ckpt / e.path, "rb") as f:
                     offset = 0
                     while data := f.read(4 * 1024 * 1024):
-                        uploader.call(
-                            "upload_chunk",
-                            {"sha256": sha, "path": e.path, "offset": offset},
-                            arrays={"data": np.frombuffer(data, np.uint8)},
-                        )
+                        uploader.upload_chunk(sha, e.path, offset, data)
                         offset += len(data)
             times["chunks_s"], t1 = time.perf_counter() - t0, time.perf_counter()
             phase[0] = "verifying"

@@ -337,11 +337,7 @@ def test_estop_is_answered_within_a_control_period_during_the_largest_upload(tmp
                 with open(ckpt / e.path, "rb") as f:
                     offset = 0
                     while data := f.read(4 * MiB):
-                        uploader.call(
-                            "upload_chunk",
-                            {"sha256": sha, "path": e.path, "offset": offset},
-                            arrays={"data": np.frombuffer(data, np.uint8)},
-                        )
+                        uploader.upload_chunk(sha, e.path, offset, data)
                         offset += len(data)
             phase["now"] = "verifying"
             while uploader.call("upload_commit", {"sha256": sha})[0]["state"] != "done":
