@@ -421,6 +421,50 @@ def evaluate_judge(
     return out
 
 
+@dataclass
+class ReplayedEpisode:
+    """A real episode's actions replayed open-loop in the world model: the imagined video, with
+    the real episode's instruction, task and outcome."""
+
+    frames: np.ndarray  # (T, S, S, 3) uint8: the imagined frames, at the world model's size
+    instruction: str
+    success: bool
+    task: str | None = None
+
+
+@torch.no_grad()
+def replay_in_imagination(
+    world_model: Any,
+    episodes: Sequence[Any],
+    max_steps: int = 40,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> list[ReplayedEpisode]:
+    """Each labelled episode's executed actions (its first ``max_steps``) replayed open-loop in
+    the world model from its first real frame. Episodes without actions or label are left out."""
+    kept = [e for e in labelled(episodes)[0] if len(e.actions) > 0]
+    if not kept:
+        raise JudgeDataError("no success-labelled episodes with actions to replay")
+    if max_steps < 1 or batch_size < 1:
+        raise ValueError(f"need max_steps >= 1 and batch_size >= 1, got {max_steps}, {batch_size}")
+    by_length: dict[int, list[Any]] = {}
+    for e in kept:  # a batch of rollouts shares one length
+        by_length.setdefault(min(len(e.actions), max_steps), []).append(e)
+    gen = torch.Generator(device=world_model.device).manual_seed(seed)
+    out = []
+    for steps, group in sorted(by_length.items()):
+        for i in range(0, len(group), batch_size):
+            chunk = group[i : i + batch_size]
+            frames0 = np.stack([np.asarray(e.frames[0]) for e in chunk])
+            actions = torch.as_tensor(np.stack([np.asarray(e.actions[:steps]) for e in chunk]))
+            videos = world_model.rollout(frames0, actions.float(), gen).cpu().numpy()
+            out += [
+                ReplayedEpisode(v, e.instruction, bool(e.success), getattr(e, "task", None))
+                for v, e in zip(videos, chunk, strict=True)
+            ]
+    return out
+
+
 @torch.no_grad()
 def evaluate_judge_on_imagined(
     judge: SuccessJudge,
@@ -433,31 +477,21 @@ def evaluate_judge_on_imagined(
 ) -> dict[str, Any]:
     """The judge on imagined replays of real episodes, against what really happened.
 
-    Each labelled episode's executed actions (its first ``max_steps``) are replayed open-loop in
-    the world model from its first real frame; the judge votes on the imagined video and the vote
-    is compared with the episode's real outcome. This is the reward GRPO gets for an action
-    sequence vs. what the same actions did on the arm: where the real-episode F1 is high and
-    this one is low, the world model (not the judge) is what misleads RL.
+    The judge votes on each replay (``replay_in_imagination``) and the vote is compared with the
+    episode's real outcome. This is the reward GRPO gets for an action sequence vs. what the same
+    actions did on the arm: where the real-episode F1 is high and this one is low, the world
+    model (not the judge) is what misleads RL.
     """
-    kept = [e for e in labelled(episodes)[0] if len(e.actions) > 0]
-    if not kept:
-        raise JudgeDataError("no success-labelled episodes with actions to replay")
-    if max_steps < 1 or batch_size < 1:
-        raise ValueError(f"need max_steps >= 1 and batch_size >= 1, got {max_steps}, {batch_size}")
-    by_length: dict[int, list[Any]] = {}
-    for e in kept:  # a batch of rollouts shares one length
-        by_length.setdefault(min(len(e.actions), max_steps), []).append(e)
-    gen = torch.Generator(device=world_model.device).manual_seed(seed)
-    rewards, labels = [], []
-    for steps, group in sorted(by_length.items()):
-        for i in range(0, len(group), batch_size):
-            chunk = group[i : i + batch_size]
-            frames0 = np.stack([np.asarray(e.frames[0]) for e in chunk])
-            actions = torch.as_tensor(np.stack([np.asarray(e.actions[:steps]) for e in chunk]))
-            videos = world_model.rollout(frames0, actions.float(), gen).cpu().numpy()
-            result = judge.judge(list(videos), [e.instruction for e in chunk], n_samples=n_samples)
-            rewards.append(np.asarray(result.rewards) > 0.5)
-            labels += [bool(e.success) for e in chunk]
-    out: dict[str, Any] = binary_metrics(np.concatenate(rewards), np.array(labels))
+    replays = replay_in_imagination(world_model, episodes, max_steps, batch_size, seed)
+    votes = []
+    for i in range(0, len(replays), batch_size):
+        chunk = replays[i : i + batch_size]
+        result = judge.judge(
+            [r.frames for r in chunk], [r.instruction for r in chunk], n_samples=n_samples
+        )
+        votes.append(np.asarray(result.rewards) > 0.5)
+    out: dict[str, Any] = binary_metrics(
+        np.concatenate(votes), np.array([r.success for r in replays])
+    )
     out["max_steps"] = max_steps
     return out

@@ -84,7 +84,8 @@ def first_leg(ctx: BenchContext, sft_counts: Sequence[int] = ()) -> tuple[ModelA
     judge = ctx.trained(
         "judge",
         "judge",
-        lambda: refresh_judge(data_dirs, None, workdir / "judge", cfg, progress),
+        lambda: refresh_judge(data_dirs, None, workdir / "judge", cfg, progress, wm.path),
+        upstream=replays_key(cfg, wm),
     )
     rl = ctx.trained(
         "GRPO",
@@ -95,6 +96,11 @@ def first_leg(ctx: BenchContext, sft_counts: Sequence[int] = ()) -> tuple[ModelA
     )
     rl = checked_snapshot(ctx, rl, workdir / "snapshot_check", "")
     return sft, Leg(wm, judge, rl, data_dirs)
+
+
+def replays_key(cfg, wm: ModelArtifact) -> dict | None:
+    """With ``judge_replays`` the judge also depends on the world model it replays in."""
+    return {"replay_world_model": wm.sha256} if cfg.judge_replays else None
 
 
 def dyna_iteration(
@@ -133,9 +139,9 @@ def dyna_iteration(
     judge = ctx.trained(
         f"Dyna {k}: judge",
         "judge",
-        lambda: refresh_judge(data_dirs, leg.judge.path, d / "judge", cfg, progress),
+        lambda: refresh_judge(data_dirs, leg.judge.path, d / "judge", cfg, progress, wm.path),
         f"dyna{k}_judge",
-        runs_of | {"from": leg.judge.sha256},
+        runs_of | {"from": leg.judge.sha256} | (replays_key(cfg, wm) or {}),
     )
     ctx.report[f"dyna{k}_world_model"], ctx.report[f"dyna{k}_judge"] = wm.metrics, judge.metrics
     rl = ctx.trained(

@@ -38,6 +38,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         *_DATA,
         "holdout_fraction",
         "judge_steps",
+        "judge_replays",
     ),
     "grpo": (
         *_SFT,
@@ -47,6 +48,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "world_model_steps",
         "holdout_fraction",
         "judge_steps",
+        "judge_replays",
         "grpo_steps",
         "grpo_overrides",
         "challenger_snapshots",
@@ -67,13 +69,22 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# fields added after records were written: left out of a stage's inputs at these values, so a
+# record written before the field existed still matches a run that leaves it at its default
+SILENT_AT = {"judge_replays": False}
+
+
 def reuse_or_train(
     record: Path, stage: str, cfg: RoundConfig, train, upstream: dict | None = None
 ) -> tuple[ModelArtifact, bool]:
     """``train()`` unless ``record`` says an identical earlier run left this stage's checkpoint.
     ``upstream`` adds what the settings do not pin down: a Dyna stage's inputs are the checkpoints
     it starts from (their sha256) and its seeds, so a re-run reuses it exactly when they match."""
-    fields = {f: getattr(cfg, f) for f in STAGE_INPUTS[stage]} | (upstream or {})
+    fields = {
+        f: getattr(cfg, f)
+        for f in STAGE_INPUTS[stage]
+        if not (f in SILENT_AT and getattr(cfg, f) == SILENT_AT[f])
+    } | (upstream or {})
     inputs = json.loads(json.dumps(fields))
     if record.is_file():
         saved = json.loads(record.read_text())

@@ -126,6 +126,11 @@ class RoundConfig(Config):
     # actions' consequences is easiest to fool.
     explore_episodes_per_task: int = 0
     explore_temperature: float = 1.0
+    # the judge also learns from its training episodes replayed open-loop in this round's world
+    # model, each labelled with what really happened: GRPO's rewards are votes on imagined
+    # video, and a judge that has only seen real video rewards what the world model "completes"
+    # while the arm does not (issue 17's lever; docs/experiments.md has its measurement)
+    judge_replays: bool = False
     holdout_fraction: float = 0.15
     promotion_alpha: float = 0.05
     seed: int = 0

@@ -351,19 +351,25 @@ def refresh_judge(
     out_dir: Path,
     cfg: RoundConfig,
     progress: bool = True,
+    world_model: Path | None = None,
 ) -> ModelArtifact | None:
     """Finetune the success judge on the success-labelled real episodes; F1 on held-out ones.
     ``sources`` as for ``refresh_world_model``; labelled episodes of ``cfg.external_datasets``
-    join the training split only (threshold and held-out F1 stay on our arm's data)."""
+    join the training split only (threshold and held-out F1 stay on our arm's data). With
+    ``cfg.judge_replays``, the training episodes replayed in ``world_model`` (this round's) join
+    the training split too, with their real labels."""
     from reward.config import JudgeTrainConfig, VLMJudgeConfig
     from reward.train import evaluate_judge, finetune_judge
     from reward.vlm import VLMJudge
 
+    if cfg.judge_replays and world_model is None:
+        raise ValueError("judge_replays needs the round's world model (world_model=...)")
     episodes = [e for e in load_episodes(sources) if e.success is not None]
     rest, held = split_by_label(episodes, cfg.holdout_fraction)
     # the threshold is calibrated on its own split, so held-out F1 is not flattered by it
     train, val = split_by_label(rest, cfg.holdout_fraction, salt="judge-threshold")
-    train += [e for e in external_episodes(cfg) if e.success is not None]
+    replays = imagined_training_replays(train, world_model, cfg) if cfg.judge_replays else []
+    train += replays + [e for e in external_episodes(cfg) if e.success is not None]
     if len({e.success for e in val}) < 2:  # too few episodes of one kind to calibrate on
         val = None
     start = (
@@ -388,8 +394,25 @@ def refresh_judge(
         checkpoint_sha256(out),
         scalar_metrics(metrics)
         | {f"heldout_{k}": v for k, v in scalar_metrics(held_metrics).items()}
-        | {"threshold_calibrated": float(val is not None), "heldout_episodes": float(len(held))},
+        | {
+            "threshold_calibrated": float(val is not None),
+            "heldout_episodes": float(len(held)),
+            "replay_episodes": float(len(replays)),
+        },
     )
+
+
+def imagined_training_replays(train: Sequence[Episode], world_model: Path, cfg: RoundConfig):
+    """The judge's training episodes replayed open-loop in the world model over GRPO's horizon
+    (the kind of video GRPO's judge is shown), with their real labels."""
+    import torch
+
+    from reward.train import replay_in_imagination
+    from world_model.model import ActionConditionedWorldModel
+
+    wm = ActionConditionedWorldModel.from_pretrained(world_model, device=cfg.device)
+    with torch.no_grad():
+        return replay_in_imagination(wm, train, max_steps=grpo_horizon_steps(cfg), seed=cfg.seed)
 
 
 def initial_frames(episodes: Sequence[Episode | EpisodeHeader]) -> list:

@@ -12,13 +12,9 @@ import torch
 
 from pipeline.round import launch
 from pipeline.round.config import RoundConfig
-from robot_bridge.backends.base import Observation
-from robot_bridge.episodes import EpisodeMeta, EpisodeWriter
-from robot_bridge.spec import TASKS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread", "single_process")
 
-SHAPE = (64, 64, 3)
 GRPO = {"group_size": 2, "starts_per_step": 2, "horizon_chunks": 2, "judge_samples": 1}
 # An untrained judge may score every rollout alike: keep every group and add an entropy term,
 # so the update moves the weights whatever the rewards (the comparison needs a real update)
@@ -28,58 +24,6 @@ EVERY_GROUP = {"filter_low": 0.0, "filter_high": 1.0, "entropy_coef": 0.05}
 @pytest.fixture(autouse=True)
 def _on_the_cpu(monkeypatch):
     monkeypatch.setenv("GYMNAST_DEVICE", "cpu")
-
-
-def _episode(root, e: int, task: str, success: bool):
-    meta = EpisodeMeta(
-        episode_id=f"ep{e:02d}",
-        task=task,
-        instruction=TASKS[task].instruction,
-        seed=100 + e,
-        station_id="station-a",
-        policy_sha256=f"{e:064x}",
-        backend="instant",
-    )
-    rng = np.random.default_rng(e)
-    w = EpisodeWriter(root, meta, image_shape=SHAPE)
-    steps = 4
-    for t in range(steps + 1):
-        frame = rng.integers(0, 256, SHAPE, dtype=np.uint8)
-        action = None
-        if t < steps:
-            action = np.concatenate([rng.uniform(-0.05, 0.05, 6), [t % 2]]).astype(np.float32)
-        w.append(Observation(frame, np.zeros(7, np.float32), 1.0 + 0.2 * t, t), action)
-    return w.finish(
-        success=success,
-        success_source="sim_ground_truth",
-        termination="success" if success else "max_steps",
-    )
-
-
-@pytest.fixture(scope="module")
-def round_inputs(tmp_path_factory):
-    """A champion, a world model, a judge (tiny, untrained) and six real episodes on disk."""
-    from policy.config import VLAConfig
-    from policy.vla import VLAPolicy
-    from reward.config import VLMJudgeConfig
-    from reward.vlm import VLMJudge
-    from world_model.config import WorldModelConfig
-    from world_model.model import ActionConditionedWorldModel
-
-    root = tmp_path_factory.mktemp("inputs")
-    tasks = ("open_drawer", "close_drawer")
-    for e in range(6):
-        _episode(root / "episodes", e, tasks[e % 2], success=e % 3 == 0)
-    torch.manual_seed(0)
-    VLAPolicy.build(VLAConfig.from_preset("tiny")).save_pretrained(root / "champion")
-    ActionConditionedWorldModel(WorldModelConfig.from_preset("tiny")).save_pretrained(
-        root / "world_model"
-    )
-    instructions = [TASKS[t].instruction for t in tasks]
-    VLMJudge.from_config(VLMJudgeConfig.from_preset("tiny"), instructions).save_pretrained(
-        root / "judge"
-    )
-    return root
 
 
 def _challenger(inputs, out, processes: int):

@@ -783,3 +783,26 @@ def test_judge_on_imagined_replays_compares_votes_with_real_outcomes(world_model
         evaluate_judge_on_imagined(
             ShortVideoJudge(5), world_model, [replace(e, success=None) for e in episodes]
         )
+
+
+def test_replays_in_imagination_keep_the_real_labels_and_are_the_world_models_frames(world_model):
+    """What the judge learns from with ``judge_replays``: one imagined video per labelled
+    episode, as long as its actions (cut at max_steps), with the real outcome; seeded."""
+    from reward.train import replay_in_imagination
+
+    rng = np.random.default_rng(1)
+    episodes = [
+        Replayed(
+            frame(i)[None], rng.uniform(-0.02, 0.02, (n, 7)).astype(np.float32), "open", label
+        )
+        for i, (n, label) in enumerate([(3, True), (6, False), (9, None), (5, False)])
+    ]
+    replays = replay_in_imagination(world_model, episodes, max_steps=5, batch_size=2, seed=4)
+    assert sorted((len(r.frames), r.success) for r in replays) == [(3, True), (5, False), (5, False)]
+    size = world_model.config.image_size
+    assert all(r.frames.shape[1:] == (size, size, 3) and r.frames.dtype == np.uint8 for r in replays)
+    # imagined, not copied: no replayed frame is the real first frame it started from
+    starts = {e.frames[0].tobytes() for e in episodes if e.success is not None}
+    assert not any(f.tobytes() in starts for r in replays for f in r.frames)
+    again = replay_in_imagination(world_model, episodes, max_steps=5, batch_size=2, seed=4)
+    assert all(np.array_equal(a.frames, b.frames) for a, b in zip(replays, again, strict=True))
