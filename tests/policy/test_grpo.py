@@ -792,15 +792,19 @@ def test_replays_in_imagination_keep_the_real_labels_and_are_the_world_models_fr
 
     rng = np.random.default_rng(1)
     episodes = [
-        Replayed(
-            frame(i)[None], rng.uniform(-0.02, 0.02, (n, 7)).astype(np.float32), "open", label
-        )
+        Replayed(frame(i)[None], rng.uniform(-0.02, 0.02, (n, 7)).astype(np.float32), "open", label)
         for i, (n, label) in enumerate([(3, True), (6, False), (9, None), (5, False)])
     ]
     replays = replay_in_imagination(world_model, episodes, max_steps=5, batch_size=2, seed=4)
-    assert sorted((len(r.frames), r.success) for r in replays) == [(3, True), (5, False), (5, False)]
+    assert sorted((len(r.frames), r.success) for r in replays) == [
+        (3, True),
+        (5, False),
+        (5, False),
+    ]
     size = world_model.config.image_size
-    assert all(r.frames.shape[1:] == (size, size, 3) and r.frames.dtype == np.uint8 for r in replays)
+    assert all(
+        r.frames.shape[1:] == (size, size, 3) and r.frames.dtype == np.uint8 for r in replays
+    )
     # imagined, not copied: no replayed frame is the real first frame it started from
     starts = {e.frames[0].tobytes() for e in episodes if e.success is not None}
     assert not any(f.tobytes() in starts for r in replays for f in r.frames)
