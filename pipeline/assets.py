@@ -332,15 +332,17 @@ def world_model(
     op_tags=step_tags("judge"),
     kinds={"pytorch"},
     deps=[dg.AssetDep("judge", partition_mapping=PREVIOUS_ROUND)],
-    description="The VLM success judge, refreshed on the success-labelled real episodes; held-out F1.",
+    description="The VLM success judge, refreshed on the success-labelled real episodes (with "
+    "judge_replays, also on them replayed in this round's world model); held-out F1.",
 )
 def judge(
     context: dg.AssetExecutionContext,
     settings: LoopSettings,
     tracking: TrackingResource,
     dataset: DatasetInfo,
+    world_model: ModelArtifact,
 ) -> dg.Output[ModelArtifact]:
-    return _refresh(context, settings, tracking, "judge", dataset)
+    return _refresh(context, settings, tracking, "judge", dataset, world_model=world_model.path)
 
 
 def _refresh(
@@ -349,10 +351,12 @@ def _refresh(
     tracking: TrackingResource,
     kind: str,
     dataset: DatasetInfo,
+    **inputs,
 ) -> dg.Output:
     """World model and judge: warm start from the newest earlier round's checkpoint, if any; the
     round's episodes read from the LeRobotDataset (``dataset``), not the HDF5 files. On
-    ``train_processes`` data-parallel processes (``pipeline.round.launch``)."""
+    ``train_processes`` data-parallel processes (``pipeline.round.launch``). ``inputs``: the
+    stage's other arguments (the judge's: this round's world model)."""
     from pipeline.lerobot_dataset import DatasetEpisodes
 
     r, store, t0 = context.partition_key, settings.store, _started()
@@ -368,6 +372,7 @@ def _refresh(
             previous=previous[1].path if previous else None,
             out_dir=store.fresh_dir(store.model_dir(kind, r)),
             progress=settings.progress,
+            **inputs,
         )
         version = log_model(tracker, run, kind, art, r, aliases=("challenger",))
     return dg.Output(

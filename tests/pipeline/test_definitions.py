@@ -99,6 +99,8 @@ def test_round_graph_shows_previous_round_and_guards_the_arm():
         dg.AssetKey("real_episodes"),
     }
     assert node["challenger"].parent_keys >= {dg.AssetKey("world_model"), dg.AssetKey("judge")}
+    # the judge can learn from replays in this round's world model (judge_replays)
+    assert dg.AssetKey("world_model") in node["judge"].parent_keys
 
     from pipeline.checks import ROUND_CHECKS
 
