@@ -165,7 +165,7 @@ class StageRun:
     def log_params(self, params: Mapping[str, object]) -> None:
         from mlflow.entities import Param
 
-        flat = _flatten(params)
+        flat = flatten_params(params)
         items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
         for i in range(0, len(items), 100):
             self.tracker.client.log_batch(self.run_id, params=items[i : i + 100])
@@ -363,12 +363,12 @@ class RoundTracker:
         return max((v.version for v in found), key=int, default=None)
 
 
-def _flatten(params: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+def flatten_params(params: Mapping[str, object], prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for k, v in params.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{key}."))
+            out.update(flatten_params(v, f"{key}."))
         else:
             out[key] = v
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -248,7 +249,60 @@ def write_summary(workdir: Path, s: dict) -> dict[str, Path]:
     plot_arms_per_task(s["per_replicate"], s["pooled"], s["tasks"], out["figure"])
     print(text, flush=True)
     print(f"report: {out['json']}, {out['markdown']}, {out['figure']}", flush=True)
+    run_id = log_to_mlflow(out, s)
+    print(f"MLflow run {run_id} (experiment {BENCH_EXPERIMENT})", flush=True)
     return out
+
+
+BENCH_EXPERIMENT = "gymnast-bench"
+
+
+def log_to_mlflow(files: dict[str, Path], s: dict, tracking_uri: str | None = None) -> str:
+    """The report as one MLflow run in experiment ``gymnast-bench``: the commit, machine and
+    verdict as tags, the settings as params, each arm's pooled success per task as metrics, the
+    JSON, markdown and figure as artifacts. ``tracking_uri``: MLFLOW_TRACKING_URI if set, else a
+    SQLite store beside the report (``mlflow.db``, artifacts in ``mlruns/``). Returns the run id."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import flatten_params
+
+    folder = Path(files["json"]).parent.resolve()
+    uri = (
+        tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{folder / 'mlflow.db'}"
+    )
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(BENCH_EXPERIMENT)
+    if exp is not None:
+        exp_id = exp.experiment_id
+    else:
+        location = None if uri.startswith("http") else (folder / "mlruns").as_uri()
+        exp_id = client.create_experiment(BENCH_EXPERIMENT, artifact_location=location)
+    verdict = s["verdict"]
+    run = client.create_run(
+        exp_id,
+        run_name=f"bench learning, {len(s['replicates'])} replicate(s)",
+        tags={
+            "gymnast.bench": "learning",
+            "commit": s["commit"],
+            "machine": json.dumps(s["machine"]),
+            "eval_range": str(s["settings"].get("eval_range")),
+            "main_arm": s["main_arm"],
+            "verdict.met": str(verdict["met"]),
+        },
+    )
+    run_id = run.info.run_id
+    params = flatten_params({"config": s["config"], "settings": s["settings"]})
+    for key, value in list(params.items())[:500]:  # MLflow's per-run bound is far above ours
+        client.log_param(run_id, key[:250], str(value)[:500])
+    for arm, per_task in s["pooled"].items():
+        for task, r in per_task.items():
+            if r["labelled"]:
+                name = f"success/{re.sub(r'[^A-Za-z0-9_./ -]', '_', arm)}/{task}"
+                client.log_metric(run_id, name, r["successes"] / r["labelled"])
+    for path in files.values():
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 def _commit() -> str:

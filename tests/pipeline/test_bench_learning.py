@@ -142,7 +142,10 @@ def _outcomes(successes: dict[str, int], n: int = 20) -> dict:
     return {(t, 50_000 + i): i < successes.get(t, 0) for t in TASKS for i in range(n)}
 
 
-def test_the_report_over_replicates_has_every_arm_its_budget_the_verdict_and_a_figure(tmp_path):
+def test_the_report_over_replicates_has_every_arm_its_budget_the_verdict_and_a_figure(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the store beside the report
     from pipeline.bench.report import summarize, write_summary
     from pipeline.round.config import RoundConfig
 
@@ -176,6 +179,16 @@ def test_the_report_over_replicates_has_every_arm_its_budget_the_verdict_and_a_f
     assert "| open_drawer | WG | 80% [58, 92] (16/20) |" in text
     assert "TARGET MET" in text and "| 2 | Sim-RL | 1 | 1 | 1 | 1 | 1 | 2 | 7 |" in text
     assert out["figure"].stat().st_size > 10_000 and out["json"].is_file()
+    # and one MLflow run with the figure, the pooled rates and the verdict (a local store here)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("gymnast-bench").experiment_id])
+    assert run.data.tags["verdict.met"] == "True" and run.data.tags["eval_range"] == "final"
+    assert run.data.metrics["success/WG/open_drawer"] == 0.8
+    assert run.data.params["settings.eval_range"] == "final"
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert logged == {"bench_learning.json", "bench_learning.md", "bench_learning.png"}
     # without the baselines the target is not judged met, whatever SFT's figures
     no_baselines = {a: outcomes[a] for a in ("SFT", "WG")}
     v = summarize(RoundConfig(), {"eval_range": "dev"}, reports, no_baselines)["verdict"]
