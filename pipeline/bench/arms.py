@@ -35,19 +35,30 @@ from pipeline.round.stages import (
 from robot_bridge.episodes import read_episode, read_episode_header
 
 
-def first_leg(ctx: BenchContext, sft_counts: Sequence[int] = ()) -> tuple[ModelArtifact, Leg]:
-    """Demonstrations -> SFT (with ``sft_counts``, on the number of demonstrations the rule in
-    ``pipeline.bench.sft_choice`` picks); SFT's attempts (and exploration) on the station ->
-    world model and judge; GRPO from SFT in the world model, then the snapshot check."""
+def first_leg(
+    ctx: BenchContext, sft_counts: Sequence[int] = (), sft_rule: str = "per_task"
+) -> tuple[ModelArtifact, Leg]:
+    """Demonstrations -> SFT (with ``sft_counts``, on the number of demonstrations
+    ``sft_rule`` of ``pipeline.bench.sft_choice`` picks); SFT's attempts (and exploration) on the
+    station -> world model and judge; GRPO from SFT in the world model, then the snapshot check.
+    Without ``sft_counts`` in a replicate whose SFT was chosen (a later bench on its folder), the
+    chosen count's SFT is reused."""
     if sft_counts:
-        sft = choose_sft(ctx, sft_counts)  # sets ctx.cfg's demonstrations to its choice
+        sft = choose_sft(ctx, sft_counts, rule=sft_rule)  # sets ctx.cfg's demonstrations
     else:
+        n = ctx.cfg.demo_episodes_per_task
+        chosen = (ctx.workdir / f"sft_{n}.stage.json").is_file()
         sft = ctx.trained(
             "demos + SFT",
             "sft",
             lambda: bootstrap_champion(
-                ctx.client, ctx.workdir / "bootstrap", ctx.cfg, ctx.progress
+                ctx.client,
+                ctx.workdir / "bootstrap",
+                ctx.cfg,
+                ctx.progress,
+                policy_dir=ctx.workdir / "bootstrap" / f"policy_{n}" if chosen else None,
             ),
+            record=f"sft_{n}" if chosen else "",
         )
     client, workdir, cfg, progress = ctx.client, ctx.workdir, ctx.cfg, ctx.progress
     attempts = ctx.timed(

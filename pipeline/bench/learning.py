@@ -93,6 +93,7 @@ class Options:
     # demonstrations per task SFT may get, chosen by pipeline.bench.sft_choice's rule; () keeps
     # the config's demo_episodes_per_task
     sft_counts: tuple[int, ...] = ()
+    sft_rule: str = "per_task"  # pipeline.bench.sft_choice.RULES
 
     def check(self, cfg: RoundConfig) -> list[int]:
         """Refuses a bad setting before anything runs; returns each replicate's config seed."""
@@ -107,6 +108,10 @@ class Options:
                 f"dyna_seed must be >= 0 and needs Dyna iterations, got {self.dyna_seed} with "
                 f"{self.dyna_iterations} iteration(s)"
             )
+        from pipeline.bench.sft_choice import RULES
+
+        if self.sft_rule not in RULES:
+            raise ValueError(f"sft_rule must be one of {RULES}, got {self.sft_rule!r}")
         if self.replicates < 1:
             raise ValueError(f"replicates must be >= 1, got {self.replicates}")
         eval_counts(cfg.tasks, self.eval_episodes, self.task_episodes)
@@ -126,6 +131,7 @@ def run(
     replicates: int = 3,
     baselines: bool = True,
     sft_counts: tuple[int, ...] = (),
+    sft_rule: str = "per_task",
 ) -> dict:
     """The benchmark: ``replicates`` independent replicates, every arm evaluated on the same
     seeds of ``eval_range`` ("dev" while developing, "final" only for results to report), then
@@ -135,7 +141,7 @@ def run(
     ``task_episodes`` gives some tasks more (or fewer) evaluation episodes than
     ``eval_episodes``. ``baselines=False`` runs SFT and World-Gymnast only (the target is then
     not judged). ``sft_counts``: the demonstrations per task SFT may get, one chosen per
-    replicate by ``pipeline.bench.sft_choice``'s rule (default: the config's count)."""
+    replicate by ``pipeline.bench.sft_choice``'s rule ``sft_rule`` (default: the config's count)."""
     opts = Options(
         eval_episodes,
         dict(task_episodes or {}),
@@ -147,6 +153,7 @@ def run(
         baselines,
         progress,
         tuple(sft_counts),
+        sft_rule,
     )
     rep_seeds = opts.check(cfg)
     from robot_bridge.client import StationClient
@@ -216,7 +223,7 @@ def train_arms(ctx: BenchContext, opts: Options):
     """SFT, World-Gymnast's legs and the baselines, in the report's order (baselines first, the
     main arm last); records each arm's real budget and the equal-budget claims."""
     cfg = ctx.cfg
-    sft, leg = first_leg(ctx, opts.sft_counts)
+    sft, leg = first_leg(ctx, opts.sft_counts, opts.sft_rule)
     cfg = ctx.cfg  # with the chosen demonstrations
     first = leg
     wg = {wg_name(0): leg.rl}
@@ -351,9 +358,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--sft-choice",
         default="auto",
         metavar="N,N,...|auto|off",
-        help="demonstrations per task SFT may get; each replicate keeps the fewest whose check "
-        "success is in the band of pipeline/bench/sft_choice.py (auto: its counts with the bench "
-        "preset, off otherwise; off: the config's demo_episodes_per_task)",
+        help="demonstrations per task SFT may get; each replicate keeps one by --sft-rule "
+        "(pipeline/bench/sft_choice.py; auto: the rule's counts with the bench preset, off "
+        "otherwise; off: the config's demo_episodes_per_task)",
+    )
+    p.add_argument(
+        "--sft-rule",
+        choices=("per_task", "pooled"),
+        default="per_task",
+        help="how the SFT choice picks: room on >= 2 tasks (per_task), or the first rule, a band "
+        "on the pooled check success (pooled: reproduces runs made with it)",
     )
     p.add_argument(
         "--set",
@@ -384,17 +398,18 @@ def run_from_args(args: argparse.Namespace) -> int:
         eval_range=args.eval_range,
         replicates=args.replicates,
         baselines=args.baselines,
-        sft_counts=sft_counts_arg(args.sft_choice, args.preset),
+        sft_counts=sft_counts_arg(args.sft_choice, args.preset, args.sft_rule),
+        sft_rule=args.sft_rule,
     )
     return 0
 
 
-def sft_counts_arg(value: str, preset: str) -> tuple[int, ...]:
+def sft_counts_arg(value: str, preset: str, rule: str = "per_task") -> tuple[int, ...]:
     """``--sft-choice``: the candidate counts, () for none."""
-    from pipeline.bench.sft_choice import COUNTS
+    from pipeline.bench.sft_choice import RULE_COUNTS
 
     if value == "auto":
-        return COUNTS if preset == "bench" else ()
+        return RULE_COUNTS[rule] if preset == "bench" else ()
     if value == "off":
         return ()
     try:

@@ -11,7 +11,13 @@ import pytest
 
 from pipeline.bench.budget import Ledger, arm_keys, category, wg_keys
 from pipeline.bench.report import agreement, agreement_points
-from pipeline.bench.sft_choice import BAND, Candidate, band_distance, choose
+from pipeline.bench.sft_choice import (
+    BAND,
+    Candidate,
+    band_distance,
+    choose,
+    choose_per_task,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -39,6 +45,39 @@ def test_with_none_in_the_band_the_closest_wins_and_ties_go_to_fewer_demonstrati
     assert choose([_c(8, 2), _c(16, 2)]).demos_per_task == 8
     with pytest.raises(ValueError, match="no SFT candidates"):
         choose([])
+
+
+def _t(n: int, **per_task: tuple[int, int]) -> Candidate:
+    return Candidate(
+        n, sum(k for k, _ in per_task.values()), sum(m for _, m in per_task.values()), per_task
+    )
+
+
+def test_the_per_task_rule_wants_room_on_two_tasks_where_the_pooled_rule_saw_none():
+    # the first final-range replicate's check (8 per task): the pooled rule took 8 demos (15/32
+    # in its band) with both drawers at the ceiling and both eggplant tasks at 0
+    first = [
+        _t(8, open=(7, 8), close=(8, 8), sink=(0, 8), basket=(0, 8)),
+        _t(16, open=(8, 8), close=(6, 8), sink=(0, 8), basket=(0, 8)),
+        _t(24, open=(6, 8), close=(4, 8), sink=(0, 8), basket=(0, 8)),
+    ]
+    assert choose(first).demos_per_task == 8
+    assert [c.tasks_with_room() for c in first] == [0, 0, 1]
+    # none has room on two tasks: the most tasks with room
+    assert choose_per_task(first).demos_per_task == 24
+    # the fewest demonstrations with room on two tasks, whatever comes after
+    four = _t(4, open=(2, 12), close=(7, 12), sink=(0, 12), basket=(0, 12))
+    assert four.tasks_with_room() == 2
+    assert choose_per_task([*first, four]).demos_per_task == 4
+    # ties in tasks with room: the pooled band's distance, then fewer demonstrations
+    a = _t(8, open=(1, 8), close=(8, 8))  # 9/16 pooled, 0.06 above the band
+    b = _t(16, open=(2, 8), close=(6, 8))  # 8/16 pooled, in the band
+    c = _t(24, open=(2, 8), close=(7, 8))  # 9/16, as a
+    assert a.tasks_with_room() == b.tasks_with_room() == c.tasks_with_room() == 1
+    assert choose_per_task([c, b, a]).demos_per_task == 16
+    assert choose_per_task([c, a]).demos_per_task == 8
+    with pytest.raises(ValueError, match="no SFT candidates"):
+        choose_per_task([])
 
 
 def test_every_arm_is_charged_the_sft_choice_checks_and_nothing_else_changes():
@@ -105,11 +144,19 @@ def test_sft_choice_on_a_station_trains_each_count_checks_it_and_keeps_the_rules
         art = choose_sft(ctx, counts=(2, 3), check_episodes=2)
         report = ctx.report["sft_choice"]
         found = [
-            Candidate(c["demos_per_task"], c["successes"], c["episodes"])
+            Candidate(
+                c["demos_per_task"],
+                c["successes"],
+                c["episodes"],
+                {t: tuple(v) for t, v in c["per_task"].items()},
+            )
             for c in report["candidates"]
         ]
         assert [c.demos_per_task for c in found] == [2, 3] and all(c.episodes == 2 for c in found)
-        assert report["chosen"] == choose(found).demos_per_task == ctx.cfg.demo_episodes_per_task
+        assert all(set(c.per_task) == {"open_drawer"} for c in found)
+        assert report["rule"] == "per_task"
+        chosen = choose_per_task(found).demos_per_task
+        assert report["chosen"] == chosen == ctx.cfg.demo_episodes_per_task
         assert art.path == tmp_path / "rep0" / "bootstrap" / f"policy_{report['chosen']}"
         # each candidate's check: its own policy on the same two seeds, charged as sft_choice
         checks = ctx.ledger.paths(["sft_choice"])
