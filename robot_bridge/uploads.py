@@ -60,6 +60,8 @@ class Upload:
         for w in self.writes:
             if not w.done():
                 pending.append(w)
+            elif self.error is None and w.cancelled():
+                self.error = "the station stopped before this chunk was written"
             elif self.error is None and (exc := w.exception()) is not None:
                 self.error = str(exc)
         self.writes = pending
