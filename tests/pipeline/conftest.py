@@ -5,24 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from fake_episodes import episode_meta
 
 from robot_bridge.backends.base import Observation
-from robot_bridge.episodes import EpisodeMeta, EpisodeWriter
+from robot_bridge.episodes import EpisodeWriter
 from robot_bridge.spec import TASKS
 
 SHAPE = (64, 64, 3)
 
 
 def write_episode(root, e: int, task: str, success: bool):
-    meta = EpisodeMeta(
-        episode_id=f"ep{e:02d}",
-        task=task,
-        instruction=TASKS[task].instruction,
-        seed=100 + e,
-        station_id="station-a",
-        policy_sha256=f"{e:064x}",
-        backend="instant",
-    )
+    meta = episode_meta(e, task)
     rng = np.random.default_rng(e)
     w = EpisodeWriter(root, meta, image_shape=SHAPE)
     steps = 4

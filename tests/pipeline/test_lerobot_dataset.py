@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from fake_episodes import episode_meta
 
 from pipeline.dataset_journal import JOURNAL, journal
 from pipeline.lerobot_dataset import (
@@ -26,7 +27,6 @@ from pipeline.lerobot_dataset import (
 )
 from robot_bridge.backends.base import Observation
 from robot_bridge.episodes import (
-    EpisodeMeta,
     EpisodeWriter,
     episode_id_of,
     read_episode,
@@ -52,15 +52,7 @@ def smooth_frame(t: int, e: int, shape=SHAPE) -> np.ndarray:
 
 
 def write(root, e: int, task: str, steps: int, how: str, shape=SHAPE):
-    meta = EpisodeMeta(
-        episode_id=f"ep{e:02d}",
-        task=task,
-        instruction=TASKS[task].instruction,
-        seed=100 + e,
-        station_id="station-a",
-        policy_sha256=f"{e:064x}",
-        backend="instant",
-    )
+    meta = episode_meta(e, task)
     rng = np.random.default_rng(e)
     w = EpisodeWriter(root, meta, image_shape=shape)
     for t in range(steps):
