@@ -109,9 +109,9 @@ def first_leg(
     return sft, Leg(wm, judge, rl, data_dirs)
 
 
-def replays_key(cfg, wm: ModelArtifact) -> dict | None:
+def replays_key(cfg, wm: ModelArtifact) -> dict:
     """With ``judge_replays`` the judge also depends on the world model it replays in."""
-    return {"replay_world_model": wm.sha256} if cfg.judge_replays else None
+    return {"replay_world_model": wm.sha256} if cfg.judge_replays else {}
 
 
 def dyna_iteration(
@@ -152,7 +152,7 @@ def dyna_iteration(
         "judge",
         lambda: refresh_judge(data_dirs, leg.judge.path, d / "judge", cfg, progress, wm.path),
         f"dyna{k}_judge",
-        runs_of | {"from": leg.judge.sha256} | (replays_key(cfg, wm) or {}),
+        runs_of | {"from": leg.judge.sha256} | replays_key(cfg, wm),
     )
     ctx.report[f"dyna{k}_world_model"], ctx.report[f"dyna{k}_judge"] = wm.metrics, judge.metrics
     rl = ctx.trained(
