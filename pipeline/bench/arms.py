@@ -14,7 +14,7 @@ import numpy as np
 from pipeline import seeds
 from pipeline.bench.budget import iter_sft_data
 from pipeline.bench.common import DYNA_SEED, BenchContext, Leg, episodes_of
-from pipeline.bench.sft_choice import choose_sft
+from pipeline.bench.sft_choice import choose_sft, chosen_record
 from pipeline.round.config import RoundConfig
 from pipeline.round.episodes import load_episode_headers
 from pipeline.round.records import ModelArtifact
@@ -36,18 +36,20 @@ from robot_bridge.episodes import read_episode, read_episode_header
 
 
 def first_leg(
-    ctx: BenchContext, sft_counts: Sequence[int] = (), sft_rule: str = "per_task"
+    ctx: BenchContext,
+    sft_recipes: Sequence[tuple[int, int | None]] = (),
+    sft_rule: str = "budget",
 ) -> tuple[ModelArtifact, Leg]:
-    """Demonstrations -> SFT (with ``sft_counts``, on the number of demonstrations
+    """Demonstrations -> SFT (with ``sft_recipes``, on the demonstrations and SFT steps
     ``sft_rule`` of ``pipeline.bench.sft_choice`` picks); SFT's attempts (and exploration) on the
     station -> world model and judge; GRPO from SFT in the world model, then the snapshot check.
-    Without ``sft_counts`` in a replicate whose SFT was chosen (a later bench on its folder), the
-    chosen count's SFT is reused."""
-    if sft_counts:
-        sft = choose_sft(ctx, sft_counts, rule=sft_rule)  # sets ctx.cfg's demonstrations
+    Without ``sft_recipes`` in a replicate whose SFT was chosen (a later bench on its folder, with
+    the chosen recipe in its config), the chosen SFT is reused."""
+    if sft_recipes:
+        sft = choose_sft(ctx, sft_recipes, rule=sft_rule)  # sets ctx.cfg's recipe
     else:
         n = ctx.cfg.demo_episodes_per_task
-        chosen = (ctx.workdir / f"sft_{n}.stage.json").is_file()
+        chosen = chosen_record(ctx.workdir, n, ctx.cfg.sft_steps)
         sft = ctx.trained(
             "demos + SFT",
             "sft",
@@ -56,9 +58,13 @@ def first_leg(
                 ctx.workdir / "bootstrap",
                 ctx.cfg,
                 ctx.progress,
-                policy_dir=ctx.workdir / "bootstrap" / f"policy_{n}" if chosen else None,
+                policy_dir=(
+                    ctx.workdir / "bootstrap" / chosen.replace("sft_", "policy_", 1)
+                    if chosen
+                    else None
+                ),
             ),
-            record=f"sft_{n}" if chosen else "",
+            record=chosen,
         )
     client, workdir, cfg, progress = ctx.client, ctx.workdir, ctx.cfg, ctx.progress
     attempts = ctx.timed(

@@ -90,10 +90,10 @@ class Options:
     replicates: int = 3
     baselines: bool = True
     progress: bool = True
-    # demonstrations per task SFT may get, chosen by pipeline.bench.sft_choice's rule; () keeps
-    # the config's demo_episodes_per_task
-    sft_counts: tuple[int, ...] = ()
-    sft_rule: str = "per_task"  # pipeline.bench.sft_choice.RULES
+    # the SFT recipes (demonstrations per task, SFT steps or None for the config's) one of which
+    # pipeline.bench.sft_choice's rule keeps; () keeps the config's
+    sft_recipes: tuple[tuple[int, int | None], ...] = ()
+    sft_rule: str = "budget"  # pipeline.bench.sft_choice.RULES
 
     def check(self, cfg: RoundConfig) -> list[int]:
         """Refuses a bad setting before anything runs; returns each replicate's config seed."""
@@ -130,8 +130,8 @@ def run(
     eval_range: str = "dev",
     replicates: int = 3,
     baselines: bool = True,
-    sft_counts: tuple[int, ...] = (),
-    sft_rule: str = "per_task",
+    sft_recipes: tuple[tuple[int, int | None], ...] = (),
+    sft_rule: str = "budget",
 ) -> dict:
     """The benchmark: ``replicates`` independent replicates, every arm evaluated on the same
     seeds of ``eval_range`` ("dev" while developing, "final" only for results to report), then
@@ -140,8 +140,8 @@ def run(
     its KL anchor); ``dyna_seed`` seeds their GRPO (default: the replicate's seed).
     ``task_episodes`` gives some tasks more (or fewer) evaluation episodes than
     ``eval_episodes``. ``baselines=False`` runs SFT and World-Gymnast only (the target is then
-    not judged). ``sft_counts``: the demonstrations per task SFT may get, one chosen per
-    replicate by ``pipeline.bench.sft_choice``'s rule ``sft_rule`` (default: the config's count)."""
+    not judged). ``sft_recipes``: the (demonstrations per task, SFT steps) SFT may get, one chosen
+    per replicate by ``pipeline.bench.sft_choice``'s rule ``sft_rule`` (default: the config's)."""
     opts = Options(
         eval_episodes,
         dict(task_episodes or {}),
@@ -152,7 +152,7 @@ def run(
         replicates,
         baselines,
         progress,
-        tuple(sft_counts),
+        tuple(sft_recipes),
         sft_rule,
     )
     rep_seeds = opts.check(cfg)
@@ -223,7 +223,7 @@ def train_arms(ctx: BenchContext, opts: Options):
     """SFT, World-Gymnast's legs and the baselines, in the report's order (baselines first, the
     main arm last); records each arm's real budget and the equal-budget claims."""
     cfg = ctx.cfg
-    sft, leg = first_leg(ctx, opts.sft_counts, opts.sft_rule)
+    sft, leg = first_leg(ctx, opts.sft_recipes, opts.sft_rule)
     cfg = ctx.cfg  # with the chosen demonstrations
     first = leg
     wg = {wg_name(0): leg.rl}
@@ -241,7 +241,7 @@ def train_arms(ctx: BenchContext, opts: Options):
         policies["Iter-SFT"] = iter_sft(ctx, main_keys, candidates)
         policies["Sim-RL"] = sim_rl(ctx, sft, first.data_dirs)
     policies |= wg
-    chose = bool(opts.sft_counts)
+    chose = bool(opts.sft_recipes)
     budgets = {n: ctx.ledger.budget(arm_keys(n, main_keys, checked, chose)) for n in policies}
     ctx.report.update(main_arm=main, budget=budgets, budget_claims=budget_claims(budgets, main))
     return sft, policies, leg
@@ -357,17 +357,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sft-choice",
         default="auto",
-        metavar="N,N,...|auto|off",
-        help="demonstrations per task SFT may get; each replicate keeps one by --sft-rule "
-        "(pipeline/bench/sft_choice.py; auto: the rule's counts with the bench preset, off "
-        "otherwise; off: the config's demo_episodes_per_task)",
+        metavar="N[:STEPS],...|auto|off",
+        help="the SFT recipes the bench may start from (N demonstrations per task, at STEPS SFT "
+        "steps or the config's); each replicate keeps one by --sft-rule "
+        "(pipeline/bench/sft_choice.py; auto: the rule's recipes with the bench preset, off "
+        "otherwise; off: the config's demo_episodes_per_task and sft_steps)",
     )
     p.add_argument(
         "--sft-rule",
-        choices=("per_task", "pooled"),
-        default="per_task",
-        help="how the SFT choice picks: room on >= 2 tasks (per_task), or the first rule, a band "
-        "on the pooled check success (pooled: reproduces runs made with it)",
+        choices=("budget", "per_task", "pooled"),
+        default="budget",
+        help="how the SFT choice picks: the least SFT (demonstrations and steps) with room on >= 2 "
+        "tasks (budget); per_task and pooled reproduce runs made with the earlier rules (room "
+        "on >= 2 tasks over demonstration counts; a band on the pooled check success)",
     )
     p.add_argument(
         "--set",
@@ -398,21 +400,29 @@ def run_from_args(args: argparse.Namespace) -> int:
         eval_range=args.eval_range,
         replicates=args.replicates,
         baselines=args.baselines,
-        sft_counts=sft_counts_arg(args.sft_choice, args.preset, args.sft_rule),
+        sft_recipes=sft_recipes_arg(args.sft_choice, args.preset, args.sft_rule),
         sft_rule=args.sft_rule,
     )
     return 0
 
 
-def sft_counts_arg(value: str, preset: str, rule: str = "per_task") -> tuple[int, ...]:
-    """``--sft-choice``: the candidate counts, () for none."""
-    from pipeline.bench.sft_choice import RULE_COUNTS
+def sft_recipes_arg(
+    value: str, preset: str, rule: str = "budget"
+) -> tuple[tuple[int, int | None], ...]:
+    """``--sft-choice``: the candidate recipes, () for none. ``N`` is N demonstrations per task
+    at the config's SFT steps, ``N:S`` at S steps."""
+    from pipeline.bench.sft_choice import RULE_CANDIDATES
 
     if value == "auto":
-        return RULE_COUNTS[rule] if preset == "bench" else ()
+        return RULE_CANDIDATES[rule] if preset == "bench" else ()
     if value == "off":
         return ()
     try:
-        return tuple(int(v) for v in value.split(","))
+        return tuple(
+            (int(n), int(s) if s else None)
+            for n, _, s in (v.partition(":") for v in value.split(","))
+        )
     except ValueError:
-        raise SystemExit(f"--sft-choice wants N,N,..., auto or off, got {value!r}") from None
+        raise SystemExit(
+            f"--sft-choice wants N[:STEPS],N[:STEPS],..., auto or off, got {value!r}"
+        ) from None

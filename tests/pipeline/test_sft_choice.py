@@ -1,9 +1,11 @@
-"""The learning bench's fixed rules: how many demonstrations SFT gets (chosen by a band on check
-seeds, in code), and how imagined and real success are compared (Pearson r within each task
-beside the pooled one). Rules on hand-made figures; the choice once on a real sim station."""
+"""The learning bench's fixed rules: which SFT recipe the bench starts from (demonstrations and
+SFT steps, chosen by a rule on check seeds, in code), and how imagined and real success are
+compared (Pearson r within each task beside the pooled one). Rules on hand-made figures; the
+choice on a real sim station."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -13,8 +15,11 @@ from pipeline.bench.budget import Ledger, arm_keys, category, wg_keys
 from pipeline.bench.report import agreement, agreement_points
 from pipeline.bench.sft_choice import (
     BAND,
+    BUDGETS,
+    RULE_CANDIDATES,
     Candidate,
     band_distance,
+    check_recipes,
     choose,
     choose_per_task,
 )
@@ -80,6 +85,41 @@ def test_the_per_task_rule_wants_room_on_two_tasks_where_the_pooled_rule_saw_non
         choose_per_task([])
 
 
+def test_the_budget_rule_keeps_the_least_sft_with_room_on_two_tasks():
+    def t(n, steps, **per_task):
+        return dataclasses.replace(_t(n, **per_task), sft_steps=steps)
+
+    # this machine's check of one demonstration draw (12 per task): at 500 steps the drawers sit
+    # near the ceiling and the eggplant tasks at 0; 24 per task at 4000 steps gives both eggplant
+    # tasks room (the open drawer's 8/12 is above the room's top)
+    few = t(8, 500, open=(10, 12), close=(12, 12), sink=(0, 12), basket=(0, 12))
+    longer = t(24, 2000, open=(10, 12), close=(12, 12), sink=(0, 12), basket=(0, 12))
+    room = t(24, 4000, open=(8, 12), close=(12, 12), sink=(3, 12), basket=(5, 12))
+    most = t(32, 6000, open=(6, 12), close=(12, 12), sink=(5, 12), basket=(6, 12))
+    assert [c.tasks_with_room() for c in (few, longer, room, most)] == [0, 0, 2, 3]
+    # the least SFT with room on two tasks, whatever the order given and whatever comes after
+    assert choose_per_task([most, room, longer, few]) is room
+    # less SFT means fewer steps first, then fewer demonstrations
+    assert [c.budget for c in sorted([most, room, few, longer], key=lambda c: c.budget)] == [
+        (500, 8),
+        (2000, 24),
+        (4000, 24),
+        (6000, 32),
+    ]
+    # the rule's candidates grow in SFT, least first, and the config's steps fill a bare count
+    assert check_recipes(BUDGETS, 500) == list(BUDGETS)
+    assert check_recipes(RULE_CANDIDATES["per_task"], 300) == [
+        (4, 300),
+        (8, 300),
+        (16, 300),
+        (24, 300),
+    ]
+    assert check_recipes([(24, 4000), (8, None)], 500) == [(8, 500), (24, 4000)]
+    for bad in ([], [(8, 500), (8, None)], [(0, 500)], [(8, 0)]):
+        with pytest.raises(ValueError, match="SFT candidates must be distinct"):
+            check_recipes(bad, 500)
+
+
 def test_every_arm_is_charged_the_sft_choice_checks_and_nothing_else_changes():
     ledger = Ledger()
     ledger.add("demos", [Path(f"/d/{i}") for i in range(8)])
@@ -125,9 +165,10 @@ def test_agreement_is_reported_within_each_task_beside_the_pooled_figure():
 
 
 @pytest.mark.timeout(600)
-def test_sft_choice_on_a_station_trains_each_count_checks_it_and_keeps_the_rules_choice(
-    tmp_path,
+def test_sft_choice_on_a_station_trains_each_recipe_checks_it_and_keeps_the_rules_choice(
+    tmp_path, monkeypatch
 ):
+    from pipeline.bench import sft_choice
     from pipeline.bench.common import BenchContext
     from pipeline.bench.sft_choice import CHECK_OFFSET, choose_sft
     from pipeline.round.config import RoundConfig
@@ -141,7 +182,7 @@ def test_sft_choice_on_a_station_trains_each_count_checks_it_and_keeps_the_rules
         StationClient(station.endpoint, timeout_s=60) as client,
     ):
         ctx = BenchContext(client, tmp_path / "rep0", cfg, {}, progress=False)
-        art = choose_sft(ctx, counts=(2, 3), check_episodes=2)
+        art = choose_sft(ctx, ((2, None), (3, None)), check_episodes=2, rule="per_task")
         report = ctx.report["sft_choice"]
         found = [
             Candidate(
@@ -169,6 +210,37 @@ def test_sft_choice_on_a_station_trains_each_count_checks_it_and_keeps_the_rules
         assert len(demos) == 3
         # a second run reuses both trained candidates and re-runs no check episode
         again = BenchContext(client, tmp_path / "rep0", cfg, {}, progress=False)
-        assert choose_sft(again, counts=(2, 3), check_episodes=2).sha256 == art.sha256
+        assert (
+            choose_sft(again, ((2, None), (3, None)), check_episodes=2, rule="per_task").sha256
+            == art.sha256
+        )
         assert again.reused == ["demos + SFT (2 per task)", "demos + SFT (3 per task)"]
         assert sorted(again.ledger.paths(["sft_choice"])) == sorted(checks)
+        # SFT steps as a candidate: its own record and policy beside the config-steps one, the
+        # chosen recipe's steps in the config every later stage reads; and the per-task rules
+        # stop at the first recipe with room on enough tasks (here every recipe qualifies)
+        monkeypatch.setattr(sft_choice, "MIN_ROOM_TASKS", 0)
+        steps = BenchContext(client, tmp_path / "rep0", cfg, {}, progress=False)
+        got = choose_sft(steps, ((2, 4), (3, 4)), check_episodes=2, rule="budget")
+        assert steps.report["sft_choice"]["chosen"] == 2
+        assert steps.report["sft_choice"]["chosen_sft_steps"] == 4
+        assert [c["demos_per_task"] for c in steps.report["sft_choice"]["candidates"]] == [2]
+        assert (steps.cfg.demo_episodes_per_task, steps.cfg.sft_steps) == (2, 4)
+        assert got.path == tmp_path / "rep0" / "bootstrap" / "policy_2_s4"
+        assert got.sha256 != art.sha256
+        assert (tmp_path / "rep0" / "sft_2_s4.stage.json").is_file()
+        assert not (tmp_path / "rep0" / "sft_3_s4.stage.json").exists()
+        assert sft_choice.chosen_record(tmp_path / "rep0", 2, 4) == "sft_2_s4"
+        assert sft_choice.chosen_record(tmp_path / "rep0", 3, 3) == "sft_3"
+        assert sft_choice.chosen_record(tmp_path / "rep0", 3, 4) == ""
+
+
+def test_the_sft_choice_option_reads_recipes_and_refuses_garbage():
+    from pipeline.bench.learning import sft_recipes_arg
+
+    assert sft_recipes_arg("24:4000,8", "tiny") == ((24, 4000), (8, None))
+    assert sft_recipes_arg("auto", "bench") == BUDGETS
+    assert sft_recipes_arg("auto", "bench", "per_task") == RULE_CANDIDATES["per_task"]
+    assert sft_recipes_arg("auto", "tiny") == sft_recipes_arg("off", "bench") == ()
+    with pytest.raises(SystemExit, match="N\\[:STEPS\\]"):
+        sft_recipes_arg("24:many", "bench")
