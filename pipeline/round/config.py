@@ -36,8 +36,10 @@ ROUND_PRESETS: dict[str, dict] = {
     "tiny": {},
     "bench": {  # `gymnast bench learning`: little demonstration data, where RL has room to help
         # Few demonstrations, so SFT succeeds only sometimes: GRPO groups need some successes to
-        # reinforce, and SFT needs room to improve. Where SFT lands for a given count varies
-        # with the CPU (docs/experiments.md): pass --set demo_episodes_per_task=N to move it.
+        # reinforce, and SFT needs room to improve. Where SFT lands for a given recipe varies
+        # with the CPU and the draw, so `gymnast bench learning` picks demonstrations and SFT
+        # steps per replicate by a rule (pipeline/bench/sft_choice.py); these two are what runs
+        # without that choice use (--sft-choice off, other benches).
         "demo_episodes_per_task": 16,
         "collect_episodes_per_task": 20,
         "eval_episodes_per_task": 50,
