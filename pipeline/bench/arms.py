@@ -31,6 +31,7 @@ from pipeline.round.stages import (
     snapshot_steps,
     snapshots_dir,
     train_challenger,
+    with_covering_horizon,
 )
 from robot_bridge.episodes import read_episode, read_episode_header
 
@@ -93,6 +94,9 @@ def first_leg(
         ctx.report["sft_explore"] = explored.to_dict()
         ctx.ledger.add("exploration", explored.episodes)
         data_dirs.append(workdir / "sft_explore")
+    # every GRPO of the replicate (both legs, Sim-RL) runs the horizon SFT's attempts call for
+    ctx.cfg = cfg = with_covering_horizon(cfg, load_episode_headers(data_dirs), sft.sha256)
+    ctx.report["grpo_horizon_chunks"] = cfg.grpo_overrides.get("horizon_chunks")
     wm = ctx.trained(
         "world model",
         "world_model",

@@ -64,6 +64,7 @@ def format_report(r: dict) -> str:
         format_agreement(r["agreement"]) if "agreement" in r else "",
         f"imagined frames/s (batch 8): {r['imagined_fps_b8']:.1f}",
         f"GRPO seconds/step: {r['grpo']['seconds_per_step']:.1f}",
+        f"GRPO horizon: {r.get('grpo_horizon_chunks', '?')} policy calls",
         *(
             f"{k.replace('_', ' ')} (real successes per task on check seeds; chosen "
             f"{v['chosen']}): {v['candidates']}"

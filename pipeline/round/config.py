@@ -62,6 +62,8 @@ ROUND_PRESETS: dict[str, dict] = {
         # model). Starts are drawn by task signal and a group needs >= 2 judged successes of 8
         # (one is within the judge's false-positive noise), so tasks the policy never solves
         # stop taking half the batch. The measurements behind each value: docs/experiments.md.
+        # the horizon covers the SFT's own successes (3 chunks where it succeeds fast, up to 6)
+        "grpo_horizon": "cover",
         "grpo_overrides": {
             "horizon_chunks": 3,
             "starts_per_step": 8,
@@ -133,6 +135,11 @@ class RoundConfig(Config):
     # video, and a judge that has only seen real video rewards what the world model "completes"
     # while the arm does not (issue 17's lever; docs/experiments.md has its measurement)
     judge_replays: bool = False
+    # GRPO's imagined horizon: "fixed" is grpo_overrides' horizon_chunks; "cover" lengthens it
+    # until it covers 90% of the starting policy's own real successes in the round's data (at
+    # most 6 chunks): a horizon shorter than the policy takes to succeed shows GRPO no success
+    # on that task (pipeline.round.stages.with_covering_horizon)
+    grpo_horizon: str = "fixed"
     holdout_fraction: float = 0.15
     promotion_alpha: float = 0.05
     seed: int = 0
@@ -198,6 +205,8 @@ class RoundConfig(Config):
             )
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        if self.grpo_horizon not in ("fixed", "cover"):
+            raise ValueError(f"grpo_horizon must be 'fixed' or 'cover', got {self.grpo_horizon!r}")
         if not 0 < self.promotion_alpha < 1:
             raise ValueError(f"promotion_alpha must be in (0, 1), got {self.promotion_alpha}")
         from robot_bridge.devices import check_device_setting, check_precision_setting

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -415,6 +416,53 @@ def imagined_training_replays(train: Sequence[Episode], world_model: Path, cfg: 
         return replay_in_imagination(wm, train, max_steps=grpo_horizon_steps(cfg), seed=cfg.seed)
 
 
+def covering_horizon(
+    episodes: Sequence[EpisodeHeader], chunk_size: int, floor: int, cap: int, quantile: float = 0.9
+) -> int:
+    """GRPO's imagined horizon in policy calls: long enough for ``quantile`` of the policy's own
+    real successes (an episode ends at its success: ``num_frames - 1`` steps, ``chunk_size`` a
+    call), within ``[floor, cap]``; ``floor`` when it has none. A horizon shorter than the policy
+    takes to succeed shows GRPO no success to reinforce, whatever the policy does."""
+    if not 1 <= floor <= cap or chunk_size < 1 or not 0 < quantile <= 1:
+        raise ValueError(
+            f"need 1 <= floor <= cap, chunk_size >= 1 and quantile in (0, 1], got {floor}, {cap}, "
+            f"{chunk_size}, {quantile}"
+        )
+    need = sorted(-(-(e.num_frames - 1) // chunk_size) for e in episodes if e.success)
+    if not need:
+        return floor
+    return max(floor, min(cap, need[math.ceil(quantile * len(need)) - 1]))
+
+
+COVER_CAP_CHUNKS = (
+    6  # "cover": the longest horizon (30 steps of the tiny VLA: the world model's check reaches 40)
+)
+COVER_QUANTILE = 0.9
+
+
+def with_covering_horizon(
+    cfg: RoundConfig, episodes: Sequence[EpisodeHeader], policy_sha256: str
+) -> RoundConfig:
+    """``cfg`` with GRPO's horizon set by ``cfg.grpo_horizon``: "fixed" keeps
+    ``grpo_overrides``; "cover" lengthens it to cover ``COVER_QUANTILE`` of the starting
+    policy's own real successes among ``episodes`` (``covering_horizon``, at most
+    ``COVER_CAP_CHUNKS``). Applying it again to the same episodes changes nothing."""
+    if cfg.grpo_horizon == "fixed":
+        return cfg
+    from policy.config import VLAConfig
+
+    floor = grpo_horizon_steps(cfg) // VLAConfig.from_preset(cfg.model_preset).chunk_size
+    own = [e for e in episodes if e.policy_sha256 == policy_sha256]
+    chunks = covering_horizon(
+        own,
+        VLAConfig.from_preset(cfg.model_preset).chunk_size,
+        floor,
+        max(floor, COVER_CAP_CHUNKS),
+        COVER_QUANTILE,
+    )
+    return dataclasses.replace(cfg, grpo_overrides={**cfg.grpo_overrides, "horizon_chunks": chunks})
+
+
 def initial_frames(episodes: Sequence[Episode | EpisodeHeader]) -> list:
     """GRPO starts: each real episode's first frame with its instruction."""
     from policy.grpo import Start
@@ -443,7 +491,9 @@ def train_challenger(
     policy = VLAPolicy.from_pretrained(champion, device=cfg.device)
     wm = ActionConditionedWorldModel.from_pretrained(world_model, device=cfg.device)
     judge_model = load_judge(judge, device=cfg.device)
-    starts = initial_frames(load_episode_headers(episode_dirs))
+    headers = load_episode_headers(episode_dirs)
+    cfg = with_covering_horizon(cfg, headers, checkpoint_sha256(champion))
+    starts = initial_frames(headers)
     grpo_cfg = GRPOConfig.from_preset(
         "tiny",
         steps=cfg.grpo_steps,
