@@ -434,9 +434,9 @@ def covering_horizon(
     return max(floor, min(cap, need[math.ceil(quantile * len(need)) - 1]))
 
 
-COVER_CAP_CHUNKS = (
-    6  # "cover": the longest horizon (30 steps of the tiny VLA: the world model's check reaches 40)
-)
+# "cover": the longest horizon (30 steps of the tiny VLA; the world model's sampling was
+# measured over 40)
+COVER_CAP_CHUNKS = 6
 COVER_QUANTILE = 0.9
 
 
@@ -451,15 +451,10 @@ def with_covering_horizon(
         return cfg
     from policy.config import VLAConfig
 
-    floor = grpo_horizon_steps(cfg) // VLAConfig.from_preset(cfg.model_preset).chunk_size
+    chunk = VLAConfig.from_preset(cfg.model_preset).chunk_size
+    floor = grpo_horizon_steps(cfg) // chunk
     own = [e for e in episodes if e.policy_sha256 == policy_sha256]
-    chunks = covering_horizon(
-        own,
-        VLAConfig.from_preset(cfg.model_preset).chunk_size,
-        floor,
-        max(floor, COVER_CAP_CHUNKS),
-        COVER_QUANTILE,
-    )
+    chunks = covering_horizon(own, chunk, floor, max(floor, COVER_CAP_CHUNKS), COVER_QUANTILE)
     return dataclasses.replace(cfg, grpo_overrides={**cfg.grpo_overrides, "horizon_chunks": chunks})
 
 
