@@ -332,9 +332,44 @@ def arm_slot(context: dg.AssetExecutionContext, arm) -> Iterator[None]:
             waiting = True
         time.sleep(1.0)
     try:
-        yield
+        with _local_arm_lock(context.instance, arm, context.log.info):
+            yield
     finally:
         storage.free_concurrency_slot_for_step(context.run_id, step_key)
+
+
+@contextmanager
+def _local_arm_lock(instance: dg.DagsterInstance, arm, log) -> Iterator[None]:
+    """An OS lock on the arm beside the pool slot, for instances whose storage lives in a local
+    folder. Dagster's SQLite storage claims a slot by reading a free row and then updating it by id
+    without re-checking that it is still free, so two processes can both be told they hold the
+    one slot; the file lock serialises them. (PostgreSQL's row locks do not have that gap, and its
+    runs may be on other machines, where a local file would not reach.)"""
+    root = getattr(instance, "root_directory", None)
+    if root is None or not _is_sqlite(instance.event_log_storage):
+        yield
+        return
+    path = Path(root) / "arm_locks" / f"{arm.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    log(f"waiting for the lock on {arm.name}: another process is driving it")
+                    waiting = True
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _is_sqlite(storage) -> bool:
+    return any("sqlite" in cls.__module__.lower() for cls in type(storage).__mro__)
 
 
 class TrackingResource(dg.ConfigurableResource):

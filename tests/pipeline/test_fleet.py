@@ -234,3 +234,35 @@ def test_arm_pools_let_one_run_drive_an_arm_and_different_arms_work_in_parallel(
     # arm b does not wait for arm a: its run overlaps one of arm a's runs
     assert any(other[0] < s[1] and s[0] < other[1] for s in (first, second))
     assert not instance.event_log_storage.get_concurrency_info("robot/a").claimed_slots
+
+
+def test_the_local_arm_lock_serialises_holders_even_if_the_pool_says_both_hold_the_slot(tmp_path):
+    """Dagster's SQLite storage can grant one slot twice in a race; the file lock beside it does
+    not: two holders of arm a (each with its own open file, as two processes have) never overlap,
+    and a holder of arm b does not wait for them."""
+    import threading
+
+    import dagster as dg
+
+    from pipeline.resources import _local_arm_lock
+
+    (tmp_path / "dagster.yaml").write_text("")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    spans: dict[str, list[float]] = {}
+    waits: list[str] = []
+
+    def hold(name: str, arm: str) -> None:
+        with _local_arm_lock(instance, Arm(arm, "tcp://x:1"), waits.append):
+            t0 = time.monotonic()
+            time.sleep(0.5)
+            spans[name] = [t0, time.monotonic()]
+
+    threads = [threading.Thread(target=hold, args=a) for a in (("1", "a"), ("2", "a"), ("3", "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    first, second = sorted([spans["1"], spans["2"]])
+    assert second[0] >= first[1], "two holders of arm a at once"
+    assert any(spans["3"][0] < s[1] and s[0] < spans["3"][1] for s in (first, second))
+    assert waits == ["waiting for the lock on a: another process is driving it"]
