@@ -167,7 +167,7 @@ def _definitions_with(env: dict) -> dict:
 def test_cluster_settings_put_gpu_steps_on_gpu_pods_and_each_step_in_a_pod():
     pytest.importorskip("dagster_k8s", reason="the `cluster` extra is not installed")
     local = _definitions_with({"GYMNAST_EXECUTOR": "multiprocess", "GYMNAST_STEP_TAGS": ""})
-    assert local["executor"] == "multi_or_in_process_executor"
+    assert local["executor"] == "multiprocess_preloaded"
     assert all("dagster-k8s/config" not in t for t in local["tags"].values())
 
     cluster = _definitions_with({"GYMNAST_EXECUTOR": "k8s", "GYMNAST_STEP_TAGS": str(GPU_TAGS)})
