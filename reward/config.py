@@ -220,6 +220,9 @@ class AugmentConfig(Config):
 JUDGE_TRAIN_PRESETS: dict[str, dict[str, Any]] = {"tiny": {}}
 
 
+THRESHOLD_RULES = ("balanced_accuracy", "f1")
+
+
 @dataclass
 class JudgeTrainConfig(Config):
     """Finetuning hyper-parameters; saved with the metrics of every run."""
@@ -246,8 +249,16 @@ class JudgeTrainConfig(Config):
     # (fp32 weights, optimizer and loss)
     device: str | None = None
     precision: str | None = None
+    # How the threshold is cut on the validation episodes (``THRESHOLD_RULES``). Balanced accuracy
+    # weighs the two classes equally; F1 counts only the positive class, so on success-heavy data
+    # it rewards calling everything a success, and GRPO climbs exactly those false successes.
+    threshold_rule: str = "balanced_accuracy"
 
     def __post_init__(self) -> None:
+        _check(
+            self.threshold_rule in THRESHOLD_RULES,
+            f"threshold_rule must be one of {', '.join(THRESHOLD_RULES)}, got {self.threshold_rule!r}",
+        )
         if isinstance(self.augment, dict):
             self.augment = AugmentConfig.from_dict(self.augment)
         _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from gymnast_common.schedule import warmup_cosine
-from reward.config import AugmentConfig, JudgeTrainConfig, VLMJudgeConfig
+from reward.config import THRESHOLD_RULES, AugmentConfig, JudgeTrainConfig, VLMJudgeConfig
 from reward.judge import SuccessJudge
 from reward.metrics import binary_metrics
 from reward.vlm import VLMJudge, shift_images, video_to_image
@@ -205,7 +205,7 @@ def finetune_judge(
         "world_size": ctx.world_size,
     }
     if val_episodes is not None:
-        metrics |= _calibrate_on_rank0(judge, val_episodes, ctx)
+        metrics |= _calibrate_on_rank0(judge, val_episodes, ctx, config.threshold_rule)
     metrics["threshold"] = judge.config.threshold
     return judge, metrics
 
@@ -313,13 +313,15 @@ def _example_counts(ex: JudgeExamples) -> dict[str, int]:
     }
 
 
-def _calibrate_on_rank0(judge: VLMJudge, val_episodes: Sequence[Any], ctx: Any) -> dict:
+def _calibrate_on_rank0(
+    judge: VLMJudge, val_episodes: Sequence[Any], ctx: Any, rule: str = "balanced_accuracy"
+) -> dict:
     """Calibrate the threshold and evaluate on rank 0; every rank gets its threshold and
     metrics (a failure on rank 0 is reported to the others instead of leaving them waiting)."""
     result = None
     if ctx.is_main:
         try:
-            _, calibration = calibrate_threshold(judge, val_episodes)
+            _, calibration = calibrate_threshold(judge, val_episodes, rule)
             result = {"val_calibration": calibration, "val": evaluate_judge(judge, val_episodes)}
             result["threshold"] = judge.config.threshold
         except BaseException:
@@ -371,14 +373,27 @@ def _score_episodes(
 
 
 def calibrate_threshold(
-    judge: SuccessJudge, episodes: Sequence[Any]
+    judge: SuccessJudge, episodes: Sequence[Any], rule: str = "balanced_accuracy"
 ) -> tuple[float, dict[str, Any]]:
-    """Set ``judge.config.threshold`` to the F1-maximizing cut on labelled episodes.
+    """Set ``judge.config.threshold`` to the cut on labelled episodes that maximizes ``rule``:
+    ``balanced_accuracy`` (the mean of the success and failure recalls) or ``f1``.
 
-    Candidates are midpoints (in logit space) between neighbouring distinct probabilities, and 0.5; among equal
-    F1 the one closest to 0.5 wins. Returns the threshold and the metrics it gives.
+    Candidates are midpoints (in logit space) between neighbouring distinct probabilities, and 0.5;
+    among equal scores the one closest to 0.5 wins. Returns the threshold and the metrics it gives.
     """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"rule must be one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
     probs, labels = _score_episodes(judge, episodes, "validation episodes")
+    best = best_threshold(probs, labels, rule)
+    judge.config = replace(judge.config, threshold=best)
+    return best, binary_metrics(probs >= best, labels)
+
+
+def best_threshold(probs: np.ndarray, labels: np.ndarray, rule: str = "balanced_accuracy") -> float:
+    """The cut of success probabilities that maximizes ``rule`` against the labels."""
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"rule must be one of {', '.join(THRESHOLD_RULES)}, got {rule!r}")
+    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels, dtype=bool)
     # midpoints in logit space: a confident judge puts both classes near 0 and 1, where plain
     # midpoints would hug one class
     u = np.clip(np.unique(probs), 1e-7, 1 - 1e-7)
@@ -387,12 +402,18 @@ def calibrate_threshold(
     candidates = np.clip(np.append(mids, 0.5), 1e-4, 1 - 1e-4)
     best, best_key = 0.5, None
     for thr in candidates:
-        f1 = binary_metrics(probs >= thr, labels)["f1"]
-        key = (-1.0 if f1 is None else f1, -abs(thr - 0.5))
+        key = (_threshold_score(probs >= thr, labels, rule), -abs(thr - 0.5))
         if best_key is None or key > best_key:
             best, best_key = float(thr), key
-    judge.config = replace(judge.config, threshold=best)
-    return best, binary_metrics(probs >= best, labels)
+    return best
+
+
+def _threshold_score(votes: np.ndarray, labels: np.ndarray, rule: str) -> float:
+    if rule == "f1":
+        f1 = binary_metrics(votes, labels)["f1"]
+        return -1.0 if f1 is None else f1
+    recalls = [float((votes[labels == c] == c).mean()) for c in (True, False) if (labels == c).any()]
+    return float(np.mean(recalls))
 
 
 def evaluate_judge(

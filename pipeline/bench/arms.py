@@ -155,14 +155,16 @@ def dyna_iteration(
             data_dirs, leg.world_model.path, d / "world_model", cfg, progress
         ),
         f"dyna{k}_world_model",
-        runs_of | {"from": leg.world_model.sha256},
+        runs_of | {"from": leg.world_model.sha256, "steps": cfg.world_model_finetune_steps},
     )
     judge = ctx.trained(
         f"Dyna {k}: judge",
         "judge",
         lambda: refresh_judge(data_dirs, leg.judge.path, d / "judge", cfg, progress, wm.path),
         f"dyna{k}_judge",
-        runs_of | {"from": leg.judge.sha256} | replays_key(cfg, wm),
+        runs_of
+        | {"from": leg.judge.sha256, "steps": cfg.judge_finetune_steps}
+        | replays_key(cfg, wm),
     )
     ctx.report[f"dyna{k}_world_model"], ctx.report[f"dyna{k}_judge"] = wm.metrics, judge.metrics
     rl = ctx.trained(

@@ -39,6 +39,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "holdout_fraction",
         "judge_steps",
         "judge_replays",
+        "judge_threshold_rule",
     ),
     "grpo": (
         *_SFT,
@@ -49,6 +50,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "holdout_fraction",
         "judge_steps",
         "judge_replays",
+        "judge_threshold_rule",
         "grpo_steps",
         "grpo_overrides",
         "challenger_snapshots",

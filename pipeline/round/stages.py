@@ -382,7 +382,13 @@ def refresh_judge(
     judge, metrics = finetune_judge(
         start,
         train,
-        JudgeTrainConfig(steps=steps, seed=cfg.seed, device=cfg.device, precision=cfg.precision),
+        JudgeTrainConfig(
+            steps=steps,
+            seed=cfg.seed,
+            device=cfg.device,
+            precision=cfg.precision,
+            threshold_rule=cfg.judge_threshold_rule,
+        ),
         val_episodes=val,
         progress=progress,
     )

@@ -623,3 +623,25 @@ def test_openai_judge_config_roundtrip(tmp_path, monkeypatch):
     )
     make_judge("openai", cfg).save_pretrained(tmp_path / "oj")
     assert load_judge(tmp_path / "oj").config == cfg
+
+
+
+def test_threshold_rules_on_hand_made_scores():
+    """On success-heavy validation scores F1 keeps a cut that lets failures through (it counts
+    only the success class); balanced accuracy weighs both classes and cuts between them."""
+    from dataclasses import replace as dc_replace
+
+    from reward.train import best_threshold, binary_metrics
+
+    # 17 confident successes, 3 missed ones at 0.02, failures at 0.05 and 0.01
+    probs = np.array([0.95] * 17 + [0.02] * 3 + [0.05, 0.05, 0.01, 0.01])
+    labels = np.array([True] * 20 + [False] * 4)
+    bal, f1 = best_threshold(probs, labels), best_threshold(probs, labels, "f1")
+    assert 0.05 < bal < 0.95 and binary_metrics(probs >= bal, labels)["fp"] == 0
+    assert 0.01 < f1 < 0.02 and binary_metrics(probs >= f1, labels)["fp"] == 2
+    # ties go to the cut nearest 0.5
+    assert best_threshold(np.array([0.1, 0.9]), np.array([False, True])) == 0.5
+    with pytest.raises(ValueError, match="rule must be one of balanced_accuracy, f1"):
+        best_threshold(probs, labels, "auc")
+    with pytest.raises(JudgeConfigError, match="threshold_rule must be one of"):
+        dc_replace(JudgeTrainConfig(), threshold_rule="auc")
