@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -212,6 +213,38 @@ def train_sft(
         **greedy_action_error(policy, run.windows, run.rng),
     }
     return policy, metrics
+
+
+def keep_steps(steps: int, keep: int) -> list[int]:
+    """The steps after which ``train_sft_keeping`` keeps a policy: ``keep`` evenly spaced,
+    ending at the last."""
+    if not 1 <= keep <= steps:
+        raise ValueError(f"policies to keep must be in [1, steps={steps}], got {keep}")
+    return sorted({round(steps * i / keep) for i in range(1, keep + 1)})
+
+
+def train_sft_keeping(
+    policy_or_config: VLAPolicy | VLAConfig,
+    episodes: Iterable[EpisodeLike],
+    config: SFTConfig,
+    keep: int,
+    snapshots: Path,
+    progress: bool = True,
+) -> tuple[VLAPolicy, dict]:
+    """``train_sft``, also saving the policy after each of ``keep_steps`` but the last as
+    ``snapshots/step_NNNN`` (the last is the returned policy): one SFT run gives the SFT arm and
+    the policies a real check chooses among, the same training either way."""
+    from policy.distributed import is_main_process
+
+    at = set(keep_steps(config.steps, keep))
+    episodes = list(episodes)
+    policy = _policy_to_train(policy_or_config, episodes, config.refit_action_stats)
+
+    def saved(step: int, _metrics: dict) -> None:
+        if step + 1 in at and step + 1 < config.steps and is_main_process():
+            policy.save_pretrained(Path(snapshots) / f"step_{step + 1:04d}")
+
+    return train_sft(policy, episodes, config, progress=progress, callback=saved)
 
 
 @dataclass

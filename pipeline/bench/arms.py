@@ -40,14 +40,16 @@ def first_leg(
     ctx: BenchContext,
     sft_recipes: Sequence[tuple[int, int | None]] = (),
     sft_rule: str = "budget",
+    keep: int = 1,
 ) -> tuple[ModelArtifact, Leg]:
     """Demonstrations -> SFT (with ``sft_recipes``, on the demonstrations and SFT steps
     ``sft_rule`` of ``pipeline.bench.sft_choice`` picks); SFT's attempts (and exploration) on the
     station -> world model and judge; GRPO from SFT in the world model, then the snapshot check.
     Without ``sft_recipes`` in a replicate whose SFT was chosen (a later bench on its folder, with
-    the chosen recipe in its config), the chosen SFT is reused."""
+    the chosen recipe in its config), the chosen SFT is reused. SFT keeps ``keep`` policies of its
+    run (``sft_with_selection``'s candidates)."""
     if sft_recipes:
-        sft = choose_sft(ctx, sft_recipes, rule=sft_rule)  # sets ctx.cfg's recipe
+        sft = choose_sft(ctx, sft_recipes, rule=sft_rule, keep=keep)  # sets ctx.cfg's recipe
     else:
         n = ctx.cfg.demo_episodes_per_task
         chosen = chosen_record(ctx.workdir, n, ctx.cfg.sft_steps)
@@ -64,6 +66,7 @@ def first_leg(
                     if chosen
                     else None
                 ),
+                keep=keep,
             ),
             record=chosen,
         )
@@ -232,19 +235,19 @@ def demo_paths(ctx: BenchContext) -> list[Path]:
 # --- the baselines ------------------------------------------------------------------------------
 
 
-def sft_with_selection(ctx: BenchContext, candidates: int) -> ModelArtifact:
-    """SFT+select: the SFT recipe again (same demonstrations, steps and seed), keeping
-    ``candidates`` evenly spaced policies; the real check picks one, on the check seeds and with
-    as many check episodes as the main arm's checks (``candidates`` = its snapshots x legs)."""
-    demos = [e for e in map(read_episode, demo_paths(ctx)) if e.success]
-    d = ctx.workdir / "sft_select"
-    art = ctx.trained(
-        "SFT+select: SFT with snapshots",
-        "sft_select",
-        lambda: train_sft_snapshots(demos, ctx.cfg, d / "policy", candidates, ctx.progress),
-        upstream={"candidates": candidates},
-    )
-    return checked_snapshot(ctx, art, d / "check", "sft_select_")
+def sft_with_selection(ctx: BenchContext, sft: ModelArtifact, candidates: int) -> ModelArtifact:
+    """SFT+select: the SFT arm's own training run, of which SFT kept ``candidates`` evenly
+    spaced policies (``keep`` of its stage); the real check picks one, on the check seeds and
+    with as many check episodes as the main arm's checks (``candidates`` = its snapshots x
+    legs). No second SFT: the arm differs from SFT by the selection alone."""
+    kept = challenger_candidates(sft.path)
+    if len(kept) != candidates:
+        raise RuntimeError(
+            f"SFT+select needs {candidates} policies of SFT's run, found {len(kept)} at "
+            f"{sft.path}: its SFT stage kept another number (the keep is not part of the "
+            "stage's key, as it does not change SFT); delete that stage's .stage.json to retrain"
+        )
+    return checked_snapshot(ctx, sft, ctx.workdir / "sft_select" / "check", "sft_select_")
 
 
 def iter_sft(ctx: BenchContext, main_keys: list[str], candidates: int) -> ModelArtifact:
@@ -288,36 +291,25 @@ def sim_rl(ctx: BenchContext, sft: ModelArtifact, data_dirs: list[Path]) -> Mode
 def train_sft_snapshots(
     episodes, cfg: RoundConfig, out_dir: Path, candidates: int, progress: bool = True
 ) -> ModelArtifact:
-    """SFT as the SFT arm trains it (a fresh policy, ``cfg.sft_steps``, ``cfg.seed``), saving
+    """SFT as the SFT arm trains it (a fresh policy, ``cfg.sft_steps``, ``cfg.seed``), keeping
     ``candidates`` evenly spaced policies: the last is ``out_dir``, the earlier ones beside it
     where ``challenger_candidates`` finds them."""
     from policy.config import VLAConfig
-    from policy.sft import SFTConfig, train_sft
-    from policy.tokenization import ActionTokenizer
-    from policy.vla import VLAPolicy
+    from policy.sft import SFTConfig, train_sft_keeping
 
     if not 1 <= candidates <= cfg.sft_steps:
         raise ValueError(f"candidates must be in [1, sft_steps={cfg.sft_steps}], got {candidates}")
     episodes = list(episodes)
-    actions = np.concatenate([np.asarray(e.actions) for e in episodes if len(e.actions)])
-    stats = ActionTokenizer.from_actions(actions, token_start=0).to_dict()
-    policy = VLAPolicy.build(VLAConfig.from_preset(cfg.model_preset), stats)
-    at = {round(cfg.sft_steps * i / candidates) for i in range(1, candidates + 1)}
-    snapshots = _fresh(snapshots_dir(Path(out_dir)))
-
-    def saved(step: int, _metrics: dict) -> None:
-        if step + 1 in at and step + 1 < cfg.sft_steps:
-            policy.save_pretrained(snapshots / f"step_{step + 1:04d}")
-
-    policy, metrics = train_sft(
-        policy,
+    policy, metrics = train_sft_keeping(
+        VLAConfig.from_preset(cfg.model_preset),
         episodes,
         SFTConfig(steps=cfg.sft_steps, seed=cfg.seed, device=cfg.device, precision=cfg.precision),
+        candidates,
+        _fresh(snapshots_dir(Path(out_dir))),
         progress=progress,
-        callback=saved,
     )
     out = Path(policy.save_pretrained(out_dir))
-    extra = {"episodes": len(episodes), "candidates": len(at)}
+    extra = {"episodes": len(episodes), "candidates": candidates}
     return ModelArtifact(out, checkpoint_sha256(out), scalar_metrics(metrics) | extra)
 
 

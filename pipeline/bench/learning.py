@@ -223,7 +223,9 @@ def train_arms(ctx: BenchContext, opts: Options):
     """SFT, World-Gymnast's legs and the baselines, in the report's order (baselines first, the
     main arm last); records each arm's real budget and the equal-budget claims."""
     cfg = ctx.cfg
-    sft, leg = first_leg(ctx, opts.sft_recipes, opts.sft_rule)
+    candidates = selection_candidates(cfg.challenger_snapshots, opts.dyna_iterations)
+    keep = candidates if opts.baselines else 1
+    sft, leg = first_leg(ctx, opts.sft_recipes, opts.sft_rule, keep)
     cfg = ctx.cfg  # with the chosen demonstrations
     first = leg
     wg = {wg_name(0): leg.rl}
@@ -236,8 +238,7 @@ def train_arms(ctx: BenchContext, opts: Options):
     main_keys = wg_keys(opts.dyna_iterations, checked)
     policies = {"SFT": sft}
     if opts.baselines:
-        candidates = selection_candidates(cfg.challenger_snapshots, opts.dyna_iterations)
-        policies["SFT+select"] = sft_with_selection(ctx, candidates)
+        policies["SFT+select"] = sft_with_selection(ctx, sft, candidates)
         policies["Iter-SFT"] = iter_sft(ctx, main_keys, candidates)
         policies["Sim-RL"] = sim_rl(ctx, sft, first.data_dirs)
     policies |= wg

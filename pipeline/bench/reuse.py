@@ -55,9 +55,9 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "grpo_overrides",
         "challenger_snapshots",
     ),
-    # the baselines: SFT again with snapshots; SFT on the demonstrations and the main arm's real
-    # successes (its data digest in ``upstream``); GRPO in the gapped simulator from SFT
-    "sft_select": (*_SFT, "sft_steps", "seed"),
+    # the baselines (SFT+select has no stage of its own: it checks the policies SFT kept): SFT
+    # on the demonstrations and the main arm's real successes (its data digest in ``upstream``);
+    # GRPO in the gapped simulator from SFT
     "iter_sft": (*_SFT, "sft_steps", "seed"),
     "sim_rl": (
         *_SFT,

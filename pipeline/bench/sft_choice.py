@@ -164,13 +164,15 @@ def choose_sft(
     recipes: Sequence[tuple[int, int | None]] = BUDGETS,
     check_episodes: int | None = None,
     rule: str = "budget",
+    keep: int = 1,
 ) -> ModelArtifact:
     """Train and check SFT on each candidate recipe (demonstrations per task, SFT steps or None
     for the config's), least SFT first, ``check_episodes`` greedy runs per task each on the same
     seeds, and keep ``rule``'s choice (the per-task rules stop at the first recipe with room on
     enough tasks: a larger one could not be chosen). ``ctx.cfg`` becomes the chosen recipe's
     config (what every later stage and arm reads); the check goes to the report and its
-    episodes to the ledger (``sft_choice``)."""
+    episodes to the ledger (``sft_choice``). Each SFT keeps ``keep`` policies of its run
+    (``bootstrap_champion``), so the chosen one's serve SFT+select without a second SFT."""
     if rule not in RULES:
         raise ValueError(f"SFT choice rule must be one of {RULES}, got {rule!r}")
     if check_episodes is None:
@@ -191,6 +193,7 @@ def choose_sft(
                 ctx.cfg,
                 ctx.progress,
                 policy_dir=ctx.workdir / "bootstrap" / f"policy_{name}",
+                keep=keep,
             ),  # fmt: skip
             record=f"sft_{name}",
         )

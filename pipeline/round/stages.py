@@ -91,15 +91,18 @@ def bootstrap_champion(
     demo_seed: int | None = None,
     dataset: Path | None = None,
     policy_dir: Path | None = None,
+    keep: int = 1,
 ) -> ModelArtifact:
     """No champion yet: scripted-expert demonstrations on the station, then SFT.
 
     ``demo_seed``: the demonstrations' first seed (default: the bench's demonstration range).
     SFT reads the demonstrations back from the LeRobotDataset ``dataset`` (appended to; default
     ``workdir/demos_dataset``), as the world model and the judge read theirs. The policy goes
-    to ``policy_dir`` (default ``workdir/policy``)."""
+    to ``policy_dir`` (default ``workdir/policy``); with ``keep`` > 1, ``keep`` - 1 earlier
+    policies of the same run go beside it, where ``challenger_candidates`` finds them (the
+    bench's SFT+select checks them)."""
     from policy.config import VLAConfig
-    from policy.sft import SFTConfig, train_sft
+    from policy.sft import SFTConfig, train_sft_keeping
 
     workdir = Path(workdir)
     expert = write_policy_config(
@@ -125,13 +128,18 @@ def bootstrap_champion(
         raise RuntimeError(
             f"none of the {len(demos)} scripted demonstrations succeeded; nothing to imitate"
         )
-    policy, metrics = train_sft(
+    out = Path(policy_dir) if policy_dir is not None else workdir / "policy"
+    snapshots = snapshots_dir(out)
+    if is_main_process():
+        shutil.rmtree(snapshots, ignore_errors=True)  # an earlier run's, of other settings
+    policy, metrics = train_sft_keeping(
         VLAConfig.from_preset(cfg.model_preset),
         successful,
         SFTConfig(steps=cfg.sft_steps, seed=cfg.seed, device=cfg.device, precision=cfg.precision),
+        keep,
+        snapshots,
         progress=progress,
     )
-    out = Path(policy_dir) if policy_dir is not None else workdir / "policy"
     # Launched data-parallel (torchrun), every rank trained the same policy: one writes it, the
     # others wait for it before they hash it.
     if is_main_process():
@@ -140,7 +148,8 @@ def bootstrap_champion(
     return ModelArtifact(
         Path(out),
         checkpoint_sha256(Path(out)),
-        scalar_metrics(metrics) | {"demos": len(demos), "demos_successful": len(successful)},
+        scalar_metrics(metrics)
+        | {"demos": len(demos), "demos_successful": len(successful), "kept": keep},
     )
 
 

@@ -90,15 +90,15 @@ def _eval_counts() -> dict[str, int]:
 
 def _snapshot_checks(rep: Path) -> list[tuple[str, Path, Path, str, list[str]]]:
     """(report key prefix, policy dir, check episodes, arm, candidates) of every snapshot check.
-    GRPO (and Sim-RL) keep step 1 and the final policy; SFT+select and Iter-SFT as many candidates
-    as WG+Dyna1's two legs checked."""
+    GRPO (and Sim-RL) keep step 1 and the final policy; SFT+select (the policies SFT's own run
+    kept) and Iter-SFT as many candidates as WG+Dyna1's two legs checked."""
     two, four = ["step_0001", "final"], ["step_0001", "step_0002", "step_0004", "final"]
     return [
         ("", rep / "rl_policy", rep / "snapshot_check", "WG", two),
         ("dyna1_", rep / "dyna1" / "rl_policy", rep / "dyna1" / "snapshot_check", "WG+Dyna1", two),
         (
             "sft_select_",
-            rep / "sft_select" / "policy",
+            rep / "bootstrap" / "policy",  # SFT's own run: SFT kept the candidates
             rep / "sft_select" / "check",
             "SFT+select",
             four,
@@ -307,7 +307,6 @@ def test_a_rerun_trains_nothing_again(bench_rerun):
     assert bench_rerun.rerun["reused_stages"] == [
         *trained,
         *(f"Dyna 1: {s}" for s in trained[1:]),
-        "SFT+select: SFT with snapshots",
         "Iter-SFT: SFT on demos + real successes",
         "Sim-RL: GRPO in sim_gap",
     ]

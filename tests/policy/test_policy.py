@@ -335,6 +335,31 @@ def test_sft_reduces_loss_and_reports_metrics():
     assert not policy.training
 
 
+def test_sft_keeping_policies_saves_the_earlier_ones_and_trains_the_same_policy(tmp_path):
+    """SFT+select checks the policies SFT's own run kept: keeping them must not change SFT."""
+    from policy.sft import keep_steps, train_sft_keeping
+
+    train = _synthetic_episodes(4, 4, seed=0)
+    cfg = SFTConfig(steps=6, batch_size=8, seed=0)
+    plain, _ = train_sft(VLAConfig.from_preset("tiny", **SMALL), train, cfg, progress=False)
+    kept, _ = train_sft_keeping(
+        VLAConfig.from_preset("tiny", **SMALL), train, cfg, 3, tmp_path / "snaps", progress=False
+    )
+    assert keep_steps(6, 3) == [2, 4, 6]
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["step_0002", "step_0004"]
+    for (name, a), (_, b) in zip(
+        plain.state_dict().items(), kept.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    early = VLAPolicy.from_pretrained(tmp_path / "snaps" / "step_0002")
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(early.state_dict().values(), kept.state_dict().values(), strict=True)
+    )
+    with pytest.raises(ValueError, match="policies to keep must be in"):
+        keep_steps(6, 7)
+
+
 @pytest.mark.slow
 def test_sft_learns_image_and_instruction_dependent_actions():
     train = _synthetic_episodes(32, 6, seed=0)

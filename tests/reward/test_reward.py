@@ -625,7 +625,6 @@ def test_openai_judge_config_roundtrip(tmp_path, monkeypatch):
     assert load_judge(tmp_path / "oj").config == cfg
 
 
-
 def test_threshold_rules_on_hand_made_scores():
     """On success-heavy validation scores F1 keeps a cut that lets failures through (it counts
     only the success class); balanced accuracy weighs both classes and cuts between them."""
