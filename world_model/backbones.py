@@ -57,7 +57,7 @@ class UNetBackbone(Backbone):
         self.cond_dim = 4 * config.unet_block_out_channels[0]
         self.unet = UNet2DModel(
             sample_size=config.latent_size // r,
-            in_channels=(config.context_frames + 1) * c * r * r,
+            in_channels=(config.context_slots + 1) * c * r * r,
             out_channels=c * r * r,
             down_block_types=config.unet_down_block_types,
             up_block_types=config.unet_up_block_types,
@@ -149,7 +149,7 @@ class FactorizedDiT(Backbone):
         head_dim = d // config.dit_heads
         g = self.grid
         cos_s, sin_s = get_2d_rotary_pos_embed(head_dim, ((0, 0), (g, g)), (g, g), output_type="pt")
-        cos_t, sin_t = get_1d_rotary_pos_embed(head_dim, config.context_frames + 1, use_real=True)
+        cos_t, sin_t = get_1d_rotary_pos_embed(head_dim, config.context_slots + 1, use_real=True)
         # RoPE tables are functions of the config: not saved with the weights.
         self.register_buffer("rope_s_cos", cos_s.float(), persistent=False)
         self.register_buffer("rope_s_sin", sin_s.float(), persistent=False)

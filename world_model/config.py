@@ -57,6 +57,11 @@ class WorldModelConfig(Config):
     # Frames: square RGB at `image_size`; the model conditions on `context_frames` past frames.
     image_size: int = 64
     context_frames: int = 2
+    # Also condition every step on the episode's first frame (real, clean), in a context slot of
+    # its own: what does not move stays there to be copied, however far an autoregressive rollout
+    # has drifted from it (the open-loop PSNR lead over copying the first frame fell to about
+    # 0 dB by 30 steps without it).
+    anchor_first_frame: bool = False
     action_dim: int = ACTION_DIM
     # Backbone: "unet" (diffusers UNet2DModel) or "dit" (spatial/temporal factorized DiT).
     backbone: str = "unet"
@@ -231,11 +236,17 @@ class WorldModelConfig(Config):
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 
+    @property
+    def context_slots(self) -> int:
+        """Frames the backbone sees besides the one it denoises: the past ``context_frames``, and
+        the first frame first when anchored."""
+        return self.context_frames + int(self.anchor_first_frame)
+
     def architecture(self) -> dict[str, Any]:
         """Fields that decide tensor shapes: two configs with equal architecture share weights."""
         keys = [
-            "image_size", "context_frames", "action_dim", "backbone", "codec", "latent_channels",
-            "vae_downsample", "pixel_unshuffle",
+            "image_size", "context_frames", "anchor_first_frame", "action_dim", "backbone",
+            "codec", "latent_channels", "vae_downsample", "pixel_unshuffle",
         ]  # fmt: skip
         if self.backbone == "unet":
             keys += [

@@ -20,7 +20,9 @@ class WindowDataset:
 
     Window for transition t of an episode: context = frames[t-Tc+1 .. t] (indices below 0 repeat
     frame 0, as ``start`` does for a real initial frame), action = actions[t], target = frames[t+1].
-    The action that led to context frame s is actions[s-1], unknown (null) for s <= 0.
+    The action that led to context frame s is actions[s-1], unknown (null) for s <= 0. With
+    ``anchor``, a slot holding frame 0 (its action unknown) comes first in every window, as the
+    model's ``start`` keeps the real initial frame there for a whole rollout.
     """
 
     def __init__(
@@ -31,6 +33,7 @@ class WindowDataset:
         context_frames: int,
         action_dim: int,
         encode_batch: int = 64,
+        anchor: bool = False,
     ) -> None:
         caches, actions, ctx_idx, tgt_idx, act_idx = [], [], [], [], []
         frame_off = act_off = 0
@@ -45,9 +48,9 @@ class WindowDataset:
                 caches.append(torch.cat([codec.to_cache(c) for c in small.split(encode_batch)]))
             actions.append(torch.from_numpy(acts))
             t = np.arange(n)
-            s = (
-                t[:, None] - tc + 1 + np.arange(tc)[None]
-            )  # (n, Tc) frame index of each context slot
+            s = t[:, None] - tc + 1 + np.arange(tc)[None]  # (n, Tc) frame index of each slot
+            if anchor:  # frame 0 first; -1 below makes its action unknown, as for s <= 0
+                s = np.concatenate([np.full((n, 1), -1), s], axis=1)
             ctx_idx.append(frame_off + np.maximum(s, 0))
             act_idx.append(np.where(s >= 1, act_off + s - 1, -1))
             tgt_idx.append(frame_off + t + 1)

@@ -38,7 +38,14 @@ def next_frame_error(
     uses its action input is better with the true actions.
     """
     cfg = model.config
-    data = WindowDataset(episodes, model.codec, cfg.image_size, cfg.context_frames, cfg.action_dim)
+    data = WindowDataset(
+        episodes,
+        model.codec,
+        cfg.image_size,
+        cfg.context_frames,
+        cfg.action_dim,
+        anchor=cfg.anchor_first_frame,
+    )
     g = torch.Generator(device=model.device).manual_seed(seed)
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:max_windows]
     perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + 1))

@@ -1,7 +1,7 @@
 """The action-conditioned video world model and its batched closed-loop rollout API.
 
 One new frame per action, autoregressively: the backbone denoises the next frame given the last
-``context_frames`` frames and the action, with v-prediction, a few DDIM steps, context noise
+``context_frames`` frames (and the first, with ``anchor_first_frame``) and the action, with v-prediction, a few DDIM steps, context noise
 augmentation and classifier-free guidance on the action (learned null action).
 
 The model is a diffusers ``ModelMixin`` + ``ConfigMixin``: a checkpoint is ``config.json`` (the
@@ -47,7 +47,7 @@ class CheckpointMismatchError(ValueError):
 class WorldState:
     """The imagined world after some steps: a batch of context windows in model space."""
 
-    context: torch.Tensor  # (B, Tc, C, h, w) newest frame last
+    context: torch.Tensor  # (B, Tc, C, h, w) newest frame last (the first frame first if anchored)
     context_actions: torch.Tensor  # (B, Tc, A) raw action that led to each context frame
     context_known: torch.Tensor  # (B, Tc) bool: False where no action led to the frame
     step: int = 0
@@ -239,7 +239,7 @@ class ActionConditionedWorldModel(ModelMixin, ConfigMixin):
         """(B, H, W, 3) uint8 real frames at any resolution -> a state whose context repeats them."""
         frames = resize_frames(init_frames, self.config.image_size).to(self.device)  # (B, 3, S, S)
         z = self.codec.encode(frames)  # (B, C, h, w)
-        b, tc = z.shape[0], self.config.context_frames
+        b, tc = z.shape[0], self.config.context_slots
         return WorldState(
             context=z[:, None].expand(b, tc, *z.shape[1:]).contiguous(),  # (B, Tc, C, h, w)
             context_actions=torch.zeros(b, tc, self.config.action_dim, device=self.device),
@@ -256,13 +256,19 @@ class ActionConditionedWorldModel(ModelMixin, ConfigMixin):
         """Roll K actions forward: (B, K, A) raw Bridge actions -> (new state, (B, K, S, S, 3) uint8)."""
         actions = self._check_actions(actions, state.batch_size)
         ctx, ctx_actions, ctx_known = state.context, state.context_actions, state.context_known
+        a = int(self.config.anchor_first_frame)  # slots that stay: the first frame's
         frames = []
         for k in range(actions.shape[1]):
             z = self.sample_next(ctx, ctx_actions, ctx_known, actions[:, k], generator)
             frames.append(self.codec.decode(z).permute(0, 2, 3, 1))  # (B, S, S, 3)
-            ctx = torch.cat([ctx[:, 1:], z[:, None]], dim=1)
-            ctx_actions = torch.cat([ctx_actions[:, 1:], actions[:, k : k + 1]], dim=1)
-            ctx_known = torch.cat([ctx_known[:, 1:], torch.ones_like(ctx_known[:, :1])], dim=1)
+            ctx = torch.cat([ctx[:, :a], ctx[:, a + 1 :], z[:, None]], dim=1)
+            ctx_actions = torch.cat(
+                [ctx_actions[:, :a], ctx_actions[:, a + 1 :], actions[:, k : k + 1]], dim=1
+            )
+            ctx_known = torch.cat(
+                [ctx_known[:, :a], ctx_known[:, a + 1 :], torch.ones_like(ctx_known[:, :1])],
+                dim=1,
+            )
         new_state = WorldState(ctx, ctx_actions, ctx_known, state.step + actions.shape[1])
         return new_state, torch.stack(frames, dim=1)  # (B, K, S, S, 3)
 

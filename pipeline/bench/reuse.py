@@ -29,6 +29,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "seed",
         *_DATA,
         "world_model_steps",
+        "world_model_overrides",
         "holdout_fraction",
     ),
     "judge": (
@@ -47,6 +48,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
         "seed",
         *_DATA,
         "world_model_steps",
+        "world_model_overrides",
         "holdout_fraction",
         "judge_steps",
         "judge_replays",

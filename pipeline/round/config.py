@@ -117,6 +117,9 @@ class RoundConfig(Config):
     eval_episodes_per_task: int = 5  # challenger runs, same seeds (paired comparison)
     world_model_steps: int = 400  # from scratch
     world_model_finetune_steps: int = 150  # warm start from last round
+    # WorldModelConfig fields over the model preset's (e.g. {"anchor_first_frame": true}); a
+    # warm start needs the last round's model to have the same architecture
+    world_model_overrides: dict = field(default_factory=dict)
     judge_steps: int = 300
     judge_finetune_steps: int = 150
     grpo_steps: int = 10
@@ -191,6 +194,8 @@ class RoundConfig(Config):
                 f"challenger_snapshots ({self.challenger_snapshots}) cannot exceed grpo_steps "
                 f"({self.grpo_steps}): there is one policy per step"
             )
+        if self.world_model_overrides:  # a bad field fails here, not an hour later (empty:
+            self.world_model_config()  # nothing to check, and no torch import for it)
         # checked here, not an hour later when GRPO first looks for the starts
         stray = [t for t in self.grpo_overrides.get("train_tasks", ()) if t not in self.tasks]
         if stray:
@@ -227,6 +232,15 @@ class RoundConfig(Config):
 
         check_device_setting(self.device, "RoundConfig.device")
         check_precision_setting(self.precision, "RoundConfig.precision")
+
+    def world_model_config(self):
+        """The world model this round trains: ``model_preset`` with ``world_model_overrides``."""
+        from world_model.config import WorldModelConfig
+
+        try:
+            return WorldModelConfig.from_preset(self.model_preset, **self.world_model_overrides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"RoundConfig.world_model_overrides: {e}") from None
 
     def for_tasks(self, tasks: Sequence[str]) -> RoundConfig:
         """This round narrowed to ``tasks`` (a per-task evaluation job): GRPO's ``train_tasks``

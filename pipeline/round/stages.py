@@ -296,7 +296,6 @@ def refresh_world_model(
     """Train (or warm-start from last round and finetune) the world model; held-out error and a
     preview. ``sources``: see ``load_episodes`` (the loop passes its round's ``DatasetEpisodes``);
     ``cfg.external_datasets`` join the training split (held-out error stays on our arm's data)."""
-    from world_model.config import WorldModelConfig
     from world_model.evaluate import evaluate_world_model, rollout_error, write_side_by_side_video
     from world_model.train import WorldModelTrainConfig, train_world_model
 
@@ -305,7 +304,7 @@ def refresh_world_model(
     train += external_episodes(cfg)
     steps = cfg.world_model_finetune_steps if previous is not None else cfg.world_model_steps
     model, metrics = train_world_model(
-        WorldModelConfig.from_preset(cfg.model_preset),
+        cfg.world_model_config(),
         train,
         WorldModelTrainConfig(
             steps=steps, seed=cfg.seed, device=cfg.device, precision=cfg.precision

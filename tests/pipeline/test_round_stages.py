@@ -151,6 +151,10 @@ def test_select_challenger_keeps_the_snapshot_with_most_real_successes_earliest_
         RoundConfig(grpo_steps=6, challenger_snapshots=7)
     with pytest.raises(ValueError, match=r"grpo_overrides train_tasks \['close drawer'\] are not"):
         RoundConfig(grpo_overrides={"train_tasks": ["close drawer"]})
+    with pytest.raises(ValueError, match=r"world_model_overrides: unknown .*\['anchor'\]"):
+        RoundConfig(world_model_overrides={"anchor": True})
+    anchored = RoundConfig(world_model_overrides={"anchor_first_frame": True})
+    assert anchored.world_model_config().context_slots == 3
     # a per-task evaluation job narrows the round: train_tasks narrow with it, other overrides stay
     closing = RoundConfig(grpo_overrides={"train_tasks": ["close_drawer"], "lr": 1e-5})
     assert closing.for_tasks(["open_drawer"]).grpo_overrides == {"lr": 1e-5}

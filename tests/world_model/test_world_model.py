@@ -310,6 +310,34 @@ def test_closed_loop_rollout_40_steps_batch_3(episodes):
         model.start(np.zeros((3, 64, 64, 3), np.float32))
 
 
+def test_an_anchored_model_keeps_the_real_first_frame_in_its_own_slot(episodes):
+    """``anchor_first_frame``: every training window and every imagined step also sees frame 0."""
+    from world_model.data import WindowDataset
+
+    cfg = small_config(anchor_first_frame=True)
+    assert cfg.context_slots == 3 and cfg.architecture()["anchor_first_frame"]
+    model = ActionConditionedWorldModel(cfg)
+    data = WindowDataset(episodes[:1], model.codec, cfg.image_size, 2, 7, anchor=True)
+    late = data.batch(torch.tensor([10]))  # transition 10: frames 0, 9, 10 -> 11
+    first = model.codec.from_cache(data.cache[:1])
+    assert torch.equal(late["context"][0, 0], first[0])
+    assert late["context_known"].tolist() == [[False, True, True]]
+    assert torch.equal(late["context_actions"][0, 1], torch.from_numpy(episodes[0].actions[8]))
+    init = np.stack([ep.frames[0] for ep in episodes[:2]])
+    state = model.start(init)
+    start = state.context[:, 0].clone()
+    state, frames = model.imagine(
+        state, torch.from_numpy(np.stack([ep.actions[:6] for ep in episodes[:2]]))
+    )
+    assert state.context.shape == (2, 3, 3, 32, 32) and frames.shape == (2, 6, 32, 32, 3)
+    assert torch.equal(state.context[:, 0], start)  # the anchor never rolls out of the window
+    assert state.context_known.tolist() == [[False, True, True]] * 2
+    trained, _ = train_world_model(
+        model, episodes, WorldModelTrainConfig(steps=2, batch_size=8), progress=False
+    )
+    assert trained.config.anchor_first_frame
+
+
 @pytest.mark.slow
 def test_learns_action_conditioning():
     train = [square_episode(i) for i in range(8)]
