@@ -51,21 +51,24 @@ def checkpoint(tmp_path):
     return folder
 
 
-def stall_disk(station: Station) -> threading.Event:
-    """Every chunk write waits until the returned event is set, as on a stalled disk."""
-    disk_back = threading.Event()
+@pytest.fixture
+def disk_back(station):
+    """Every chunk write waits until this event is set, as on a stalled disk. Set again at
+    teardown: a test that fails before it brings the disk back must not leave the writer thread
+    stalled, or the interpreter waits for it at exit and the whole test run hangs."""
+    back = threading.Event()
     write = station.checkpoints.write_chunk
 
     def stalled(*args, **kwargs):
-        disk_back.wait()
+        back.wait()
         return write(*args, **kwargs)
 
     station.checkpoints.write_chunk = stalled
-    return disk_back
+    yield back
+    back.set()
 
 
-def test_estop_is_answered_at_once_while_the_disk_stalls_mid_upload(station, checkpoint):
-    disk_back = stall_disk(station)
+def test_estop_is_answered_at_once_while_the_disk_stalls_mid_upload(station, checkpoint, disk_back):
     uploaded: list = []
     with StationClient(station.endpoint, timeout_s=30) as uploader:
 
@@ -98,9 +101,10 @@ def test_estop_is_answered_at_once_while_the_disk_stalls_mid_upload(station, che
     assert stored.read_bytes() == (checkpoint / "model.safetensors").read_bytes()
 
 
-def test_the_client_gives_up_on_a_disk_that_never_comes_back(station, checkpoint, monkeypatch):
+def test_the_client_gives_up_on_a_disk_that_never_comes_back(
+    station, checkpoint, disk_back, monkeypatch
+):
     monkeypatch.setattr("robot_bridge.client.BUSY_PATIENCE_S", 0.5)
-    disk_back = stall_disk(station)
     with StationClient(station.endpoint, timeout_s=30) as client:
         with pytest.raises(StationError) as e:
             client.upload_checkpoint(checkpoint)
