@@ -29,11 +29,14 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from robot_bridge.devices import autocast, resolve_device, resolve_precision
+
+if TYPE_CHECKING:
+    import torch
 
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by a substring of the device name.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0}
@@ -59,6 +62,8 @@ class Row:
 
 
 def peak_tflops(device: torch.device, override: float | None = None) -> float | None:
+    import torch
+
     if override:
         return override
     if device.type != "cuda":
@@ -68,6 +73,7 @@ def peak_tflops(device: torch.device, override: float | None = None) -> float | 
 
 
 def count_flops(fn: Callable[[], object]) -> float:
+
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
@@ -76,6 +82,8 @@ def count_flops(fn: Callable[[], object]) -> float:
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -92,12 +100,16 @@ def timed(fn: Callable[[], object], device: torch.device, iters: int) -> float:
 
 
 def _peak_mem(device: torch.device) -> float | None:
+    import torch
+
     if device.type != "cuda":
         return None
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
 def _reset_mem(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -108,6 +120,7 @@ def _reset_mem(device: torch.device) -> None:
 
 def random_vae(path: Path, quick: bool) -> Path:
     """An SD3-shaped AutoencoderKL (16 latent channels, 8x down), random, saved to ``path``."""
+    import torch
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
@@ -133,6 +146,8 @@ def random_vae(path: Path, quick: bool) -> Path:
 
 
 def world_model(kind: str, quick: bool, vae_dir: Path, device: torch.device):
+    import torch
+
     from world_model.config import WorldModelConfig
     from world_model.model import ActionConditionedWorldModel
 
@@ -151,6 +166,8 @@ def world_model(kind: str, quick: bool, vae_dir: Path, device: torch.device):
 
 
 def vla(kind: str, quick: bool, device: torch.device):
+    import torch
+
     from policy.config import VLAConfig
     from policy.vla import VLAPolicy
 
@@ -191,6 +208,8 @@ def _params_m(module: torch.nn.Module) -> float:
 
 
 def bench_world_model(kind, model, batches, frames, iters, device, precision) -> list[Row]:
+    import torch
+
     rows = []
     for b in batches:
         row = Row(f"wm/{kind}", b, unit="frames/s", params_m=_params_m(model))
@@ -216,6 +235,8 @@ def bench_world_model(kind, model, batches, frames, iters, device, precision) ->
 
 
 def bench_grpo(name, policy, wm, judge_model, overrides, iters, device, precision) -> Row:
+    import torch
+
     from policy.grpo import GRPOConfig, Start, grpo_update, imagine_rollouts, score_rollouts
 
     # every group kept (the random judge's groups may all agree): the update always runs
@@ -249,6 +270,8 @@ def bench_grpo(name, policy, wm, judge_model, overrides, iters, device, precisio
 
 
 def bench_vla(kind, policy, batches, iters, device, precision) -> list[Row]:
+    import torch
+
     rows = []
     for b in batches:
         row = Row(f"vla/{kind}", b, unit="chunks/s", params_m=_params_m(policy))
@@ -317,6 +340,8 @@ def run(
     sections: tuple[str, ...] = ("wm", "grpo", "vla"),
 ) -> tuple[list[Row], str]:
     """Run the benchmark; returns the rows and the printed table."""
+    import torch
+
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     peak = peak_tflops(dev, peak)

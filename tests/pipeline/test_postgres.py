@@ -112,9 +112,19 @@ def _query(url: str, sql: str, *args: object) -> list[tuple]:
 
 
 @contextlib.contextmanager
-def _rounds_on(server: str, name: str, rounds: int, overrides: dict, tmp_path, monkeypatch):
-    """``--postgres SERVER/NAME`` then ``rounds`` rounds as ``gymnast demo`` runs them; yields
-    (home, env, instance, round keys) while the station and the MLflow server still run."""
+def _rounds_on(
+    server: str,
+    name: str,
+    rounds: int,
+    overrides: dict,
+    tmp_path,
+    monkeypatch,
+    in_process: bool = False,
+):
+    """``--postgres SERVER/NAME`` then ``rounds`` rounds as ``gymnast demo`` runs them (every
+    step in its own process), or ``in_process`` (one run in this process, as the UI test's round:
+    the same stores, without the step processes' start-up); yields (home, env, instance, round
+    keys) while the station and the MLflow server still run."""
     from pipeline import cli, demo
 
     monkeypatch.setenv("GYMNAST_ROUND_OVERRIDES", json.dumps(overrides))
@@ -128,11 +138,25 @@ def _rounds_on(server: str, name: str, rounds: int, overrides: dict, tmp_path, m
         try:
             keys = demo.last_rounds(rounds)
             for key in keys:
-                demo.run_round(instance, key)  # every step in its own process
+                if in_process:
+                    _materialize_in_process(instance, key)
+                else:
+                    demo.run_round(instance, key)  # every step in its own process
                 assert demo.missing_stages(instance, key) == []
             yield home, env, instance, keys
         finally:
             instance.dispose()
+
+
+def _materialize_in_process(instance, key: str) -> None:
+    from pipeline.assets import ROUND_ASSETS
+    from pipeline.checks import ROUND_CHECKS
+    from pipeline.definitions import resources
+
+    result = dg.materialize(
+        [*ROUND_ASSETS, *ROUND_CHECKS], partition_key=key, instance=instance, resources=resources()
+    )
+    assert result.success
 
 
 def _unset_store_variables(monkeypatch) -> None:
@@ -240,14 +264,14 @@ def test_without_a_server_it_skips_except_where_ci_requires_one(monkeypatch):
         _unavailable("no initdb")
 
 
-# Measured 862 s on a 2-core VM shared with other jobs (load average 7); estimated about 3 min on
-# quiet cores from the smoke benchmark (docs/benchmarks.md: two rounds of two tasks, 5 min 51 s).
-# Most of it is the step processes' imports and training, not the stores.
+# In process: with every step in its own process this took 204 s of CI's 20 min on quiet cores,
+# most of it the step processes' start-up, which the stores do not care about (the slow
+# two-round test below runs the steps as `gymnast demo` does).
 @pytest.mark.timeout(1800)
 def test_one_round_on_postgres(postgres, tmp_path, monkeypatch):
     """Round 1 (bootstrap, every stage) with Dagster and MLflow on PostgreSQL."""
     overrides = {**SMOKE_ROUND, "tasks": ["open_drawer"]}
-    with _rounds_on(postgres, "one", 1, overrides, tmp_path, monkeypatch) as stack:
+    with _rounds_on(postgres, "one", 1, overrides, tmp_path, monkeypatch, in_process=True) as stack:
         _check_stores(*stack)
 
 

@@ -233,6 +233,9 @@ def _run(args: list[str], tmp: Path, nproc: int | None) -> None:
     run_worker(__file__, [tmp, *args], nproc=nproc)
 
 
+# slow (55 s of CI on 2 cores): the challenger stage's launch test (tests/pipeline/test_launch.py)
+# makes the same comparison, GRPO on 2 ranks against 1 process, in the README's test run
+@pytest.mark.slow
 def test_two_gloo_ranks_take_the_same_grpo_steps_as_one_process(tmp_path):
     """Each rank imagines and judges half the groups; 2 steps later both ranks hold the weights
     one process reaches over the same groups (same rollout parts), and log what it logs."""
