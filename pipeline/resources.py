@@ -326,7 +326,7 @@ def arm_slot(context: dg.AssetExecutionContext, arm) -> Iterator[None]:
             f"`dagster instance concurrency set {arm.pool} 1` (or set pools.default_limit)"
         )
     waiting = False
-    while not storage.claim_concurrency_slot(arm.pool, context.run_id, step_key).is_claimed:
+    while not storage.claim_concurrency_slot(arm.pool, context.run.run_id, step_key).is_claimed:
         if not waiting:
             context.log.info(f"waiting for pool {arm.pool}: another run is driving {arm.name}")
             waiting = True
@@ -335,7 +335,7 @@ def arm_slot(context: dg.AssetExecutionContext, arm) -> Iterator[None]:
         with _local_arm_lock(context.instance, arm, context.log.info):
             yield
     finally:
-        storage.free_concurrency_slot_for_step(context.run_id, step_key)
+        storage.free_concurrency_slot_for_step(context.run.run_id, step_key)
 
 
 @contextmanager
