@@ -67,6 +67,19 @@ class WindowDataset:
         self.target_index = torch.from_numpy(np.concatenate(tgt_idx))  # (N,)
         self.codec = codec
 
+    @classmethod
+    def for_model(cls, episodes: Sequence[EpisodeLike], model) -> WindowDataset:
+        """The windows ``model`` (an ``ActionConditionedWorldModel``) trains and is judged on."""
+        cfg = model.config
+        return cls(
+            episodes,
+            model.codec,
+            cfg.image_size,
+            cfg.context_frames,
+            cfg.action_dim,
+            anchor=cfg.anchor_first_frame,
+        )
+
     def __len__(self) -> int:
         return len(self.target_index)
 

@@ -37,15 +37,7 @@ def next_frame_error(
     with ``shuffle_actions``, of predicting with actions permuted across windows: a model that
     uses its action input is better with the true actions.
     """
-    cfg = model.config
-    data = WindowDataset(
-        episodes,
-        model.codec,
-        cfg.image_size,
-        cfg.context_frames,
-        cfg.action_dim,
-        anchor=cfg.anchor_first_frame,
-    )
+    data = WindowDataset.for_model(episodes, model)
     g = torch.Generator(device=model.device).manual_seed(seed)
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:max_windows]
     perm = torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed + 1))

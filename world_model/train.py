@@ -113,14 +113,7 @@ def train_world_model(
     torch.manual_seed(config.seed)
     model = _build(model_or_config, init_from).to(dev)
     cfg = model.config
-    data = WindowDataset(
-        episodes,
-        model.codec,
-        cfg.image_size,
-        cfg.context_frames,
-        cfg.action_dim,
-        anchor=cfg.anchor_first_frame,
-    )
+    data = WindowDataset.for_model(episodes, model)
     if isinstance(model_or_config, WorldModelConfig) and init_from is None:
         cfg.action_mean, cfg.action_std = (tuple(x) for x in data.action_stats())
     ctx.broadcast_parameters(model)  # seeded builds agree already; a given model may not

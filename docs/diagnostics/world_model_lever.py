@@ -1,6 +1,7 @@
 """A world-model lever on a replicate's own data: train the first leg's world model again with
 ``world_model_overrides`` (same data, steps, seed and held-out split) and print its open-loop PSNR
-lead over copy-first-frame per step beside the replicate's own world model.
+lead over copy-first-frame per step beside the replicate's own world model (run it again once
+the replicate has trained that, to compare).
 
     python3 -m uv run python docs/diagnostics/world_model_lever.py REP_DIR OUT_DIR \
         '{"anchor_first_frame": true}'
@@ -12,7 +13,8 @@ import sys
 from pathlib import Path
 
 from pipeline.round.config import ROUND_PRESETS, RoundConfig
-from pipeline.round.stages import OPEN_LOOP_FILE, refresh_world_model
+from pipeline.round.episodes import load_episode_headers
+from pipeline.round.stages import OPEN_LOOP_FILE, refresh_world_model, with_covering_horizon
 
 
 def lead(record: dict) -> list[float]:
@@ -22,29 +24,43 @@ def lead(record: dict) -> list[float]:
     ]
 
 
-def main(rep: Path, out: Path, overrides: dict) -> None:
-    stage = json.loads((rep / "world_model.stage.json").read_text())
-    base = json.loads((Path(stage["path"]) / OPEN_LOOP_FILE).read_text())
-    chunks = base["horizon"] // 5  # the tiny VLA's chunk: the horizon the replicate's GRPO ran
+def replicate_config(rep: Path, dirs: list[Path]) -> RoundConfig:
+    """The first leg's world-model settings as the bench made them: the `bench` preset, the
+    chosen SFT's recipe (the stage record of the policy whose attempts are in ``sft_attempts``),
+    GRPO's covering horizon over SFT's own episodes."""
+    headers = load_episode_headers(dirs)
+    (sha,) = {h.policy_sha256 for h in load_episode_headers([rep / "sft_attempts"])}
+    (stage,) = [
+        r
+        for r in map(json.loads, map(Path.read_text, rep.glob("sft_*.stage.json")))
+        if r["sha256"] == sha
+    ]
     fields = {f.name for f in dataclasses.fields(RoundConfig)}
     preset = {k: v for k, v in ROUND_PRESETS["bench"].items() if k in fields}
     cfg = RoundConfig(**{**preset, **stage["inputs"]})
-    cfg = dataclasses.replace(
-        cfg,
-        grpo_horizon="fixed",
-        grpo_overrides={**cfg.grpo_overrides, "horizon_chunks": chunks},
-        world_model_overrides=overrides,
-    )
+    return with_covering_horizon(cfg, headers, sha)
+
+
+def main(rep: Path, out: Path, overrides: dict) -> None:
     dirs = [rep / "bootstrap" / "demos", rep / "sft_attempts", rep / "sft_explore"]
-    art = refresh_world_model(dirs, None, out, cfg, progress=False)
+    if not (out / OPEN_LOOP_FILE).exists():
+        cfg = replicate_config(rep, dirs)
+        cfg = dataclasses.replace(cfg, world_model_overrides=overrides)
+        art = refresh_world_model(dirs, None, out, cfg, progress=False)
+        print("metrics:", json.dumps(art.metrics))
     ours = json.loads((out / OPEN_LOOP_FILE).read_text())
+    base_file = rep / "world_model" / OPEN_LOOP_FILE
+    if not base_file.exists():
+        print("the replicate's own world model is not trained yet; run again to compare")
+        print("lead per step:", [round(x, 2) for x in lead(ours)])
+        return
+    base = json.loads(base_file.read_text())
     assert ours["horizon"] == base["horizon"], (ours["horizon"], base["horizon"])
     print(f"horizon {base['horizon']} steps; lead over copy-first-frame (dB) per step")
     print("step | replicate's world model | with", json.dumps(overrides))
     for i, (a, b) in enumerate(zip(lead(base), lead(ours), strict=True), start=1):
         print(f"{i:4d} | {a:+6.2f} | {b:+6.2f}")
     print(f"worst step: {min(lead(base)):+.2f} | {min(lead(ours)):+.2f}")
-    print("metrics:", json.dumps(art.metrics))
 
 
 if __name__ == "__main__":
