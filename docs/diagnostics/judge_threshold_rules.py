@@ -26,18 +26,12 @@ def rules(p, y):
         m = binary_metrics(v, y); P, Rr = m["precision"] or 0, m["recall"] or 0
         return 0 if P + Rr == 0 else (1 + b * b) * P * Rr / (b * b * P + Rr)
     return {"f1": pick(f1), "balanced_acc": pick(bal), "f0.5": pick(fb), "0.5": 0.5}
-for name in ["dyna1/judge", "judge"]:
-    j = load_judge(R / name, device="cpu")
+judges = {"dyna1/judge": R / "dyna1/judge", "judge": R / "judge", "scratch": Path("/work/diag/judge_scratch")}
+for name, path in judges.items():
+    j = load_judge(path, device="cpu")
     pv, yv = _score_episodes(j, val, "val"); ph, yh = _score_episodes(j, held, "held")
     tasks = np.array([e.task for e in held])
     for rule, t in rules(pv, yv).items():
         m = binary_metrics(ph >= t, yh)
         per = {tk: f"{int(((ph >= t) & ~yh & (tasks == tk)).sum())}/{int((~yh & (tasks == tk)).sum())}" for tk in sorted(set(tasks))}
         print(f"{name:12s} {rule:13s} thr {t:.4f}  P {m['precision']:.3f} R {m['recall']:.3f} F1 {m['f1']:.3f}  false successes per task {per}")
-j = load_judge("/work/diag/judge_scratch", device="cpu")
-pv, yv = _score_episodes(j, val, "val"); ph, yh = _score_episodes(j, held, "held")
-tasks = np.array([e.task for e in held])
-for rule, t in rules(pv, yv).items():
-    m = binary_metrics(ph >= t, yh)
-    per = {tk: f"{int(((ph >= t) & ~yh & (tasks == tk)).sum())}/{int((~yh & (tasks == tk)).sum())}" for tk in sorted(set(tasks))}
-    print(f"scratch      {rule:13s} thr {t:.4f}  P {m['precision']:.3f} R {m['recall']:.3f} F1 {m['f1']:.3f}  false successes per task {per}")
