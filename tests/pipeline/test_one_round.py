@@ -1,5 +1,9 @@
-"""The Dagster UI in a real headless Chromium: a finished round's asset graph renders, materialized,
-and the champion's page shows the success-over-rounds chart."""
+"""One smoke round, every asset and check materialized in this process with a station and MLflow,
+on PostgreSQL where the server is installed (CI), else SQLite; then three views of it: its
+records in both PostgreSQL stores, through the APIs and in PostgreSQL's own tables; the
+world-model exploitation check's figures; and the Dagster UI in a real headless Chromium (the
+asset graph renders, materialized, and the champion's page shows the success-over-rounds chart).
+One round serves all three: each is a minute or two of CI on a 2-core CPU."""
 
 import contextlib
 import json
@@ -10,9 +14,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import postgres_server as pg
 import pytest
 
 from pipeline.demo import STAGES
@@ -20,17 +26,8 @@ from pipeline.round.config import SMOKE_ROUND
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-# Both smoke tasks: with one, a 5-step SFT can fail every collected episode on some CPUs, and the
-# judge refuses single-class data (as it should in a real round).
-TINY = SMOKE_ROUND
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.timeout(1200),
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
-    ),
-]
+pytestmark = pytest.mark.timeout(1200)
 
 
 def _free_port() -> int:
@@ -39,55 +36,71 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class FinishedRound:
+    home: Path
+    env: dict[str, str]
+    instance: dg.DagsterInstance
+    key: str
+    result: dg.ExecuteInProcessResult
+    on_postgres: bool
+
+
 @pytest.fixture(scope="module")
 def finished_round(tmp_path_factory):
-    """One round: its assets and checks materialized in process, with a station and MLflow."""
+    """Round 1 of the smoke preset (both its tasks: with one, a 5-step SFT can fail every
+    collected episode on some CPUs, and the judge refuses single-class data, as it should)."""
+    from pipeline import cli
+    from pipeline.assets import ROUND_ASSETS
+    from pipeline.checks import ROUND_CHECKS
+    from pipeline.definitions import resources
     from pipeline.demo import last_rounds, local_stack
 
-    home = tmp_path_factory.mktemp("ui") / "home"
-    saved = {
-        k: os.environ.get(k)
-        for k in ("GYMNAST_ROUND_OVERRIDES", "GYMNAST_JUDGE_F1_FLOOR", "GYMNAST_PROGRESS")
-    }
-    os.environ.update(
-        {
-            "GYMNAST_ROUND_OVERRIDES": json.dumps(TINY),
-            "GYMNAST_JUDGE_F1_FLOOR": "0.0",
-            "GYMNAST_PROGRESS": "0",
-        }
-    )
-    try:
+    home = tmp_path_factory.mktemp("round") / "home"
+    with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as mp:
+        on_postgres = pg.bindir() is not None or pg.required()
+        pg.unset_store_variables(mp)
+        if on_postgres:
+            cli.use_postgres(f"{stack.enter_context(pg.postgres_server())}/one")
+        mp.setenv("GYMNAST_ROUND_OVERRIDES", json.dumps(SMOKE_ROUND))
+        mp.setenv("GYMNAST_JUDGE_F1_FLOOR", "0.0")
+        mp.setenv("GYMNAST_PROGRESS", "0")
         with local_stack(home) as env:
-            from pipeline.assets import ROUND_ASSETS
-            from pipeline.checks import ROUND_CHECKS
-            from pipeline.definitions import resources
-
             instance = dg.DagsterInstance.get()
-            (r,) = last_rounds(1)
-            result = dg.materialize(
-                [*ROUND_ASSETS, *ROUND_CHECKS],
-                partition_key=r,
-                instance=instance,
-                resources=resources(),
-            )
-            assert result.success
-            # the world-model exploitation check replayed the challenger's real episodes
-            (exploit,) = [
-                e
-                for e in result.get_asset_check_evaluations()
-                if e.check_name == "world_model_exploitation"
-            ]
-            assert {"false_success_rate", "fp", "tn"} <= set(exploit.metadata)
-            assert exploit.metadata["n"].value > 0
-            yield r, dict(env)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            try:
+                (key,) = last_rounds(1)
+                result = dg.materialize(
+                    [*ROUND_ASSETS, *ROUND_CHECKS],
+                    partition_key=key,
+                    instance=instance,
+                    resources=resources(),
+                )
+                assert result.success
+                yield FinishedRound(home, dict(env), instance, key, result, on_postgres)
+            finally:
+                instance.dispose()
+
+
+def test_the_round_is_in_both_postgres_stores(finished_round):
+    if not finished_round.on_postgres:
+        pg.unavailable("PostgreSQL's initdb is not installed")
+    r = finished_round
+    pg.check_stores(r.home, r.env, r.instance, [r.key])
+
+
+def test_the_exploitation_check_replayed_the_challengers_real_episodes(finished_round):
+    (exploit,) = [
+        e
+        for e in finished_round.result.get_asset_check_evaluations()
+        if e.check_name == "world_model_exploitation"
+    ]
+    assert {"false_success_rate", "fp", "tn"} <= set(exploit.metadata)
+    assert exploit.metadata["n"].value > 0
 
 
 @pytest.fixture(scope="module")
 def webserver(finished_round):
-    _, env = finished_round
+    env = finished_round.env
     port = _free_port()
     proc = subprocess.Popen(
         [
@@ -127,11 +140,15 @@ def webserver(finished_round):
         proc.kill()
 
 
+@pytest.mark.browser
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
+)
 def test_asset_graph_of_a_finished_round_renders_materialized(finished_round, webserver, tmp_path):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    round_key, _ = finished_round
+    round_key = finished_round.key
     shot = Path("/tmp/gymnast_dagster_asset_graph.png")
     with sync_playwright() as p:
         browser = p.chromium.launch(
