@@ -108,6 +108,12 @@ class WorldModelConfig(Config):
     # [0, context_noise_max_t] and tells the model the level; sampling uses a fixed small level.
     context_noise_max_t: int = 100
     context_noise_t_inference: int = 10
+    # Own-prediction context (training only): with this probability a window's newest context
+    # frame is replaced by the model's own sample of it from the window before (no gradient
+    # through the sample), so training sees the kind of context an open-loop rollout feeds back
+    # and learns to correct it, where noise augmentation only imitates that error. It costs
+    # a sampling pass for those windows.
+    own_context_prob: float = 0.0
     # Classifier-free guidance on actions: a learned null action replaces the action with
     # probability `action_dropout` in training; `guidance_scale` 1.0 disables guidance.
     action_dropout: float = 0.1
@@ -138,6 +144,12 @@ class WorldModelConfig(Config):
         _check(self.target in TARGETS, "target", f"one of {TARGETS}", self.target)
         _check(self.image_size >= 8, "image_size", ">= 8", self.image_size)
         _check(self.context_frames >= 1, "context_frames", ">= 1", self.context_frames)
+        _check(
+            0.0 <= self.own_context_prob <= 1.0,
+            "own_context_prob",
+            "in [0, 1]",
+            self.own_context_prob,
+        )
         _check(self.action_dim >= 1, "action_dim", ">= 1", self.action_dim)
         for name in ("action_mean", "action_std"):
             n = len(getattr(self, name))

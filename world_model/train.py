@@ -192,9 +192,12 @@ class _Trainer:
         )
         part_losses = []
         for p in my_parts:
-            batch = self.data.batch(idx[p * per_part : (p + 1) * per_part])
+            part_idx = idx[p * per_part : (p + 1) * per_part]
+            batch = self.data.batch(part_idx)
             batch = {k: v.to(model.device) for k, v in batch.items()}
             g = self.gen if parts == 1 else part_generator(self.config.seed, step, p, model.device)
+            if model.config.own_context_prob > 0:
+                batch["context"] = own_context(model, self.data, part_idx, batch, g)
             with autocast(self.dev, self.precision):
                 loss = model.training_loss(**batch, generator=g)
             if parts > 1:
@@ -202,6 +205,45 @@ class _Trainer:
             loss.backward()
             part_losses.append(loss.detach())
         return torch.stack(part_losses)
+
+
+def own_context(
+    model: ActionConditionedWorldModel,
+    data: WindowDataset,
+    idx: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """``batch["context"]`` with the newest frame of a ``model.config.own_context_prob`` share of
+    the windows replaced by the model's own sample of it, drawn from the transition before (the
+    window ``idx - 1`` of the same episode: a window whose newest frame is not an episode's first
+    has a known action into it). The model samples in eval mode and without gradient, as an
+    open-loop rollout does."""
+    context = batch["context"]
+    has_previous = batch["context_known"][:, -1].to(context.device)
+    draw = torch.rand(len(idx), generator=generator, device=context.device)
+    chosen = (draw < model.config.own_context_prob) & has_previous
+    if not bool(chosen.any()):
+        return context
+    rows = chosen.nonzero().flatten()
+    prev = data.batch(idx[rows.cpu()] - 1)
+    prev = {k: v.to(context.device) for k, v in prev.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            sampled = model.sample_next(
+                prev["context"],
+                prev["context_actions"],
+                prev["context_known"],
+                prev["action"],
+                generator=generator,
+            )
+    finally:
+        model.train(was_training)
+    context = context.clone()
+    context[rows, -1] = sampled.to(context.dtype)
+    return context
 
 
 def _metrics(

@@ -338,6 +338,42 @@ def test_an_anchored_model_keeps_the_real_first_frame_in_its_own_slot(episodes):
     assert trained.config.anchor_first_frame
 
 
+def test_own_context_replaces_the_newest_frame_by_the_models_sample_of_it(episodes):
+    """``own_context_prob``: a chosen window's newest context frame is what the model samples from
+    the window before; an episode's first window (no frame before) and unchosen ones keep theirs."""
+    from world_model.data import WindowDataset
+    from world_model.train import own_context
+
+    with pytest.raises(ValueError, match="own_context_prob: expected in"):
+        small_config(own_context_prob=1.5)
+    model = ActionConditionedWorldModel(small_config(own_context_prob=1.0))
+    data = WindowDataset.for_model(episodes[:2], model)
+    idx = torch.tensor([0, 5, 24, 30])  # episode 0 t=0 and 5; episode 1 t=0 and 6
+    batch = data.batch(idx)
+    mixed = own_context(model, data, idx, batch, torch.Generator().manual_seed(3))
+    assert torch.equal(mixed[[0, 2]], batch["context"][[0, 2]])  # episodes' first windows
+    assert torch.equal(mixed[[1, 3], :-1], batch["context"][[1, 3], :-1])  # older frames as are
+    prev = data.batch(idx[[1, 3]] - 1)
+    # the same draw: the generator first picks windows, then samples (one rand call of 4)
+    g = torch.Generator().manual_seed(3)
+    torch.rand(4, generator=g)
+    sampled = model.sample_next(
+        prev["context"], prev["context_actions"], prev["context_known"], prev["action"],
+        generator=g,
+    )  # fmt: skip
+    assert torch.equal(mixed[[1, 3], -1], sampled)
+    assert not torch.equal(mixed[[1, 3], -1], batch["context"][[1, 3], -1])
+    model.config.own_context_prob = 0.5
+    half = own_context(model, data, torch.arange(1, 24), data.batch(torch.arange(1, 24)),
+                       torch.Generator().manual_seed(0))  # fmt: skip
+    replaced = (half[:, -1] != data.batch(torch.arange(1, 24))["context"][:, -1]).flatten(1)
+    assert 0 < int(replaced.any(1).sum()) < 23
+    trained, metrics = train_world_model(
+        model, episodes, WorldModelTrainConfig(steps=2, batch_size=8), progress=False
+    )
+    assert np.isfinite(metrics["final_loss"]) and trained.training is False
+
+
 @pytest.mark.slow
 def test_learns_action_conditioning():
     train = [square_episode(i) for i in range(8)]
