@@ -316,8 +316,10 @@ def refresh_world_model(
         return None  # a torchrun launch's other ranks: rank 0 saves and evaluates
     out = Path(model.save_pretrained(out_dir))
     horizon = grpo_horizon_steps(cfg)  # what GRPO imagines, judged against the real episode
+    # 16 episodes: on 4, a lever's effect on the worst step was within the draw's own spread
+    # (docs/experiments.md, world-model levers); a rollout of 16 costs seconds
     evaluation = evaluate_world_model(
-        model, held, horizon=horizon, max_windows=64, max_episodes=4, seed=cfg.seed
+        model, held, horizon=horizon, max_windows=64, max_episodes=16, seed=cfg.seed
     )
     (out / OPEN_LOOP_FILE).write_text(json.dumps(open_loop_record(evaluation), indent=1))
     sample = rollout_error(model, held[:1], horizon=horizon, max_episodes=1, seed=cfg.seed)
