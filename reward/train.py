@@ -412,7 +412,9 @@ def _threshold_score(votes: np.ndarray, labels: np.ndarray, rule: str) -> float:
     if rule == "f1":
         f1 = binary_metrics(votes, labels)["f1"]
         return -1.0 if f1 is None else f1
-    recalls = [float((votes[labels == c] == c).mean()) for c in (True, False) if (labels == c).any()]
+    recalls = [
+        float((votes[labels == c] == c).mean()) for c in (True, False) if (labels == c).any()
+    ]
     return float(np.mean(recalls))
 
 
