@@ -14,7 +14,10 @@ the evaluation's), and keeps one by a rule:
   steps (``BUDGETS``). A task has room when its check success is in ``ROOM`` (it succeeds
   sometimes, and not most of the time); the first recipe with room on at least
   ``MIN_ROOM_TASKS`` tasks is kept and no larger one is trained; if none has, the most tasks with
-  room, then the pooled rule's distance, then the smaller recipe. Why steps as well: with the
+  room, then the most tasks with signal (some success, not all), then the pooled rule's
+  distance, then the smaller recipe. The signal tie-break came from a development replicate
+  where every recipe had room on one task: the smallest had its one success at close drawer and
+  0 elsewhere, while larger ones also succeeded sometimes on open drawer and eggplant -> sink. Why steps as well: with the
   bench's 500 SFT steps no demonstration count ever gave the eggplant tasks a success (4 to 24
   per task, and 2000 steps at 24), while the drawers' success jumped between 0 and 100% from one
   count to the next; trained longer on more demonstrations, SFT solves the eggplant tasks
@@ -92,6 +95,11 @@ class Candidate:
         return sum(1 for k, n in self.per_task.values() if n and lo <= k / n <= hi)
 
 
+    def tasks_with_signal(self) -> int:
+        """Tasks it succeeds on sometimes but not always: where GRPO's groups can differ."""
+        return sum(1 for k, n in self.per_task.values() if 0 < k < n)
+
+
 def band_distance(rate: float, band: tuple[float, float] = BAND) -> float:
     """0 inside the band, else how far outside it."""
     lo, hi = band
@@ -109,22 +117,28 @@ def choose(candidates: Sequence[Candidate], band: tuple[float, float] = BAND) ->
 
 def choose_per_task(candidates: Sequence[Candidate], min_tasks: int = MIN_ROOM_TASKS) -> Candidate:
     """The per-task rule: the least SFT (steps, then demonstrations) with room on at least
-    ``min_tasks`` tasks; else the most tasks with room, then the pooled rule's distance, then the
-    less SFT."""
+    ``min_tasks`` tasks; else the most tasks with room, then the most tasks with signal (a
+    success, not all: a task at 0 or at the ceiling gives GRPO nothing to tell apart), then the
+    pooled rule's distance, then the less SFT."""
     if not candidates:
         raise ValueError("no SFT candidates to choose from")
     ordered = sorted(candidates, key=lambda c: c.budget)
     enough = [c for c in ordered if c.tasks_with_room() >= min_tasks]
     if enough:
         return enough[0]
-    return min(ordered, key=lambda c: (-c.tasks_with_room(), band_distance(c.rate)))
+    return min(
+        ordered,
+        key=lambda c: (-c.tasks_with_room(), -c.tasks_with_signal(), band_distance(c.rate)),
+    )
 
 
 RULE_TEXT = {
     "budget": f"least SFT of {[list(b) for b in BUDGETS]} (demos per task, steps) with check "
-    f"success in {list(ROOM)} on >= {MIN_ROOM_TASKS} tasks, else the most such tasks",
+    f"success in {list(ROOM)} on >= {MIN_ROOM_TASKS} tasks, else the most such tasks, then the "
+    "most tasks with some success short of all",
     "per_task": f"fewest demos per task with check success in {list(ROOM)} on >= "
-    f"{MIN_ROOM_TASKS} tasks, else the most such tasks",
+    f"{MIN_ROOM_TASKS} tasks, else the most such tasks, then the most tasks with some success "
+    "short of all",
     "pooled": f"fewest demos per task with check success over all tasks in {list(BAND)}, "
     "else the closest",
 }

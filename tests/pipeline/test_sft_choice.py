@@ -74,13 +74,18 @@ def test_the_per_task_rule_wants_room_on_two_tasks_where_the_pooled_rule_saw_non
     four = _t(4, open=(2, 12), close=(7, 12), sink=(0, 12), basket=(0, 12))
     assert four.tasks_with_room() == 2
     assert choose_per_task([*first, four]).demos_per_task == 4
-    # ties in tasks with room: the pooled band's distance, then fewer demonstrations
+    # ties in tasks with room: the most tasks with signal (some success, not all), then the
+    # pooled band's distance, then fewer demonstrations
     a = _t(8, open=(1, 8), close=(8, 8))  # 9/16 pooled, 0.06 above the band
     b = _t(16, open=(2, 8), close=(6, 8))  # 8/16 pooled, in the band
     c = _t(24, open=(2, 8), close=(7, 8))  # 9/16, as a
+    d = _t(32, open=(1, 8), close=(6, 8))  # 7/16, in the band
     assert a.tasks_with_room() == b.tasks_with_room() == c.tasks_with_room() == 1
+    assert [x.tasks_with_signal() for x in (a, b, c, d)] == [1, 2, 2, 2]
     assert choose_per_task([c, b, a]).demos_per_task == 16
-    assert choose_per_task([c, a]).demos_per_task == 8
+    assert choose_per_task([c, a]).demos_per_task == 24  # a's close drawer is at the ceiling
+    assert choose_per_task([d, c]).demos_per_task == 32  # both with signal: the band
+    assert choose_per_task([d, b]).demos_per_task == 16  # both in the band: fewer demos
     with pytest.raises(ValueError, match="no SFT candidates"):
         choose_per_task([])
 
@@ -99,6 +104,17 @@ def test_the_budget_rule_keeps_the_least_sft_with_room_on_two_tasks():
     assert [c.tasks_with_room() for c in (few, longer, room, most)] == [0, 0, 2, 3]
     # the least SFT with room on two tasks, whatever the order given and whatever comes after
     assert choose_per_task([most, room, longer, few]) is room
+    # a development draw where every recipe had room on one task only: the smallest succeeded
+    # at close drawer alone, the next ones also sometimes at open drawer and eggplant -> sink
+    dev = [
+        t(8, 500, open=(0, 12), close=(6, 12), sink=(0, 12), basket=(0, 12)),
+        t(24, 2000, open=(9, 12), close=(12, 12), sink=(5, 12), basket=(0, 12)),
+        t(24, 4000, open=(10, 12), close=(12, 12), sink=(2, 12), basket=(0, 12)),
+        t(32, 6000, open=(11, 12), close=(12, 12), sink=(8, 12), basket=(0, 12)),
+    ]
+    assert [c.tasks_with_room() for c in dev] == [1, 1, 1, 0]
+    assert [c.tasks_with_signal() for c in dev] == [1, 2, 2, 2]
+    assert choose_per_task(dev) is dev[2]  # 24/48 pooled is in the band, 26/48 above it
     # less SFT means fewer steps first, then fewer demonstrations
     assert [c.budget for c in sorted([most, room, few, longer], key=lambda c: c.budget)] == [
         (500, 8),
