@@ -94,7 +94,6 @@ class Candidate:
         lo, hi = room
         return sum(1 for k, n in self.per_task.values() if n and lo <= k / n <= hi)
 
-
     def tasks_with_signal(self) -> int:
         """Tasks it succeeds on sometimes but not always: where GRPO's groups can differ."""
         return sum(1 for k, n in self.per_task.values() if 0 < k < n)
