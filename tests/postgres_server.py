@@ -154,3 +154,25 @@ def check_stores(home: Path, env: dict, instance, keys: list[str]) -> None:
 def required() -> bool:
     """CI promised a server: a missing one fails instead of skipping."""
     return os.environ.get("GYMNAST_REQUIRE_POSTGRES") == "1"
+
+
+@contextlib.contextmanager
+def round_stack(monkeypatch, home: Path, overrides: dict, database: str | None):
+    """The environment ``gymnast demo`` gives a round (these round sizes, no judge F1 floor, no
+    progress bars), with both stores in ``database`` (``postgresql://.../NAME``, created by
+    ``--postgres``) or SQLite under ``home`` (None); yields (env, Dagster instance) while the
+    station and the MLflow server run."""
+    from pipeline import cli, demo
+
+    monkeypatch.setenv("GYMNAST_ROUND_OVERRIDES", json.dumps(overrides))
+    monkeypatch.setenv("GYMNAST_JUDGE_F1_FLOOR", "0.0")
+    monkeypatch.setenv("GYMNAST_PROGRESS", "0")
+    unset_store_variables(monkeypatch)
+    if database is not None:
+        cli.use_postgres(database)
+    with demo.local_stack(home) as env:
+        instance = dg.DagsterInstance.get()
+        try:
+            yield env, instance
+        finally:
+            instance.dispose()

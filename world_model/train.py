@@ -217,8 +217,8 @@ def own_context(
     """``batch["context"]`` with the newest frame of a ``model.config.own_context_prob`` share of
     the windows replaced by the model's own sample of it, drawn from the transition before (the
     window ``idx - 1`` of the same episode: a window whose newest frame is not an episode's first
-    has a known action into it). The model samples in eval mode and without gradient, as an
-    open-loop rollout does."""
+    has a known action into it). The model samples in eval mode and without gradient
+    (``sample_next`` takes none), as an open-loop rollout does."""
     context = batch["context"]
     has_previous = batch["context_known"][:, -1].to(context.device)
     draw = torch.rand(len(idx), generator=generator, device=context.device)
@@ -231,14 +231,13 @@ def own_context(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            sampled = model.sample_next(
-                prev["context"],
-                prev["context_actions"],
-                prev["context_known"],
-                prev["action"],
-                generator=generator,
-            )
+        sampled = model.sample_next(
+            prev["context"],
+            prev["context_actions"],
+            prev["context_known"],
+            prev["action"],
+            generator=generator,
+        )
     finally:
         model.train(was_training)
     context = context.clone()

@@ -14,13 +14,11 @@ the evaluation's), and keeps one by a rule:
   steps (``BUDGETS``). A task has room when its check success is in ``ROOM`` (it succeeds
   sometimes, and not most of the time); the first recipe with room on at least
   ``MIN_ROOM_TASKS`` tasks is kept and no larger one is trained; if none has, the most tasks with
-  room, then the most tasks with signal (some success, not all), then the pooled rule's
-  distance, then the smaller recipe. The signal tie-break came from a development replicate
-  where every recipe had room on one task: the smallest had its one success at close drawer and
-  0 elsewhere, while larger ones also succeeded sometimes on open drawer and eggplant -> sink. Why steps as well: with the
-  bench's 500 SFT steps no demonstration count ever gave the eggplant tasks a success (4 to 24
-  per task, and 2000 steps at 24), while the drawers' success jumped between 0 and 100% from one
-  count to the next; trained longer on more demonstrations, SFT solves the eggplant tasks
+  room, then the most tasks with signal (some success, not all: a task at 0 or at the ceiling
+  gives GRPO's groups nothing to tell apart), then the pooled rule's distance, then the smaller
+  recipe. Why steps as well: with the bench's 500 SFT steps no demonstration count ever gave
+  the eggplant tasks a success (4 to 24 per task, and 2000 steps at 24), while the drawers'
+  success jumped between 0 and 100% from one count to the next; trained longer on more demonstrations, SFT solves the eggplant tasks
   sometimes, the regime the method is for, and the SFT baseline is the stronger for it
   (docs/experiments.md).
 - ``per_task`` (the second rule, kept to reproduce runs made with it): the same rule over the

@@ -6,7 +6,6 @@ asset graph renders, materialized, and the champion's page shows the success-ove
 One round serves all three: each is a minute or two of CI on a 2-core CPU."""
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -50,35 +49,25 @@ class FinishedRound:
 def finished_round(tmp_path_factory):
     """Round 1 of the smoke preset (both its tasks: with one, a 5-step SFT can fail every
     collected episode on some CPUs, and the judge refuses single-class data, as it should)."""
-    from pipeline import cli
     from pipeline.assets import ROUND_ASSETS
     from pipeline.checks import ROUND_CHECKS
     from pipeline.definitions import resources
-    from pipeline.demo import last_rounds, local_stack
+    from pipeline.demo import last_rounds
 
     home = tmp_path_factory.mktemp("round") / "home"
     with contextlib.ExitStack() as stack, pytest.MonkeyPatch.context() as mp:
         on_postgres = pg.bindir() is not None or pg.required()
-        pg.unset_store_variables(mp)
-        if on_postgres:
-            cli.use_postgres(f"{stack.enter_context(pg.postgres_server())}/one")
-        mp.setenv("GYMNAST_ROUND_OVERRIDES", json.dumps(SMOKE_ROUND))
-        mp.setenv("GYMNAST_JUDGE_F1_FLOOR", "0.0")
-        mp.setenv("GYMNAST_PROGRESS", "0")
-        with local_stack(home) as env:
-            instance = dg.DagsterInstance.get()
-            try:
-                (key,) = last_rounds(1)
-                result = dg.materialize(
-                    [*ROUND_ASSETS, *ROUND_CHECKS],
-                    partition_key=key,
-                    instance=instance,
-                    resources=resources(),
-                )
-                assert result.success
-                yield FinishedRound(home, dict(env), instance, key, result, on_postgres)
-            finally:
-                instance.dispose()
+        database = f"{stack.enter_context(pg.postgres_server())}/one" if on_postgres else None
+        with pg.round_stack(mp, home, SMOKE_ROUND, database) as (env, instance):
+            (key,) = last_rounds(1)
+            result = dg.materialize(
+                [*ROUND_ASSETS, *ROUND_CHECKS],
+                partition_key=key,
+                instance=instance,
+                resources=resources(),
+            )
+            assert result.success
+            yield FinishedRound(home, dict(env), instance, key, result, on_postgres)
 
 
 def test_the_round_is_in_both_postgres_stores(finished_round):

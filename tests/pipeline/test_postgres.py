@@ -8,7 +8,6 @@ the Dagster UI test.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from postgres_server import (
     check_stores,
     postgres_server,
     query,
+    round_stack,
     unavailable,
     unset_store_variables,
 )
@@ -39,24 +39,15 @@ def _rounds_on(server: str, name: str, rounds: int, overrides: dict, tmp_path, m
     """``--postgres SERVER/NAME`` then ``rounds`` rounds as ``gymnast demo`` runs them (every
     step in its own process); yields (home, env, instance, round keys) while the station and the
     MLflow server still run."""
-    from pipeline import cli, demo
+    from pipeline import demo
 
-    monkeypatch.setenv("GYMNAST_ROUND_OVERRIDES", json.dumps(overrides))
-    monkeypatch.setenv("GYMNAST_JUDGE_F1_FLOOR", "0.0")
-    monkeypatch.setenv("GYMNAST_PROGRESS", "0")
-    unset_store_variables(monkeypatch)
-    cli.use_postgres(f"{server}/{name}")
     home = tmp_path / "home"
-    with demo.local_stack(home) as env:
-        instance = dg.DagsterInstance.get()
-        try:
-            keys = demo.last_rounds(rounds)
-            for key in keys:
-                demo.run_round(instance, key)
-                assert demo.missing_stages(instance, key) == []
-            yield home, env, instance, keys
-        finally:
-            instance.dispose()
+    with round_stack(monkeypatch, home, overrides, f"{server}/{name}") as (env, instance):
+        keys = demo.last_rounds(rounds)
+        for key in keys:
+            demo.run_round(instance, key)
+            assert demo.missing_stages(instance, key) == []
+        yield home, env, instance, keys
 
 
 def test_postgres_databases_and_dagster_yaml(postgres, tmp_path, monkeypatch):
