@@ -114,6 +114,11 @@ class WorldModelConfig(Config):
     # and learns to correct it, where noise augmentation only imitates that error. It costs
     # a sampling pass for those windows.
     own_context_prob: float = 0.0
+    # Up to this many of a chosen window's newest context frames come from the model's own
+    # rollout (depth drawn uniformly from 1 to the most its episode allows before the window),
+    # so training also sees a context that is all the model's own, as every open-loop step past
+    # the context's length does. Depth d costs d sampling passes for that window.
+    own_context_steps: int = 1
     # Classifier-free guidance on actions: a learned null action replaces the action with
     # probability `action_dropout` in training; `guidance_scale` 1.0 disables guidance.
     action_dropout: float = 0.1
@@ -149,6 +154,12 @@ class WorldModelConfig(Config):
             "own_context_prob",
             "in [0, 1]",
             self.own_context_prob,
+        )
+        _check(
+            1 <= self.own_context_steps <= self.context_frames,
+            "own_context_steps",
+            f"in [1, context_frames={self.context_frames}]",
+            self.own_context_steps,
         )
         _check(self.action_dim >= 1, "action_dim", ">= 1", self.action_dim)
         for name in ("action_mean", "action_std"):

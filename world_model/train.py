@@ -214,35 +214,72 @@ def own_context(
     batch: dict[str, torch.Tensor],
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """``batch["context"]`` with the newest frame of a ``model.config.own_context_prob`` share of
-    the windows replaced by the model's own sample of it, drawn from the transition before (the
-    window ``idx - 1`` of the same episode: a window whose newest frame is not an episode's first
-    has a known action into it). The model samples in eval mode and without gradient
-    (``sample_next`` takes none), as an open-loop rollout does."""
+    """``batch["context"]`` with the newest frames of a ``model.config.own_context_prob`` share of
+    the windows replaced by the model's own open-loop rollout of them. A chosen window ``i`` rolls
+    ``d`` steps from window ``i - d`` of the same episode, ``d`` uniform in 1 to
+    ``own_context_steps`` and at most the number of its newest context frames with a known action
+    into them (a frame that is not its episode's first); each step's context carries the samples
+    so far, and the window's newest ``d`` frames become them. The model samples in eval mode and
+    without gradient (``sample_next`` takes none), as an open-loop rollout does."""
     context = batch["context"]
-    has_previous = batch["context_known"][:, -1].to(context.device)
+    known = batch["context_known"].to(context.device)
+    # newest frames with a known action into them: how far back this episode's rollout can start
+    cap = known.flip(1).int().cumprod(1).sum(1).clamp(max=model.config.own_context_steps)
     draw = torch.rand(len(idx), generator=generator, device=context.device)
-    chosen = (draw < model.config.own_context_prob) & has_previous
-    if not bool(chosen.any()):
+    rows = ((draw < model.config.own_context_prob) & (cap > 0)).nonzero().flatten()
+    if len(rows) == 0:
         return context
-    rows = chosen.nonzero().flatten()
-    prev = data.batch(idx[rows.cpu()] - 1)
-    prev = {k: v.to(context.device) for k, v in prev.items()}
+    depth = torch.ones_like(rows)
+    if model.config.own_context_steps > 1:
+        u = torch.rand(len(rows), generator=generator, device=context.device)
+        depth = 1 + (u * cap[rows]).long()
+    own = _own_rollout(model, data, idx[rows.cpu()], depth, generator)
+    context = context.clone()
+    for j, r in enumerate(rows.tolist()):
+        d = int(depth[j])
+        context[r, -d:] = own[j, :d].to(context.dtype)
+    return context
+
+
+def _own_rollout(
+    model: ActionConditionedWorldModel,
+    data: WindowDataset,
+    idx: torch.Tensor,
+    depth: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """(R, max depth, C, h, w): for each window ``idx[j]``, the model's open-loop samples of its
+    newest ``depth[j]`` context frames, oldest first, rolled from window ``idx[j] - depth[j]``.
+    Rollouts advance together: at lag ``s`` every window with ``depth >= s`` takes one step."""
     was_training = model.training
     model.eval()
     try:
-        sampled = model.sample_next(
-            prev["context"],
-            prev["context_actions"],
-            prev["context_known"],
-            prev["action"],
-            generator=generator,
-        )
+        own = None
+        for s in range(int(depth.max()), 0, -1):
+            active = (depth >= s).nonzero().flatten()
+            win = data.batch(idx[active.cpu()] - s)
+            win = {k: v.to(model.device) for k, v in win.items()}
+            ctx = win["context"]
+            if own is not None:
+                ctx = ctx.clone()
+                for k, j in enumerate(active.tolist()):
+                    n = int(depth[j]) - s  # this rollout's samples so far
+                    if n:
+                        ctx[k, -n:] = own[j, :n].to(ctx.dtype)
+            sampled = model.sample_next(
+                ctx,
+                win["context_actions"],
+                win["context_known"],
+                win["action"],
+                generator=generator,
+            )
+            if own is None:
+                own = sampled.new_zeros((len(idx), int(depth.max()), *sampled.shape[1:]))
+            for k, j in enumerate(active.tolist()):
+                own[j, int(depth[j]) - s] = sampled[k]
     finally:
         model.train(was_training)
-    context = context.clone()
-    context[rows, -1] = sampled.to(context.dtype)
-    return context
+    return own
 
 
 def _metrics(

@@ -374,6 +374,43 @@ def test_own_context_replaces_the_newest_frame_by_the_models_sample_of_it(episod
     assert np.isfinite(metrics["final_loss"]) and trained.training is False
 
 
+def test_own_context_steps_roll_the_newest_frames_open_loop(episodes):
+    """``own_context_steps`` 2: a window two steps into its episode, rolled back to its start, gets
+    exactly the model's open-loop rollout from the episode's first frame; a window one step in
+    can roll one step only, and the first window none."""
+    from world_model.data import WindowDataset
+    from world_model.train import own_context
+
+    with pytest.raises(
+        ValueError, match="own_context_steps: expected in \\[1, context_frames=2\\]"
+    ):
+        small_config(own_context_steps=3)
+    model = ActionConditionedWorldModel(small_config(own_context_prob=1.0, own_context_steps=2))
+    data = WindowDataset.for_model(episodes[:2], model)
+
+    def draws(seed, n):  # own_context's draws: which windows, then each one's depth
+        g = torch.Generator().manual_seed(seed)
+        torch.rand(n, generator=g)
+        return g, 1 + (torch.rand(n, generator=g) * 2).long()
+
+    seed = next(s for s in range(100) if draws(s, 2)[1].tolist() == [2, 2])
+    idx = torch.tensor([2, 26])  # each episode's third window: context frames 1 and 2
+    mixed = own_context(model, data, idx, data.batch(idx), torch.Generator().manual_seed(seed))
+    g, _ = draws(seed, 2)
+    first = np.stack([episodes[0].frames[0], episodes[1].frames[0]])
+    actions = torch.from_numpy(np.stack([episodes[0].actions[:2], episodes[1].actions[:2]]))
+    state, _ = model.imagine(model.start(first), actions, generator=g)
+    assert torch.allclose(mixed, state.context, atol=1e-6)
+
+    idx = torch.arange(0, 24)  # episode 0: every window
+    real = data.batch(idx)["context"]
+    mixed = own_context(model, data, idx, data.batch(idx), torch.Generator().manual_seed(0))
+    changed = (mixed != real).flatten(2).any(2)  # (24, 2): which context frames were replaced
+    assert not changed[0].any() and changed[1].tolist() == [False, True]
+    assert changed[1:, -1].all()
+    assert 0 < int(changed[2:, 0].sum()) < 22  # both depths drawn
+
+
 @pytest.mark.slow
 def test_learns_action_conditioning():
     train = [square_episode(i) for i in range(8)]
