@@ -131,6 +131,10 @@ class SFTConfig(Config):
     # > 0: train on Gaussian-smoothed bin targets of that width in bins; 0: one-hot cross-entropy
     label_sigma: float = 3.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # draw each instruction's windows equally often (an instruction uniformly, then one of its
+    # windows) instead of every window alike: a mix whose successes are mostly one task's (as
+    # Iter-SFT's are) would otherwise teach the policy to do that task whatever it is told
+    balance_instructions: bool = False
     # ``robot_bridge.devices`` settings: the policy moves there once; "bf16" autocasts its forward
     # pass (fp32 weights, optimizer and loss)
     device: str = "auto"
@@ -263,6 +267,7 @@ class _Trainer:
     params: list[torch.nn.Parameter]
     opt: torch.optim.Optimizer
     sched: Any
+    _groups: list[np.ndarray] | None = None
 
     @classmethod
     def make(cls, policy: VLAPolicy, episodes: list, c: SFTConfig, ctx, dev, precision) -> _Trainer:
@@ -279,12 +284,31 @@ class _Trainer:
         model = ctx.wrap(policy)  # DDP when launched distributed (broadcasts rank 0's weights)
         return cls(model, windows, targets, c, ctx, dev, precision, rng, params, opt, sched)
 
+    def draw_batch(self, size: int) -> np.ndarray:
+        """Window indices of a batch: uniform over windows, or with ``balance_instructions``
+        uniform over instructions, then over that instruction's windows."""
+        if not self.config.balance_instructions:
+            return self.rng.integers(0, len(self.windows), size=size)
+        groups = self.instruction_windows
+        which = self.rng.integers(0, len(groups), size=size)
+        within = self.rng.random(size)
+        return np.array(
+            [groups[g][int(u * len(groups[g]))] for g, u in zip(which, within, strict=True)]
+        )
+
+    @property
+    def instruction_windows(self) -> list[np.ndarray]:
+        if self._groups is None:
+            names = np.array(self.windows.instructions)
+            self._groups = [np.flatnonzero(names == n) for n in sorted(set(names.tolist()))]
+        return self._groups
+
     def train_step(self, step: int) -> tuple[float, float, torch.Tensor]:
         """One optimizer step on a fresh global batch: (its mean loss, its mean token accuracy,
         the gradient norm before clipping)."""
         c = self.config
         # The global batch, drawn and augmented identically on every rank; each keeps its slice.
-        idx = self.rng.integers(0, len(self.windows), size=c.batch_size)
+        idx = self.draw_batch(c.batch_size)
         images = augment_images(self.windows.frames[idx], c.augment, self.rng)
         loss, loss_v, acc = _slice_loss(
             self.model, self.windows, self.targets, idx, images, c, self.dev, self.precision,

@@ -252,8 +252,10 @@ def sft_with_selection(ctx: BenchContext, sft: ModelArtifact, candidates: int) -
 
 def iter_sft(ctx: BenchContext, main_keys: list[str], candidates: int) -> ModelArtifact:
     """Iter-SFT: SFT from scratch on the successful demonstrations and every real success among
-    the main arm's episodes (attempts, exploration, Dyna runs, checks), then the same selection
-    as SFT+select."""
+    the main arm's episodes (attempts, exploration, Dyna runs, checks), each task's drawn equally
+    often, then the same selection as SFT+select. The balance keeps the baseline fair: the arm's
+    successes are mostly its easiest task's, and uniform windows taught a development
+    replicate's Iter-SFT to do one drawer task whatever the instruction."""
     data = iter_sft_data(ctx.ledger, main_keys, lambda p: bool(read_episode_header(p).success))
     digest = hashlib.sha256("\n".join(sorted(p.name for p in data)).encode()).hexdigest()
     ctx.report["iter_sft_data"] = {"episodes": len(data), "digest": digest}
@@ -262,9 +264,14 @@ def iter_sft(ctx: BenchContext, main_keys: list[str], candidates: int) -> ModelA
         "Iter-SFT: SFT on demos + real successes",
         "iter_sft",
         lambda: train_sft_snapshots(
-            [read_episode(p) for p in data], ctx.cfg, d / "policy", candidates, ctx.progress
+            [read_episode(p) for p in data],
+            ctx.cfg,
+            d / "policy",
+            candidates,
+            ctx.progress,
+            balance_instructions=True,
         ),
-        upstream={"data": digest, "candidates": candidates},
+        upstream={"data": digest, "candidates": candidates, "balanced": True},
     )
     return checked_snapshot(ctx, art, d / "check", "iter_sft_")
 
@@ -289,11 +296,17 @@ def sim_rl(ctx: BenchContext, sft: ModelArtifact, data_dirs: list[Path]) -> Mode
 
 
 def train_sft_snapshots(
-    episodes, cfg: RoundConfig, out_dir: Path, candidates: int, progress: bool = True
+    episodes,
+    cfg: RoundConfig,
+    out_dir: Path,
+    candidates: int,
+    progress: bool = True,
+    balance_instructions: bool = False,
 ) -> ModelArtifact:
     """SFT as the SFT arm trains it (a fresh policy, ``cfg.sft_steps``, ``cfg.seed``), keeping
     ``candidates`` evenly spaced policies: the last is ``out_dir``, the earlier ones beside it
-    where ``challenger_candidates`` finds them."""
+    where ``challenger_candidates`` finds them. ``balance_instructions``: each task's windows
+    drawn equally often (``SFTConfig.balance_instructions``)."""
     from policy.config import VLAConfig
     from policy.sft import SFTConfig, train_sft_keeping
 
@@ -303,7 +316,13 @@ def train_sft_snapshots(
     policy, metrics = train_sft_keeping(
         VLAConfig.from_preset(cfg.model_preset),
         episodes,
-        SFTConfig(steps=cfg.sft_steps, seed=cfg.seed, device=cfg.device, precision=cfg.precision),
+        SFTConfig(
+            steps=cfg.sft_steps,
+            seed=cfg.seed,
+            device=cfg.device,
+            precision=cfg.precision,
+            balance_instructions=balance_instructions,
+        ),
         candidates,
         _fresh(snapshots_dir(Path(out_dir))),
         progress=progress,

@@ -374,6 +374,35 @@ def test_sft_learns_image_and_instruction_dependent_actions():
     assert dy_right >= 0.8, f"instruction-dependent dy right {dy_right:.2f} (chance 0.5)"
 
 
+def test_balanced_sft_draws_each_instruction_alike_however_many_windows_it_has():
+    """``balance_instructions``: 90 windows of one instruction and 10 of another are drawn about
+    half and half; without it, about 9 to 1. A one-step run takes the balanced path."""
+    from policy.sft import SFTWindows, _Trainer
+
+    windows = SFTWindows(
+        np.zeros((100, 8, 8, 3), np.uint8), ["open"] * 90 + ["sink"] * 10, np.zeros((100, 1, 7))
+    )
+
+    def share_of_sink(balance: bool) -> float:
+        trainer = _Trainer(
+            None, windows, None, SFTConfig(balance_instructions=balance), None, None, "fp32",
+            np.random.default_rng(0), [], None, None,
+        )  # fmt: skip
+        idx = trainer.draw_batch(4000)
+        assert idx.min() >= 0 and idx.max() < 100
+        return float(np.mean(idx >= 90))
+
+    assert 0.45 < share_of_sink(True) < 0.55
+    assert 0.07 < share_of_sink(False) < 0.13
+    _, metrics = train_sft(
+        VLAConfig.from_preset("tiny", **SMALL),
+        _synthetic_episodes(3, 2, seed=0),
+        SFTConfig(steps=1, batch_size=4, balance_instructions=True),
+        progress=False,
+    )
+    assert np.isfinite(metrics["final_loss"])
+
+
 def test_sft_refuses_empty_data_and_nan_loss():
     cfg = VLAConfig.from_preset("tiny", **SMALL)
     with pytest.raises(ValueError, match="empty"):
