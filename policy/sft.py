@@ -7,6 +7,7 @@ hold action (zero motion, last gripper command): what the arm does once an episo
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -267,7 +268,6 @@ class _Trainer:
     params: list[torch.nn.Parameter]
     opt: torch.optim.Optimizer
     sched: Any
-    _groups: list[np.ndarray] | None = None
 
     @classmethod
     def make(cls, policy: VLAPolicy, episodes: list, c: SFTConfig, ctx, dev, precision) -> _Trainer:
@@ -296,12 +296,11 @@ class _Trainer:
             [groups[g][int(u * len(groups[g]))] for g, u in zip(which, within, strict=True)]
         )
 
-    @property
+    @functools.cached_property
     def instruction_windows(self) -> list[np.ndarray]:
-        if self._groups is None:
-            names = np.array(self.windows.instructions)
-            self._groups = [np.flatnonzero(names == n) for n in sorted(set(names.tolist()))]
-        return self._groups
+        """Each instruction's window indices, in instruction order."""
+        names = np.array(self.windows.instructions)
+        return [np.flatnonzero(names == n) for n in np.unique(names)]
 
     def train_step(self, step: int) -> tuple[float, float, torch.Tensor]:
         """One optimizer step on a fresh global batch: (its mean loss, its mean token accuracy,
