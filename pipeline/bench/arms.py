@@ -188,7 +188,23 @@ def dyna_iteration(
         | {"grpo_seed": grpo_seed},
     )
     rl = checked_snapshot(ctx, rl, d / "snapshot_check", f"dyna{k}_")
-    return Leg(wm, judge, rl, data_dirs)
+    kept = better_checked(leg.rl, rl)
+    if "check_successes" in kept.metrics:
+        ctx.report[f"dyna{k}_kept"] = {
+            key: kept.metrics[key] for key in ("leg", "snapshot", "check_successes")
+        }
+    return Leg(wm, judge, kept, data_dirs, grpo=dict(rl.metrics))
+
+
+def better_checked(kept: ModelArtifact, new: ModelArtifact) -> ModelArtifact:
+    """The policy a Dyna leg ends with: its own checked snapshot only when the check (the same
+    seeds as every earlier leg's) gave it more real successes than the policy kept so far, else
+    the kept one (ties: the earlier, as ``select_challenger`` breaks them). So World-Gymnast's
+    policy is the best of every snapshot its checks ran, as SFT+select's and Iter-SFT's are the
+    best of as many on the same seeds; a leg's own choice could only be the best of its own
+    snapshots while the arm is charged for all the checks. Without checks: the new policy."""
+    old, now = kept.metrics.get("check_successes"), new.metrics.get("check_successes")
+    return kept if old is not None and now is not None and now <= old else new
 
 
 def checked_snapshot(
@@ -216,8 +232,12 @@ def checked_snapshot(
         ),
     )
     print(f"[{prefix}snapshot check] {check}", flush=True)
+    total = sum(check["candidates"][check["chosen"]].values())
+    leg = {"leg": prefix.removesuffix("_") or "first"}
     return ModelArtifact(
-        chosen, checkpoint_sha256(chosen), rl.metrics | {"snapshot": check["chosen"]}
+        chosen,
+        checkpoint_sha256(chosen),
+        rl.metrics | leg | {"snapshot": check["chosen"], "check_successes": total},
     )
 
 

@@ -173,8 +173,9 @@ class Leg:
 
     world_model: ModelArtifact
     judge: ModelArtifact
-    rl: ModelArtifact
+    rl: ModelArtifact  # the policy the leg ends with (a Dyna leg may keep an earlier leg's)
     data_dirs: list[Path]
+    grpo: dict | None = None  # this leg's own GRPO run's metrics (None: ``rl``'s)
 
 
 def episodes_of(

@@ -200,21 +200,23 @@ def run_replicate(
     ctx = BenchContext(client, workdir, cfg, report, opts.progress)
     sft, policies, last = train_arms(ctx, opts)
     eval_dir = "eval" if opts.eval_range == "dev" else f"eval_{opts.eval_range}"
-    evals = {
-        name: ctx.timed(
-            f"real eval {name}",
-            lambda art=art, name=name: evaluate_policy(
-                client,
-                art.path,
-                workdir / f"{eval_dir}_{name}",
-                cfg,
-                counts,
-                opts.progress,
-                EVAL_RANGES[opts.eval_range],
-            ),
-        )
-        for name, art in policies.items()
-    }
+    evals: dict[str, Evaluation] = {}
+    by_sha: dict[str, Evaluation] = {}  # a Dyna leg that kept an earlier leg's policy: no rerun
+    for name, art in policies.items():
+        if art.sha256 not in by_sha:
+            by_sha[art.sha256] = ctx.timed(
+                f"real eval {name}",
+                lambda art=art, name=name: evaluate_policy(
+                    client,
+                    art.path,
+                    workdir / f"{eval_dir}_{name}",
+                    cfg,
+                    counts,
+                    opts.progress,
+                    EVAL_RANGES[opts.eval_range],
+                ),
+            )
+        evals[name] = by_sha[art.sha256]
     finish_report(ctx, sft, policies, evals, last)
     return report, evals
 
@@ -255,21 +257,22 @@ def finish_report(ctx: BenchContext, sft, policies: dict, evals: dict, leg: Leg)
     wm, judge = leg.world_model, leg.judge  # the last leg's: imagination and replays use them
     # paths, not episodes: three policies' 200 episodes each held 10 GB of frames
     eval_eps = {name: list(ev.episodes) for name, ev in evals.items()}
-    imag = {
-        name: ctx.timed(
-            f"imagined eval {name}",
-            lambda name=name, art=art: imagined_success(
-                art.path,
-                wm.path,
-                judge.path,
-                spread_sample([read_episode_header(p) for p in eval_eps[name]], 4),
-                group=4,
-                horizon_chunks=cfg.grpo_overrides.get("horizon_chunks", 8),
-                seed=cfg.seed,
-            ),
-        )
-        for name, art in policies.items()
-    }
+    imag, by_sha = {}, {}
+    for name, art in policies.items():
+        if art.sha256 not in by_sha:
+            by_sha[art.sha256] = ctx.timed(
+                f"imagined eval {name}",
+                lambda name=name, art=art: imagined_success(
+                    art.path,
+                    wm.path,
+                    judge.path,
+                    spread_sample([read_episode_header(p) for p in eval_eps[name]], 4),
+                    group=4,
+                    horizon_chunks=cfg.grpo_overrides.get("horizon_chunks", 8),
+                    seed=cfg.seed,
+                ),
+            )
+        imag[name] = by_sha[art.sha256]
     judge_imagined = ctx.timed(
         "judge on imagined replays",
         lambda: world_model_exploitation(
@@ -288,7 +291,7 @@ def finish_report(ctx: BenchContext, sft, policies: dict, evals: dict, leg: Leg)
         world_model=dict(wm.metrics),
         judge=dict(judge.metrics),
         judge_on_imagined=judge_imagined,
-        grpo=leg.rl.metrics,
+        grpo=leg.rl.metrics if leg.grpo is None else leg.grpo,  # the last GRPO run's
         imagined_fps_b8=imagination_throughput(
             wm.path, read_episode_header(eval_eps["SFT"][0]).first_frame
         ),

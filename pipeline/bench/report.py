@@ -71,6 +71,12 @@ def format_report(r: dict) -> str:
             for k, v in r.items()
             if k.endswith("snapshot_check")
         ),
+        *(
+            f"{k.removesuffix('_kept')} keeps the {v['leg']} leg's {v['snapshot']} "
+            f"({v['check_successes']} check successes, the most of every leg's)"
+            for k, v in r.items()
+            if k.endswith("_kept")
+        ),
         *_budget_lines(r),
         f"peak RSS: {r['peak_rss_gb']:.2f} GB",
         "stage wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in r["timings_s"].items()),
@@ -80,13 +86,21 @@ def format_report(r: dict) -> str:
 
 
 def agreement_points(report: dict) -> list[tuple[str, float, float]]:
-    """(task, imagined success, real success) of every (arm, task) one replicate evaluated."""
-    return [
-        (task, float(x), float(report["real"][arm]["per_task"][task]["success_rate"]))
-        for arm, per_task in report.get("imagined", {}).items()
-        for task, x in per_task.items()
-        if task in report["real"].get(arm, {}).get("per_task", {})
-    ]
+    """(task, imagined success, real success) of every (policy, task) one replicate evaluated;
+    a policy two arms share (a Dyna leg that kept an earlier leg's) counts once."""
+    real, seen = report["real"], set()
+    points = []
+    for arm, per_task in report.get("imagined", {}).items():
+        sha = real.get(arm, {}).get("checkpoint_sha256", arm)
+        if sha in seen:
+            continue
+        seen.add(sha)
+        points += [
+            (task, float(x), float(real[arm]["per_task"][task]["success_rate"]))
+            for task, x in per_task.items()
+            if task in real.get(arm, {}).get("per_task", {})
+        ]
+    return points
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float:

@@ -361,3 +361,35 @@ def test_learning_bench_evaluates_each_task_as_often_as_asked_and_judges_by_the_
         [("open_drawer", EVAL_SEED + i) for i in range(2)]
         + [("close_drawer", EVAL_SEED + i) for i in range(3)]
     )  # the second evaluation ran only open drawer's new seed
+
+
+def test_a_dyna_leg_keeps_an_earlier_legs_policy_unless_its_check_did_better():
+    from pipeline.bench.arms import better_checked
+
+    def checked(name: str, successes: int | None) -> ModelArtifact:
+        metrics = {} if successes is None else {"check_successes": successes}
+        return ModelArtifact(Path(f"/policies/{name}"), name, metrics)
+
+    first = checked("first", 38)
+    assert better_checked(first, checked("dyna1", 35)) is first
+    assert better_checked(first, checked("dyna1", 38)) is first  # ties: the earlier, as a check
+    won = checked("dyna1", 39)
+    assert better_checked(first, won) is won
+    unchecked = checked("dyna1", None)  # no snapshot checks: the leg's own GRPO policy
+    assert better_checked(checked("first", None), unchecked) is unchecked
+
+
+def test_a_policy_two_arms_share_is_one_point_of_the_agreement():
+    from pipeline.bench.report import agreement_points
+
+    real = {
+        arm: {
+            "checkpoint_sha256": sha,
+            "per_task": {"open_drawer": {"success_rate": rate}},
+        }
+        for arm, sha, rate in [("SFT", "a", 0.2), ("WG", "b", 0.5), ("WG+Dyna1", "b", 0.5)]
+    }
+    imagined = {"SFT": {"open_drawer": 0.3}, "WG": {"open_drawer": 0.6}}
+    imagined["WG+Dyna1"] = imagined["WG"]
+    points = agreement_points({"real": real, "imagined": imagined})
+    assert points == [("open_drawer", 0.3, 0.2), ("open_drawer", 0.6, 0.5)]

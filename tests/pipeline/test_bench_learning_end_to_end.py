@@ -233,8 +233,11 @@ def test_every_snapshot_check_ran_on_check_seeds(bench):
 
 
 def test_the_evaluated_policy_is_the_candidate_with_most_real_successes_earliest_on_ties(bench):
+    """Each check's choice; WG+Dyna1 evaluates the better of its own leg's choice and WG's (the
+    best of every snapshot both legs' checks ran, the earlier leg's on a tie)."""
     from pipeline.round.stages import checkpoint_sha256
 
+    best = {}
     for prefix, policy_dir, _, name, _ in _snapshot_checks(bench.rep):
         check = bench.report[f"{prefix}snapshot_check"]
         totals = {n: sum(c.values()) for n, c in check["candidates"].items()}
@@ -244,7 +247,14 @@ def test_the_evaluated_policy_is_the_candidate_with_most_real_successes_earliest
             if check["chosen"] != "final"
             else policy_dir
         )
-        assert bench.report["real"][name]["checkpoint_sha256"] == checkpoint_sha256(chosen), name
+        best[name] = (totals[check["chosen"]], checkpoint_sha256(chosen))
+    if best["WG+Dyna1"][0] <= best["WG"][0]:
+        best["WG+Dyna1"] = best["WG"]
+    for name, (_, sha) in best.items():
+        assert bench.report["real"][name]["checkpoint_sha256"] == sha, name
+    kept = bench.report["dyna1_kept"]
+    assert (kept["leg"] == "first") == (best["WG+Dyna1"] == best["WG"])
+    assert kept["check_successes"] == best["WG+Dyna1"][0]
 
 
 def test_the_console_prints_the_snapshot_checks(bench):
