@@ -1,7 +1,7 @@
 """A world-model lever on a replicate's own data: train the first leg's world model again with
-``world_model_overrides`` (same data, steps, seed and held-out split) and print its open-loop PSNR
-lead over copy-first-frame per step beside the replicate's own world model (run it again once
-the replicate has trained that, to compare).
+``world_model_overrides`` added to the preset's (same data, steps, seed and held-out split) and
+print its open-loop PSNR lead over copy-first-frame per step beside the replicate's own world
+model (run it again once the replicate has trained that, to compare).
 
     python3 -m uv run python docs/diagnostics/world_model_lever.py REP_DIR OUT_DIR \
         '{"anchor_first_frame": true}'
@@ -45,7 +45,8 @@ def main(rep: Path, out: Path, overrides: dict) -> None:
     dirs = [rep / "bootstrap" / "demos", rep / "sft_attempts", rep / "sft_explore"]
     if not (out / OPEN_LOOP_FILE).exists():
         cfg = replicate_config(rep, dirs)
-        cfg = dataclasses.replace(cfg, world_model_overrides=overrides)
+        # on top of the preset's own (the `bench` preset's own_context_prob stays unless named)
+        cfg = dataclasses.replace(cfg, world_model_overrides=cfg.world_model_overrides | overrides)
         art = refresh_world_model(dirs, None, out, cfg, progress=False)
         print("metrics:", json.dumps(art.metrics))
     ours = json.loads((out / OPEN_LOOP_FILE).read_text())
