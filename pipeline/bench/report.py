@@ -88,7 +88,7 @@ def format_report(r: dict) -> str:
 def agreement_points(report: dict) -> list[tuple[str, float, float]]:
     """(task, imagined success, real success) of every (policy, task) one replicate evaluated;
     a policy two arms share (a Dyna leg that kept an earlier leg's) counts once."""
-    real, seen = report["real"], set()
+    real, seen = report.get("real", {}), set()
     points = []
     for arm, per_task in report.get("imagined", {}).items():
         sha = real.get(arm, {}).get("checkpoint_sha256", arm)
