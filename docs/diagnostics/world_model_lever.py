@@ -26,19 +26,26 @@ def lead(record: dict) -> list[float]:
 
 def replicate_config(rep: Path, dirs: list[Path]) -> RoundConfig:
     """The first leg's world-model settings as the bench made them: the `bench` preset, the
-    chosen SFT's recipe (the stage record of the policy whose attempts are in ``sft_attempts``),
-    GRPO's covering horizon over SFT's own episodes."""
+    chosen SFT's recipe (the stage record of a policy whose attempts are in ``sft_attempts``;
+    where an earlier SFT choice left its attempts there too, the one the replicate's world-model
+    stage record names), GRPO's covering horizon over SFT's own episodes."""
     headers = load_episode_headers(dirs)
-    (sha,) = {h.policy_sha256 for h in load_episode_headers([rep / "sft_attempts"])}
-    (stage,) = [
+    shas = {h.policy_sha256 for h in load_episode_headers([rep / "sft_attempts"])}
+    stages = [
         r
         for r in map(json.loads, map(Path.read_text, rep.glob("sft_*.stage.json")))
-        if r["sha256"] == sha
+        if r["sha256"] in shas
     ]
+    wm_stage = rep / "world_model.stage.json"
+    if len(stages) > 1 and wm_stage.exists():
+        recipe = ("demo_episodes_per_task", "sft_steps")
+        wm_inputs = json.loads(wm_stage.read_text())["inputs"]
+        stages = [r for r in stages if all(r["inputs"][k] == wm_inputs[k] for k in recipe)]
+    (stage,) = stages
     fields = {f.name for f in dataclasses.fields(RoundConfig)}
     preset = {k: v for k, v in ROUND_PRESETS["bench"].items() if k in fields}
     cfg = RoundConfig(**{**preset, **stage["inputs"]})
-    return with_covering_horizon(cfg, headers, sha)
+    return with_covering_horizon(cfg, headers, stage["sha256"])
 
 
 def main(rep: Path, out: Path, overrides: dict) -> None:
