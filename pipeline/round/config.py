@@ -51,8 +51,8 @@ ROUND_PRESETS: dict[str, dict] = {
         "world_model_finetune_steps": 500,  # Dyna iterations (`--dyna`)
         # half the training windows see the model's own samples as their newest context frames
         # (both, from a 2-step rollout, for windows that allow it): on development data the
-        # open-loop lead over copy-first-frame stays positive over a 30-step horizon (worst
-        # step -0.65 -> +0.32 dB, mean +0.78 -> +1.35 with one own frame), for 1.2x that
+        # open-loop lead over copy-first-frame stays positive over a 30-step horizon (against
+        # one own frame: worst step -0.65 -> +0.32 dB, mean +0.78 -> +1.35), for 1.2x its
         # training time (docs/experiments.md, "World-model levers")
         "world_model_overrides": {"own_context_prob": 0.5, "own_context_steps": 2},
         # an SFT that solves the eggplant tasks sometimes gives the judge near-misses to tell
