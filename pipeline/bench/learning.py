@@ -200,25 +200,35 @@ def run_replicate(
     ctx = BenchContext(client, workdir, cfg, report, opts.progress)
     sft, policies, last = train_arms(ctx, opts)
     eval_dir = "eval" if opts.eval_range == "dev" else f"eval_{opts.eval_range}"
-    evals: dict[str, Evaluation] = {}
-    by_sha: dict[str, Evaluation] = {}  # a Dyna leg that kept an earlier leg's policy: no rerun
+    evals: dict[str, Evaluation] = once_per_policy(
+        ctx,
+        "real eval",
+        policies,
+        lambda name, art: evaluate_policy(
+            client,
+            art.path,
+            workdir / f"{eval_dir}_{name}",
+            cfg,
+            counts,
+            opts.progress,
+            EVAL_RANGES[opts.eval_range],
+        ),
+    )
+    finish_report(ctx, sft, policies, evals, last)
+    return report, evals
+
+
+def once_per_policy(ctx: BenchContext, label: str, policies: dict, run) -> dict:
+    """``run(name, artifact)`` for every arm, once per distinct checkpoint (by sha256): a Dyna
+    leg that kept an earlier leg's policy shares that policy's figures instead of a rerun."""
+    by_sha, out = {}, {}
     for name, art in policies.items():
         if art.sha256 not in by_sha:
             by_sha[art.sha256] = ctx.timed(
-                f"real eval {name}",
-                lambda art=art, name=name: evaluate_policy(
-                    client,
-                    art.path,
-                    workdir / f"{eval_dir}_{name}",
-                    cfg,
-                    counts,
-                    opts.progress,
-                    EVAL_RANGES[opts.eval_range],
-                ),
+                f"{label} {name}", lambda name=name, art=art: run(name, art)
             )
-        evals[name] = by_sha[art.sha256]
-    finish_report(ctx, sft, policies, evals, last)
-    return report, evals
+        out[name] = by_sha[art.sha256]
+    return out
 
 
 def train_arms(ctx: BenchContext, opts: Options):
@@ -257,22 +267,20 @@ def finish_report(ctx: BenchContext, sft, policies: dict, evals: dict, leg: Leg)
     wm, judge = leg.world_model, leg.judge  # the last leg's: imagination and replays use them
     # paths, not episodes: three policies' 200 episodes each held 10 GB of frames
     eval_eps = {name: list(ev.episodes) for name, ev in evals.items()}
-    imag, by_sha = {}, {}
-    for name, art in policies.items():
-        if art.sha256 not in by_sha:
-            by_sha[art.sha256] = ctx.timed(
-                f"imagined eval {name}",
-                lambda name=name, art=art: imagined_success(
-                    art.path,
-                    wm.path,
-                    judge.path,
-                    spread_sample([read_episode_header(p) for p in eval_eps[name]], 4),
-                    group=4,
-                    horizon_chunks=cfg.grpo_overrides.get("horizon_chunks", 8),
-                    seed=cfg.seed,
-                ),
-            )
-        imag[name] = by_sha[art.sha256]
+    imag = once_per_policy(
+        ctx,
+        "imagined eval",
+        policies,
+        lambda name, art: imagined_success(
+            art.path,
+            wm.path,
+            judge.path,
+            spread_sample([read_episode_header(p) for p in eval_eps[name]], 4),
+            group=4,
+            horizon_chunks=cfg.grpo_overrides.get("horizon_chunks", 8),
+            seed=cfg.seed,
+        ),
+    )
     judge_imagined = ctx.timed(
         "judge on imagined replays",
         lambda: world_model_exploitation(
