@@ -24,6 +24,7 @@ from pipeline.round.stages import (
     checkpoint_sha256,
     collect_episodes,
     explore_on_station,
+    named_candidates,
     refresh_judge,
     refresh_world_model,
     scalar_metrics,
@@ -219,8 +220,14 @@ def checked_snapshot(
         f"{prefix}snapshot check on station",
         lambda: select_challenger(ctx.client, rl.path, dest, ctx.cfg, progress=ctx.progress),
     )
-    ctx.report[f"{prefix}snapshot_check"] = check
-    shas = {checkpoint_sha256(c) for c in challenger_candidates(rl.path)}
+    print(f"[{prefix}snapshot check] {check}", flush=True)
+    named = named_candidates(rl.path)
+    # where each candidate and its check episodes are: the unselected ones join the agreement
+    ctx.report[f"{prefix}snapshot_check"] = check | {
+        "policies": {name: str(path) for name, path in named.items()},
+        "episodes": str(dest),
+    }
+    shas = {checkpoint_sha256(c) for c in named.values()}
     ctx.ledger.add(
         f"{prefix}check",
         episodes_of(
@@ -231,7 +238,6 @@ def checked_snapshot(
             shas,
         ),
     )
-    print(f"[{prefix}snapshot check] {check}", flush=True)
     total = sum(check["candidates"][check["chosen"]].values())
     leg = {"leg": prefix.removesuffix("_") or "first"}
     return ModelArtifact(

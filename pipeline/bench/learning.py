@@ -65,12 +65,13 @@ from pipeline.bench.report import (
     agreement,
     agreement_points,
     format_report,
+    snapshot_points,
     summarize,
     write_summary,
 )
 from pipeline.round.config import RoundConfig
 from pipeline.round.records import Evaluation
-from pipeline.round.stages import world_model_exploitation
+from pipeline.round.stages import checkpoint_sha256, world_model_exploitation
 from pipeline.round.statistics import target_verdict
 from robot_bridge.episodes import read_episode_header
 
@@ -231,6 +232,32 @@ def once_per_policy(ctx: BenchContext, label: str, policies: dict, run) -> dict:
     return out
 
 
+def imagine_snapshots(ctx: BenchContext, evaluated: set[str], imagine) -> dict[str, dict]:
+    """Every checked policy that is not an evaluated arm (the snapshots the checks did not
+    choose): imagined success from its check episodes' initial frames beside its real success
+    on those episodes (``snapshot_check_episodes_per_task`` each, on the check seeds), keyed
+    ``<check>/<snapshot>``; a policy two checks ran (SFT's final in SFT+select's and Iter-SFT's
+    candidates would be one) once. ``imagine(policy, episodes)``: per-task imagined success."""
+    n, out = ctx.cfg.snapshot_check_episodes_per_task, {}
+    seen = set(evaluated)
+    for key, check in list(ctx.report.items()):
+        if not key.endswith("snapshot_check"):
+            continue
+        for name, path in check["policies"].items():
+            sha = checkpoint_sha256(Path(path))
+            if sha in seen:
+                continue
+            seen.add(sha)
+            episodes = sorted((Path(check["episodes"]) / f"check_{name}").glob("*.h5"))
+            out[f"{key}/{name}"] = {
+                "sha256": sha,
+                "imagined": imagine(Path(path), episodes),
+                "real": {t: k / n for t, k in check["candidates"][name].items()},
+                "real_episodes_per_task": n,
+            }
+    return out
+
+
 def train_arms(ctx: BenchContext, opts: Options):
     """SFT, World-Gymnast's legs and the baselines, in the report's order (baselines first, the
     main arm last); records each arm's real budget and the equal-budget claims."""
@@ -267,19 +294,25 @@ def finish_report(ctx: BenchContext, sft, policies: dict, evals: dict, leg: Leg)
     wm, judge = leg.world_model, leg.judge  # the last leg's: imagination and replays use them
     # paths, not episodes: three policies' 200 episodes each held 10 GB of frames
     eval_eps = {name: list(ev.episodes) for name, ev in evals.items()}
-    imag = once_per_policy(
-        ctx,
-        "imagined eval",
-        policies,
-        lambda name, art: imagined_success(
-            art.path,
+
+    def imagine(policy: Path, episodes: list[Path]) -> dict[str, float]:
+        """Imagined success from 4 of the episodes' initial frames per task, 4 rollouts each."""
+        return imagined_success(
+            policy,
             wm.path,
             judge.path,
-            spread_sample([read_episode_header(p) for p in eval_eps[name]], 4),
+            spread_sample([read_episode_header(p) for p in episodes], 4),
             group=4,
             horizon_chunks=cfg.grpo_overrides.get("horizon_chunks", 8),
             seed=cfg.seed,
-        ),
+        )
+
+    imag = once_per_policy(
+        ctx, "imagined eval", policies, lambda name, art: imagine(art.path, eval_eps[name])
+    )
+    snapshots = ctx.timed(
+        "imagined eval of unselected snapshots",
+        lambda: imagine_snapshots(ctx, {a.sha256 for a in policies.values()}, imagine),
     )
     judge_imagined = ctx.timed(
         "judge on imagined replays",
@@ -294,6 +327,8 @@ def finish_report(ctx: BenchContext, sft, policies: dict, evals: dict, leg: Leg)
     points = agreement_points(report)
     report.update(
         agreement=agreement(points),
+        imagined_snapshots=snapshots,
+        agreement_with_snapshots=agreement(points + snapshot_points(snapshots)),
         pearson_r=agreement(points)["pooled"]["r"],  # the pooled figure, as earlier reports had
         sft=dataclasses.asdict(sft) | {"path": str(sft.path)},
         world_model=dict(wm.metrics),

@@ -62,6 +62,14 @@ def format_report(r: dict) -> str:
         "judge on imagined replays of real episodes vs their real outcome: "
         + _prf(r["judge_on_imagined"]),
         format_agreement(r["agreement"]) if "agreement" in r else "",
+        *(
+            [
+                "with the checks' unselected snapshots (real: their check episodes): "
+                + format_agreement(r["agreement_with_snapshots"])
+            ]
+            if "agreement_with_snapshots" in r
+            else []
+        ),
         f"imagined frames/s (batch 8): {r['imagined_fps_b8']:.1f}",
         f"GRPO seconds/step: {r['grpo']['seconds_per_step']:.1f}",
         f"GRPO horizon: {r.get('grpo_horizon_chunks', '?')} policy calls",
@@ -101,6 +109,17 @@ def agreement_points(report: dict) -> list[tuple[str, float, float]]:
             if task in real.get(arm, {}).get("per_task", {})
         ]
     return points
+
+
+def snapshot_points(snapshots: dict[str, dict]) -> list[tuple[str, float, float]]:
+    """(task, imagined success, real success on the check episodes) of every unselected
+    snapshot (``imagined_snapshots`` of a replicate's report)."""
+    return [
+        (task, float(x), float(s["real"][task]))
+        for s in snapshots.values()
+        for task, x in s["imagined"].items()
+        if task in s["real"]
+    ]
 
 
 def _pearson(xs: list[float], ys: list[float]) -> float:
@@ -192,6 +211,13 @@ def summarize(cfg, settings: dict, reports: list[dict], outcomes: dict) -> dict:
         "verdict": target_verdict(outcomes, tasks, main),
         # every replicate's (arm, task) points: within a task, R x arms policies
         "agreement": agreement([p for rep in reports for p in agreement_points(rep)]),
+        "agreement_with_snapshots": agreement(
+            [
+                p
+                for rep in reports
+                for p in agreement_points(rep) + snapshot_points(rep.get("imagined_snapshots", {}))
+            ]
+        ),
         "replicates": reports,
     }
 
@@ -245,6 +271,12 @@ def markdown_summary(s: dict) -> str:
             )
     if "agreement" in s:
         lines += ["", format_agreement(s["agreement"])]
+    if "agreement_with_snapshots" in s:
+        lines += [
+            "",
+            "with the checks' unselected snapshots (real: their check episodes): "
+            + format_agreement(s["agreement_with_snapshots"]),
+        ]
     lines += ["", "```", format_verdict(s["verdict"]), "```"]
     return "\n".join(lines) + "\n"
 

@@ -568,6 +568,13 @@ def challenger_candidates(challenger_dir: Path) -> list[Path]:
     return [*sorted(snapshots_dir(Path(challenger_dir)).glob("step_*")), Path(challenger_dir)]
 
 
+def named_candidates(challenger_dir: Path) -> dict[str, Path]:
+    """The policies a snapshot check runs, by the names its folders and tables use (the last
+    one, the run's final policy, is ``final``)."""
+    candidates = challenger_candidates(Path(challenger_dir))
+    return dict(zip([p.name for p in candidates[:-1]] + ["final"], candidates, strict=True))
+
+
 def select_challenger(
     station: Station,
     challenger_dir: Path,
@@ -584,11 +591,11 @@ def select_challenger(
 
     The check seeds are the same for every candidate (paired) and disjoint from every other
     seed range, so the real evaluation that follows is not the data the choice was made on."""
-    candidates = challenger_candidates(Path(challenger_dir))
-    names = [p.name for p in candidates[:-1]] + ["final"]
+    named = named_candidates(challenger_dir)
+    candidates, names = list(named.values()), list(named)
     first = cfg.seed + seeds.BENCH_CHECK if seed is None else seed
     table: dict[str, dict[str, int]] = {}
-    for path, name in zip(candidates, names, strict=True):
+    for name, path in named.items():
         ev = collect_episodes(
             station,
             path,

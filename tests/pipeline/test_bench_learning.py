@@ -393,3 +393,57 @@ def test_a_policy_two_arms_share_is_one_point_of_the_agreement():
     imagined["WG+Dyna1"] = imagined["WG"]
     points = agreement_points({"real": real, "imagined": imagined})
     assert points == [("open_drawer", 0.3, 0.2), ("open_drawer", 0.6, 0.5)]
+
+
+def test_the_checks_unselected_snapshots_join_the_agreement_once_each(tmp_path):
+    """Each checked policy that is not an evaluated arm is imagined from its own check episodes
+    and paired with its check's real success; an arm's policy and a policy two checks ran are
+    not counted again."""
+    from pipeline.bench.common import BenchContext
+    from pipeline.bench.learning import imagine_snapshots
+    from pipeline.bench.report import snapshot_points
+    from pipeline.round.config import RoundConfig
+    from pipeline.round.stages import checkpoint_sha256
+
+    def policy(name: str, content: str) -> Path:
+        d = tmp_path / "policies" / name
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        (d / "model.safetensors").write_text(content)
+        return d
+
+    def check(name: str, policies: dict[str, Path], successes: dict[str, int]) -> dict:
+        dest = tmp_path / name
+        for snap in policies:
+            (dest / f"check_{snap}").mkdir(parents=True)
+            (dest / f"check_{snap}" / f"{snap}-0.h5").write_text("")
+        return {
+            "candidates": {s: {"open_drawer": k} for s, k in successes.items()},
+            "chosen": "final",
+            "policies": {s: str(p) for s, p in policies.items()},
+            "episodes": str(dest),
+        }
+
+    a, b, c = policy("a", "A"), policy("b", "B"), policy("c", "C")
+    shared = policy("shared", "A")  # the same weights as a: the same policy
+    cfg = RoundConfig.from_preset("tiny", snapshot_check_episodes_per_task=4)
+    report = {
+        "snapshot_check": check("wg", {"step_0020": a, "final": b}, {"step_0020": 3, "final": 4}),
+        "sft_select_snapshot_check": check(
+            "sft",
+            {"step_0010": shared, "step_0020": c, "final": b},
+            {"step_0010": 2, "step_0020": 1, "final": 4},
+        ),
+    }
+    ctx = BenchContext(None, tmp_path, cfg, report, progress=False)
+    calls = []
+
+    def imagine(path: Path, episodes: list[Path]) -> dict[str, float]:
+        calls.append((path.name, [e.name for e in episodes]))
+        return {"open_drawer": {"a": 0.25, "c": 0.75}[path.name]}
+
+    got = imagine_snapshots(ctx, {checkpoint_sha256(b)}, imagine)  # b: an evaluated arm
+    assert calls == [("a", ["step_0020-0.h5"]), ("c", ["step_0020-0.h5"])]
+    assert list(got) == ["snapshot_check/step_0020", "sft_select_snapshot_check/step_0020"]
+    assert got["snapshot_check/step_0020"]["real"] == {"open_drawer": 0.75}
+    assert snapshot_points(got) == [("open_drawer", 0.25, 0.75), ("open_drawer", 0.75, 0.25)]
