@@ -195,7 +195,7 @@ def _run_batch(policy, envs, task, seeds, temperature, gen, max_steps):
         for chunk, i in zip(sample.actions, live, strict=True):  # chunk: (K, 7)
             for requested in chunk:
                 action, _ = clip_action(validate_action(requested))
-                images[i] = envs[i].step(action).observation.image
+                envs[i].advance(action)  # the policy sees the chunk's last frame only
                 steps[i] += 1
                 if envs[i].success():
                     success[i] = done[i] = True
@@ -203,6 +203,7 @@ def _run_batch(policy, envs, task, seeds, temperature, gen, max_steps):
                 if steps[i] >= limit:
                     done[i] = True
                     break
+            images[i] = envs[i].observe().image
     return success, steps
 
 
@@ -284,13 +285,16 @@ class SimRollouts:
             tokens.append(torch.as_tensor(sample.tokens).cpu())
             logprobs.append(torch.as_tensor(sample.logprobs).float().cpu())
             for i, chunk in enumerate(np.asarray(sample.actions)):
+                moved = False
                 for requested in chunk:
                     if success[i] or steps[i] >= limits[i]:
                         break  # the episode ended: later chunks see its last frame
                     action, _ = clip_action(validate_action(requested))
-                    images[i] = envs[i].step(action).observation.image
-                    steps[i] += 1
+                    envs[i].advance(action)  # only the chunk's last frame is seen: render it
+                    moved, steps[i] = True, steps[i] + 1
                     success[i] = bool(envs[i].success())
+                if moved:
+                    images[i] = envs[i].observe().image
             video.append(np.stack(images))
         return (
             torch.as_tensor(np.stack(observations, axis=1)),  # (B, C, H, W, 3)

@@ -345,6 +345,14 @@ class SimBackend(RobotBackend):
             raise RuntimeError("SimBackend.reset(task, seed) must be called before stepping")
 
     def step(self, action: np.ndarray) -> StepOutcome:
+        clipped = self.advance(action)
+        return StepOutcome(self.observe(), workspace_clipped=clipped)
+
+    def advance(self, action: np.ndarray) -> bool:
+        """``step`` without the observation (whether the workspace clipped the target): the
+        physics of one control period. Rendering is about 90% of a step's time on the CPU, so
+        in-process rollouts that look only at chunk boundaries render those frames alone
+        (``observe``); the frames they see are the ones ``step`` would have rendered."""
         self._require_reset()
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (ACTION_DIM,) or not np.all(np.isfinite(a)):
@@ -367,7 +375,7 @@ class SimBackend(RobotBackend):
             frac = min(1.0, (i + 1) / ramp)
             self.data.ctrl[self._arm_act] = q_start + frac * (q_goal - q_start)
             mujoco.mj_step(self.model, self.data)
-        return StepOutcome(self.observe(), workspace_clipped=clipped)
+        return clipped
 
     def _pace(self) -> None:
         """Wait until one control period has passed since the previous step started (a real arm

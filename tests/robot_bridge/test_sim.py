@@ -131,6 +131,27 @@ def test_workspace_clipping_is_reported(sim):
     assert sim.observe().state[0] < WORKSPACE_HIGH[0] + 0.01
 
 
+def test_advancing_without_rendering_then_observing_gives_the_frame_step_renders(sim, gap):
+    """In-process rollouts render only the frames the policy sees: the physics is the same, so
+    the frame after five unrendered periods is the one five rendered steps end on."""
+    push = np.array([0.02, -0.01, -0.02, 0, 0, 0.1, 0.5], dtype=np.float32)
+    for backend in (sim, gap):
+        backend.reset("eggplant_in_sink", seed=3)
+        for _ in range(5):
+            stepped = backend.step(push).observation
+        backend.reset("eggplant_in_sink", seed=3)
+        assert [backend.advance(push) for _ in range(5)] == [False] * 5
+        advanced = backend.observe()
+        np.testing.assert_array_equal(advanced.image, stepped.image)
+        np.testing.assert_array_equal(advanced.state, stepped.state)
+        assert (
+            np.abs(
+                advanced.image.astype(np.int16) - backend.reset("eggplant_in_sink", seed=3).image
+            ).mean()
+            > 0.5
+        )
+
+
 def test_hold_safe_keeps_the_arm_still(sim):
     sim.reset("eggplant_in_sink", seed=2)
     sim.step(np.array([0.05, -0.05, -0.05, 0, 0, 0.25, 1.0], dtype=np.float32))
