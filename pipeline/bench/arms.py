@@ -221,13 +221,13 @@ def checked_snapshot(
         lambda: select_challenger(ctx.client, rl.path, dest, ctx.cfg, progress=ctx.progress),
     )
     print(f"[{prefix}snapshot check] {check}", flush=True)
-    named = named_candidates(rl.path)
-    # where each candidate and its check episodes are: the unselected ones join the agreement
+    named = {n: (p, checkpoint_sha256(p)) for n, p in named_candidates(rl.path).items()}
+    # each candidate and where its check episodes are: the unselected ones join the agreement
     ctx.report[f"{prefix}snapshot_check"] = check | {
-        "policies": {name: str(path) for name, path in named.items()},
+        "policies": {n: {"path": str(p), "sha256": sha} for n, (p, sha) in named.items()},
         "episodes": str(dest),
     }
-    shas = {checkpoint_sha256(c) for c in named.values()}
+    shas = {sha for _, sha in named.values()}
     ctx.ledger.add(
         f"{prefix}check",
         episodes_of(

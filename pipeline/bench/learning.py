@@ -54,6 +54,7 @@ from pipeline.bench.common import (
     EVAL_RANGES,
     BenchContext,
     Leg,
+    episodes_of,
     eval_counts,
     evaluate_policy,
     imagination_throughput,
@@ -71,7 +72,7 @@ from pipeline.bench.report import (
 )
 from pipeline.round.config import RoundConfig
 from pipeline.round.records import Evaluation
-from pipeline.round.stages import checkpoint_sha256, world_model_exploitation
+from pipeline.round.stages import world_model_exploitation
 from pipeline.round.statistics import target_verdict
 from robot_bridge.episodes import read_episode_header
 
@@ -235,25 +236,29 @@ def once_per_policy(ctx: BenchContext, label: str, policies: dict, run) -> dict:
 def imagine_snapshots(ctx: BenchContext, evaluated: set[str], imagine) -> dict[str, dict]:
     """Every checked policy that is not an evaluated arm (the snapshots the checks did not
     choose): imagined success from its check episodes' initial frames beside its real success
-    on those episodes (``snapshot_check_episodes_per_task`` each, on the check seeds), keyed
-    ``<check>/<snapshot>``; a policy two checks ran (SFT's final in SFT+select's and Iter-SFT's
-    candidates would be one) once. ``imagine(policy, episodes)``: per-task imagined success."""
+    on those episodes (the check's tasks and seeds, that policy's own: a folder may hold an
+    earlier run's too), keyed ``<check>/<snapshot>``; a policy two checks ran counts once.
+    ``imagine(policy, episodes)``: per-task imagined success. Not cached: about 20 s a policy."""
     n, out = ctx.cfg.snapshot_check_episodes_per_task, {}
     seen = set(evaluated)
     for key, check in list(ctx.report.items()):
         if not key.endswith("snapshot_check"):
             continue
-        for name, path in check["policies"].items():
-            sha = checkpoint_sha256(Path(path))
+        for name, policy in check.get("policies", {}).items():
+            sha = policy["sha256"]
             if sha in seen:
                 continue
             seen.add(sha)
-            episodes = sorted((Path(check["episodes"]) / f"check_{name}").glob("*.h5"))
+            folder = Path(check["episodes"]) / f"check_{name}"
+            episodes = episodes_of([folder], ctx.cfg.tasks, check["seed"], n, {sha})
+            labels = [read_episode_header(p) for p in episodes]
+            labelled = {t: [h.success for h in labels if h.task == t] for t in ctx.cfg.tasks}
+            labelled = {t: [bool(x) for x in v if x is not None] for t, v in labelled.items()}
             out[f"{key}/{name}"] = {
                 "sha256": sha,
-                "imagined": imagine(Path(path), episodes),
-                "real": {t: k / n for t, k in check["candidates"][name].items()},
-                "real_episodes_per_task": n,
+                "imagined": imagine(Path(policy["path"]), episodes),
+                "real": {t: sum(v) / len(v) for t, v in labelled.items() if v},
+                "real_episodes": {t: len(v) for t, v in labelled.items()},
             }
     return out
 

@@ -397,53 +397,63 @@ def test_a_policy_two_arms_share_is_one_point_of_the_agreement():
 
 def test_the_checks_unselected_snapshots_join_the_agreement_once_each(tmp_path):
     """Each checked policy that is not an evaluated arm is imagined from its own check episodes
-    and paired with its check's real success; an arm's policy and a policy two checks ran are
-    not counted again."""
+    (not an earlier run's in the same folder, nor unfinished ones) and paired with its real
+    success on them; an arm's policy and a policy two checks ran are not counted again."""
+    import numpy as np
+
     from pipeline.bench.common import BenchContext
     from pipeline.bench.learning import imagine_snapshots
     from pipeline.bench.report import snapshot_points
     from pipeline.round.config import RoundConfig
-    from pipeline.round.stages import checkpoint_sha256
+    from robot_bridge.backends.base import Observation
+    from robot_bridge.episodes import EpisodeMeta, EpisodeWriter
+    from robot_bridge.spec import TASKS
 
-    def policy(name: str, content: str) -> Path:
-        d = tmp_path / "policies" / name
-        d.mkdir(parents=True)
-        (d / "config.json").write_text("{}")
-        (d / "model.safetensors").write_text(content)
-        return d
+    def episode(folder: Path, sha: str, seed: int, success: bool | None) -> None:
+        meta = EpisodeMeta(
+            f"{sha}-{seed}", "open_drawer", TASKS["open_drawer"].instruction, seed, "s", sha, "sim"
+        )
+        w = EpisodeWriter(folder, meta, image_shape=(8, 8, 3))
+        w.append(Observation(np.zeros((8, 8, 3), np.uint8), np.zeros(7, np.float32), 0.0, 0), None)
+        if success is not None:  # None: unfinished, as a killed run leaves it
+            w.finish(success=success, success_source="sim_ground_truth", termination="max_steps")
 
-    def check(name: str, policies: dict[str, Path], successes: dict[str, int]) -> dict:
+    def check(name: str, policies: dict[str, str], outcomes: dict[str, list]) -> dict:
         dest = tmp_path / name
-        for snap in policies:
-            (dest / f"check_{snap}").mkdir(parents=True)
-            (dest / f"check_{snap}" / f"{snap}-0.h5").write_text("")
+        for snap, results in outcomes.items():
+            for seed, ok in enumerate(results, start=40_000):
+                episode(dest / f"check_{snap}", policies[snap], seed, ok)
         return {
-            "candidates": {s: {"open_drawer": k} for s, k in successes.items()},
+            "candidates": {},  # the successes per task: not what the agreement reads
             "chosen": "final",
-            "policies": {s: str(p) for s, p in policies.items()},
+            "seed": 40_000,
+            "policies": {
+                s: {"path": f"/policies/{sha}", "sha256": sha} for s, sha in policies.items()
+            },
             "episodes": str(dest),
         }
 
-    a, b, c = policy("a", "A"), policy("b", "B"), policy("c", "C")
-    shared = policy("shared", "A")  # the same weights as a: the same policy
-    cfg = RoundConfig.from_preset("tiny", snapshot_check_episodes_per_task=4)
+    cfg = RoundConfig.from_preset("tiny", tasks=["open_drawer"], snapshot_check_episodes_per_task=4)
     report = {
-        "snapshot_check": check("wg", {"step_0020": a, "final": b}, {"step_0020": 3, "final": 4}),
+        "snapshot_check": check(
+            "wg", {"step_0020": "a", "final": "b"}, {"step_0020": [True] * 3 + [False], "final": []}
+        ),
         "sft_select_snapshot_check": check(
             "sft",
-            {"step_0010": shared, "step_0020": c, "final": b},
-            {"step_0010": 2, "step_0020": 1, "final": 4},
+            {"step_0010": "a", "step_0020": "c", "final": "b"},  # step_0010: the same policy as a
+            {"step_0020": [True, False, False, None]},
         ),
     }
+    episode(tmp_path / "sft" / "check_step_0020", "old", 40_000, True)  # an earlier run's policy
     ctx = BenchContext(None, tmp_path, cfg, report, progress=False)
     calls = []
 
     def imagine(path: Path, episodes: list[Path]) -> dict[str, float]:
-        calls.append((path.name, [e.name for e in episodes]))
+        calls.append((path.name, len(episodes)))
         return {"open_drawer": {"a": 0.25, "c": 0.75}[path.name]}
 
-    got = imagine_snapshots(ctx, {checkpoint_sha256(b)}, imagine)  # b: an evaluated arm
-    assert calls == [("a", ["step_0020-0.h5"]), ("c", ["step_0020-0.h5"])]
+    got = imagine_snapshots(ctx, {"b"}, imagine)  # b: an evaluated arm's policy
+    assert calls == [("a", 4), ("c", 3)]
     assert list(got) == ["snapshot_check/step_0020", "sft_select_snapshot_check/step_0020"]
-    assert got["snapshot_check/step_0020"]["real"] == {"open_drawer": 0.75}
-    assert snapshot_points(got) == [("open_drawer", 0.25, 0.75), ("open_drawer", 0.75, 0.25)]
+    assert got["sft_select_snapshot_check/step_0020"]["real_episodes"] == {"open_drawer": 3}
+    assert snapshot_points(got) == [("open_drawer", 0.25, 0.75), ("open_drawer", 0.75, 1 / 3)]

@@ -305,6 +305,30 @@ def test_iter_sft_trains_on_every_real_success_of_the_main_arm(bench):
     assert bench.report["iter_sft_data"]["episodes"] == successes
 
 
+def test_every_unselected_snapshot_is_one_more_policy_of_the_agreement(bench):
+    """The checks' snapshots that no arm evaluates join the agreement once per distinct policy,
+    with their real success on their own check episodes."""
+    from pipeline.round.stages import checkpoint_sha256
+
+    report, tasks = bench.report, TINY["tasks"]
+    arms = {r["checkpoint_sha256"] for r in report["real"].values()}
+    shas = set()
+    for prefix, *_ in _snapshot_checks(bench.rep):
+        for p in report[f"{prefix}snapshot_check"]["policies"].values():
+            assert checkpoint_sha256(p["path"]) == p["sha256"]
+            shas.add(p["sha256"])
+    snapshots = report["imagined_snapshots"]
+    assert sorted(s["sha256"] for s in snapshots.values()) == sorted(shas - arms)
+    for key, s in snapshots.items():
+        check, name = key.split("/")
+        successes = report[check]["candidates"][name]
+        assert s["real"] == {t: successes[t] / 1 for t in tasks}, key  # one check episode each
+        assert s["real_episodes"] == {t: 1 for t in tasks}, key
+        assert set(s["imagined"]) == set(tasks), key
+    with_snapshots = report["agreement_with_snapshots"]["pooled"]["points"]
+    assert with_snapshots == report["agreement"]["pooled"]["points"] + len(tasks) * len(snapshots)
+
+
 # --- a re-run in the same workdir (these tests come last: the re-run rewrites the reports) --------
 
 
@@ -332,26 +356,3 @@ def test_a_rerun_reports_the_same_results_budget_and_snapshot_checks(bench, benc
 def test_a_rerun_leaves_the_pooled_summary_as_it_was(bench, bench_rerun):
     pooled = json.loads((bench.work / "bench_learning.json").read_text())["pooled"]
     assert pooled == bench.summary["pooled"]
-
-
-def test_every_unselected_snapshot_is_one_more_policy_of_the_agreement(bench):
-    """The checks' snapshots that no arm evaluates join the agreement once per distinct policy,
-    with their real success on their own check episodes."""
-    from pipeline.round.stages import checkpoint_sha256
-
-    report, tasks = bench.report, TINY["tasks"]
-    arms = {r["checkpoint_sha256"] for r in report["real"].values()}
-    shas = {
-        checkpoint_sha256(path)
-        for prefix, *_ in _snapshot_checks(bench.rep)
-        for path in report[f"{prefix}snapshot_check"]["policies"].values()
-    }
-    snapshots = report["imagined_snapshots"]
-    assert sorted(s["sha256"] for s in snapshots.values()) == sorted(shas - arms)
-    for key, s in snapshots.items():
-        check, name = key.split("/")
-        successes = report[check]["candidates"][name]
-        assert s["real"] == {t: successes[t] / 1 for t in tasks}, key  # one check episode each
-        assert set(s["imagined"]) == set(tasks), key
-    with_snapshots = report["agreement_with_snapshots"]["pooled"]["points"]
-    assert with_snapshots == report["agreement"]["pooled"]["points"] + len(tasks) * len(snapshots)
