@@ -251,9 +251,8 @@ def imagine_snapshots(ctx: BenchContext, evaluated: set[str], imagine) -> dict[s
             seen.add(sha)
             folder = Path(check["episodes"]) / f"check_{name}"
             episodes = episodes_of([folder], ctx.cfg.tasks, check["seed"], n, {sha})
-            labels = [read_episode_header(p) for p in episodes]
-            labelled = {t: [h.success for h in labels if h.task == t] for t in ctx.cfg.tasks}
-            labelled = {t: [bool(x) for x in v if x is not None] for t, v in labelled.items()}
+            labels = [h for h in map(read_episode_header, episodes) if h.success is not None]
+            labelled = {t: [bool(h.success) for h in labels if h.task == t] for t in ctx.cfg.tasks}
             out[f"{key}/{name}"] = {
                 "sha256": sha,
                 "imagined": imagine(Path(policy["path"]), episodes),
