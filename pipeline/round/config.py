@@ -55,6 +55,10 @@ ROUND_PRESETS: dict[str, dict] = {
         # one own frame: worst step -0.65 -> +0.32 dB, mean +0.78 -> +1.35), for 1.2x its
         # training time (docs/experiments.md, "World-model levers")
         "world_model_overrides": {"own_context_prob": 0.5, "own_context_steps": 2},
+        # bf16 autocast where the CPU has bfloat16 units (fp32 weights and losses; fp32 with a
+        # warning elsewhere): on a 2-core Xeon with AMX a GRPO step's imagination 1.5x, the
+        # world model's training step 1.2x (docs/benchmarks.md, "CPU bfloat16")
+        "precision": "bf16",
         # an SFT that solves the eggplant tasks sometimes gives the judge near-misses to tell
         # apart: at 600 steps its held-out precision was 0.73 (18 of 22 failures called
         # successes), at 2000 0.98 (docs/experiments.md)

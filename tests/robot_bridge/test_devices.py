@@ -90,12 +90,30 @@ def test_a_default_other_than_auto_applies_only_when_nothing_is_set(monkeypatch)
     assert resolve_device(None, env="X_UNSET_GYMNAST", default="cpu") == torch.device("cuda")
 
 
-def test_precision_is_fp32_on_cpu_and_bf16_autocast_only_on_cuda(monkeypatch):
+def test_precision_on_cpu_is_fp32_unless_bf16_is_asked_for_on_a_bf16_cpu(monkeypatch):
     cpu = torch.device("cpu")
-    for setting in (None, "auto", "fp32", "bf16"):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda warn=False: True)
+    for setting in (None, "auto", "fp32"):
         assert resolve_precision(setting, cpu) == "fp32"
+    monkeypatch.setenv(devices.PRECISION_ENV, "bf16")
+    assert resolve_precision("auto", cpu) == "fp32"  # the environment never turns it on
+    assert resolve_precision("bf16", cpu) == "bf16"
+    assert placement("cpu", "bf16") == (cpu, "bf16")
+    with autocast(cpu, "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    # a CPU without bfloat16 units: fp32 with a warning, and autocast does nothing
+    monkeypatch.undo()
+    monkeypatch.setattr(torch._C._cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch._C._cpu, "_is_avx512_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="without native bfloat16"):
+        assert resolve_precision("bf16", cpu) == "fp32"
+    with autocast(cpu, "fp32"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     with pytest.raises(DeviceError, match="precision"):
         resolve_precision("fp16", cpu)
+
+
+def test_precision_on_cuda_is_bf16_where_supported(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     cuda = torch.device("cuda")
     assert resolve_precision("auto", cuda) == "bf16"
@@ -106,10 +124,6 @@ def test_precision_is_fp32_on_cpu_and_bf16_autocast_only_on_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     with pytest.raises(DeviceError, match="bfloat16"):
         resolve_precision("bf16", cuda)
-    # on the CPU autocast is a no-op: float32 matmuls stay float32
-    with autocast(cpu, "bf16"):
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
-    assert placement("cpu", "bf16") == (cpu, "fp32")
 
 
 def test_configs_check_their_device_and_precision_settings():
@@ -232,10 +246,12 @@ def test_sft_puts_the_policy_and_its_batches_on_the_device():
 
 
 def test_world_model_training_puts_the_model_and_its_batches_on_the_device():
-    model, metrics, seen = run_world_model("cpu", "bf16")  # bf16 is fp32 on the CPU
+    # bf16 autocasts on a CPU with bfloat16 units (AMX, AVX512-BF16), else trains fp32
+    model, metrics, seen = run_world_model("cpu", "bf16")
     assert_on(model, torch.device("cpu"))
     assert seen == {torch.device("cpu")}
-    assert (metrics["device"], metrics["precision"]) == ("cpu", "fp32")
+    bf16 = "bf16" if devices.cpu_has_native_bf16() else "fp32"
+    assert (metrics["device"], metrics["precision"]) == ("cpu", bf16)
     assert np.isfinite(metrics["loss"]).all()
 
 
