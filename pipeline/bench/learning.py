@@ -62,6 +62,12 @@ from pipeline.bench.common import (
     peak_rss_gb,
     spread_sample,
 )
+from pipeline.bench.results import (
+    RESULTS_FILE,
+    pool,
+    replicate_results,
+    write_replicate_results,
+)
 from pipeline.bench.report import (
     agreement,
     agreement_points,
@@ -96,6 +102,9 @@ class Options:
     # pipeline.bench.sft_choice's rule keeps; () keeps the config's
     sft_recipes: tuple[tuple[int, int | None], ...] = ()
     sft_rule: str = "budget"  # pipeline.bench.sft_choice.RULES
+    # the first replicate's index: a run may add replicates first..first+replicates-1 to those
+    # earlier runs made (their results pool by ``--pool``)
+    first_replicate: int = 0
 
     def check(self, cfg: RoundConfig) -> list[int]:
         """Refuses a bad setting before anything runs; returns each replicate's config seed."""
@@ -116,8 +125,13 @@ class Options:
             raise ValueError(f"sft_rule must be one of {RULES}, got {self.sft_rule!r}")
         if self.replicates < 1:
             raise ValueError(f"replicates must be >= 1, got {self.replicates}")
+        if self.first_replicate < 0:
+            raise ValueError(f"first_replicate must be >= 0, got {self.first_replicate}")
         eval_counts(cfg.tasks, self.eval_episodes, self.task_episodes)
-        return [seeds.bench_replicate_seed(cfg.seed, r) for r in range(self.replicates)]
+        return [seeds.bench_replicate_seed(cfg.seed, r) for r in self.indices()]
+
+    def indices(self) -> range:
+        return range(self.first_replicate, self.first_replicate + self.replicates)
 
 
 def run(
@@ -134,8 +148,9 @@ def run(
     baselines: bool = True,
     sft_recipes: tuple[tuple[int, int | None], ...] = (),
     sft_rule: str = "budget",
+    first_replicate: int = 0,
 ) -> dict:
-    """The benchmark: ``replicates`` independent replicates, every arm evaluated on the same
+    """The benchmark: ``replicates`` independent replicates (indices ``first_replicate`` on), every arm evaluated on the same
     seeds of ``eval_range`` ("dev" while developing, "final" only for results to report), then
     the verdict over all of them. ``dyna_iterations`` > 0 adds Dyna iterations to World-Gymnast:
     ``dyna_from="sft"`` restarts GRPO from SFT each time, ``"rl"`` from the last RL policy (also
@@ -156,6 +171,7 @@ def run(
         progress,
         tuple(sft_recipes),
         sft_rule,
+        first_replicate,
     )
     rep_seeds = opts.check(cfg)
     from robot_bridge.client import StationClient
@@ -169,16 +185,25 @@ def run(
         ) as station,
         StationClient(station.endpoint, timeout_s=60) as client,
     ):
-        for r, seed in enumerate(rep_seeds):
+        for r, seed in zip(opts.indices(), rep_seeds, strict=True):
             rep_cfg = dataclasses.replace(cfg, seed=seed)
             rep_dyna = None
             if opts.dyna_seed is not None:
                 rep_dyna = opts.dyna_seed + r * seeds.BENCH_REPLICATE_STRIDE
-            print(f"=== replicate {r + 1} of {len(rep_seeds)} (seed {seed}) ===", flush=True)
+            print(f"=== replicate {r} ({r - opts.first_replicate + 1} of {len(rep_seeds)}, seed {seed}) ===", flush=True)
             report, evals = run_replicate(client, workdir / f"rep{r}", rep_cfg, opts, r, rep_dyna)
             reports.append(report)
             for name, ev in evals.items():
                 outcomes.setdefault(name, []).append(ev.outcomes)
+            results = replicate_results(
+                r,
+                cfg.to_dict(),
+                dataclasses.asdict(opts),
+                report,
+                {name: ev.outcomes for name, ev in evals.items()},
+            )
+            path = write_replicate_results(workdir / f"rep{r}" / RESULTS_FILE, results)
+            print(f"replicate {r}'s results: {path} (pool them with --pool)", flush=True)
     summary = summarize(cfg, dataclasses.asdict(opts), reports, outcomes)
     write_summary(workdir, summary)
     return summary
@@ -400,6 +425,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "GRPO seeds), each resumable stage by stage in WORKDIR/rep<r>; more can be added later",
     )
     p.add_argument(
+        "--first-replicate",
+        type=int,
+        default=0,
+        metavar="K",
+        help="run replicates K..K+R-1 (their seeds, folders rep<K>...): add replicates to those "
+        "an earlier run made, each writing rep<r>/results.json",
+    )
+    p.add_argument(
+        "--pool",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="RESULTS",
+        help="run nothing: pool these replicates' results.json files (e.g. docs/results/"
+        "bench_learning_final/rep*.json) into the report, verdict and figure in WORKDIR",
+    )
+    p.add_argument(
         "--no-baselines",
         dest="baselines",
         action="store_false",
@@ -431,7 +473,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def pool_results(paths: list[Path], workdir: Path) -> dict:
+    """The bench's report over replicates run apart: their results files pooled (the same
+    summary, verdict, markdown, figure and MLflow run as one run of all of them)."""
+    base, settings, reports, outcomes = pool(paths)
+    cfg = RoundConfig.from_dict(base)
+    indices = [rep["replicate"] for rep in reports]
+    settings = {**settings, "replicates": len(reports), "replicate_indices": indices}
+    summary = summarize(cfg, settings, reports, outcomes)
+    summary["pooled_from"] = [str(p) for p in paths]
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    write_summary(workdir, summary)
+    return summary
+
+
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.pool:
+        pool_results(args.pool, args.workdir)
+        return 0
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     cfg = RoundConfig.from_preset(args.preset, **overrides)
     task_episodes = {}
@@ -453,6 +512,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         baselines=args.baselines,
         sft_recipes=sft_recipes_arg(args.sft_choice, args.preset, args.sft_rule),
         sft_rule=args.sft_rule,
+        first_replicate=args.first_replicate,
     )
     return 0
 

@@ -246,7 +246,9 @@ def markdown_summary(s: dict) -> str:
     """The report as markdown: success per task and arm (each replicate, pooled), the real
     budget of every arm in every replicate, and the verdict exactly as the bench printed it."""
     reps = len(s["replicates"])
-    head = "| task | arm | " + " | ".join(f"replicate {r}" for r in range(reps)) + " | pooled |"
+    # replicates run apart and pooled keep their own indices (``pipeline.bench.results``)
+    indices = [rep.get("replicate", i) for i, rep in enumerate(s["replicates"])]
+    head = "| task | arm | " + " | ".join(f"replicate {r}" for r in indices) + " | pooled |"
     lines = [
         f"commit {s['commit']}; {s['machine']['cpu']} ({s['machine']['cores']} cores); "
         f"evaluation range {s['settings']['eval_range']}; {reps} replicate(s)",
@@ -262,7 +264,7 @@ def markdown_summary(s: dict) -> str:
             )
     lines += ["", "| replicate | arm | " + " | ".join(CATEGORIES) + " | total |"]
     lines.append("|---|---|" + "---|" * (len(CATEGORIES) + 1))
-    for r, budget in enumerate(s["budget"]):
+    for r, budget in zip(indices, s["budget"], strict=True):
         for arm, b in budget.items():
             lines.append(
                 f"| {r} | {arm} | "

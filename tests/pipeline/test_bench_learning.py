@@ -136,6 +136,10 @@ def test_bad_bench_settings_fail_before_anything_runs():
         run(Path("/nonexistent/bench"), RoundConfig(), 1, replicates=0)
     with pytest.raises(ValueError, match="reach the dev evaluation range"):
         run(Path("/nonexistent/bench"), RoundConfig(seed=30_000), 1)
+    with pytest.raises(ValueError, match="first_replicate must be >= 0"):
+        run(Path("/nonexistent/bench"), RoundConfig(), 1, first_replicate=-1)
+    with pytest.raises(ValueError, match="replicate must be in"):  # past the seed windows
+        run(Path("/nonexistent/bench"), RoundConfig(), 1, first_replicate=10_000)
 
 
 def _outcomes(successes: dict[str, int], n: int = 20) -> dict:
@@ -193,6 +197,68 @@ def test_the_report_over_replicates_has_every_arm_its_budget_the_verdict_and_a_f
     no_baselines = {a: outcomes[a] for a in ("SFT", "WG")}
     v = summarize(RoundConfig(), {"eval_range": "dev"}, reports, no_baselines)["verdict"]
     assert not v["met"] and v["missing_arms"] == ["SFT+select", "Iter-SFT", "Sim-RL"]
+
+
+def test_replicates_run_apart_pool_into_the_report_one_run_of_them_all_would_give(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from pipeline.bench.learning import pool_results
+    from pipeline.bench.report import summarize
+    from pipeline.bench.results import (
+        PoolError,
+        read_replicate_results,
+        replicate_results,
+        write_replicate_results,
+    )
+    from pipeline.round.config import RoundConfig
+
+    cfg = RoundConfig.from_preset("bench")
+    settings = {"eval_range": "final", "eval_episodes": 20, "replicates": 1, "progress": False}
+    # replicate 1 differs from 0 and 2, so a lost or swapped replicate changes the figures
+    wg = [{"open_drawer": 16, "close_drawer": 19}, {"open_drawer": 9}, {"open_drawer": 15}]
+    arms = {"SFT": [{"open_drawer": 2}] * 3, "WG": wg}
+    reports = [{"replicate": r, "main_arm": "WG", "budget": {}} for r in range(3)]
+    paths = []
+    for r in (2, 0, 1):  # three runs, on three days, in any order
+        run_settings = {**settings, "first_replicate": r}
+        outcomes = {a: _outcomes(per[r]) for a, per in arms.items()}
+        res = replicate_results(r, cfg.to_dict(), run_settings, reports[r], outcomes)
+        paths.append(write_replicate_results(tmp_path / f"run{r}" / "results.json", res))
+    back = read_replicate_results(paths[1])
+    assert back["outcomes"]["WG"] == _outcomes(wg[0])  # (task, seed) keys survive JSON
+
+    pooled = pool_results(paths, tmp_path / "pooled")
+    together = summarize(
+        cfg, settings, reports, {a: [_outcomes(x) for x in per] for a, per in arms.items()}
+    )
+    for key in ("per_replicate", "pooled", "verdict"):
+        assert pooled[key] == together[key], key
+    assert pooled["pooled"]["WG"]["open_drawer"]["successes"] == 40
+    assert pooled["settings"]["replicate_indices"] == [0, 1, 2]
+    text = (tmp_path / "pooled" / "bench_learning.md").read_text()
+    assert "| replicate 0 | replicate 1 | replicate 2 | pooled |" in text
+
+    # refused: a replicate twice, another bench's config or settings, other arms
+    with pytest.raises(PoolError, match="replicate 0 is in both"):
+        pool_results([paths[1], paths[1]], tmp_path / "x")
+    other = replicate_results(
+        3, RoundConfig.from_preset("bench", grpo_steps=10).to_dict(), settings, reports[0], {}
+    )
+    bad = write_replicate_results(tmp_path / "other.json", other)
+    with pytest.raises(PoolError, match="base config.*grpo_steps"):
+        pool_results([paths[0], bad], tmp_path / "x")
+    other = replicate_results(3, cfg.to_dict(), {**settings, "eval_range": "dev"}, reports[0], {})
+    bad = write_replicate_results(tmp_path / "other.json", other)
+    with pytest.raises(PoolError, match="settings.*eval_range"):
+        pool_results([paths[0], bad], tmp_path / "x")
+    other = replicate_results(3, cfg.to_dict(), settings, reports[0], {"SFT": _outcomes({})})
+    bad = write_replicate_results(tmp_path / "other.json", other)
+    with pytest.raises(PoolError, match="same arms"):
+        pool_results([paths[0], bad], tmp_path / "x")
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(PoolError, match="not a replicate results file"):
+        pool_results([tmp_path / "junk.json"], tmp_path / "x")
 
 
 # --- the parts that train, at toy size ----------------------------------------------------------
