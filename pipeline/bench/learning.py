@@ -62,12 +62,6 @@ from pipeline.bench.common import (
     peak_rss_gb,
     spread_sample,
 )
-from pipeline.bench.results import (
-    RESULTS_FILE,
-    pool,
-    replicate_results,
-    write_replicate_results,
-)
 from pipeline.bench.report import (
     agreement,
     agreement_points,
@@ -75,6 +69,12 @@ from pipeline.bench.report import (
     snapshot_points,
     summarize,
     write_summary,
+)
+from pipeline.bench.results import (
+    RESULTS_FILE,
+    pool,
+    replicate_results,
+    write_replicate_results,
 )
 from pipeline.round.config import RoundConfig
 from pipeline.round.records import Evaluation
@@ -190,7 +190,10 @@ def run(
             rep_dyna = None
             if opts.dyna_seed is not None:
                 rep_dyna = opts.dyna_seed + r * seeds.BENCH_REPLICATE_STRIDE
-            print(f"=== replicate {r} ({r - opts.first_replicate + 1} of {len(rep_seeds)}, seed {seed}) ===", flush=True)
+            print(
+                f"=== replicate {r} ({r - opts.first_replicate + 1} of {len(rep_seeds)}, seed {seed}) ===",
+                flush=True,
+            )
             report, evals = run_replicate(client, workdir / f"rep{r}", rep_cfg, opts, r, rep_dyna)
             reports.append(report)
             for name, ev in evals.items():

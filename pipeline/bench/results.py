@@ -62,7 +62,9 @@ def read_replicate_results(path: Path) -> dict:
             f"{path}: not a replicate results file of format {FORMAT} (written by "
             f"`gymnast bench learning` as rep<r>/{RESULTS_FILE})"
         )
-    missing = [k for k in ("replicate", "base_config", "settings", "report", "outcomes") if k not in raw]
+    missing = [
+        k for k in ("replicate", "base_config", "settings", "report", "outcomes") if k not in raw
+    ]
     if missing:
         raise PoolError(f"{path}: missing {', '.join(missing)}")
     raw["outcomes"] = {
