@@ -35,9 +35,13 @@ def imagined_success(
     group: int,
     horizon_chunks: int,
     seed: int,
+    precision: str = "auto",
 ) -> dict[str, float]:
-    """Per-task success rate in imagination: closed-loop rollouts from real initial frames, judged."""
+    """Per-task success rate in imagination: closed-loop rollouts from real initial frames,
+    judged; at GRPO's ``precision`` (a RoundConfig's), so it measures what GRPO trained against."""
     import torch
+
+    from robot_bridge.devices import autocast, resolve_precision
 
     from policy.grpo import GRPOConfig, imagine_rollouts, score_rollouts
     from policy.vla import VLAPolicy
@@ -49,11 +53,13 @@ def imagined_success(
     judge = load_judge(judge_dir)
     cfg = GRPOConfig.from_preset("tiny", group_size=group, horizon_chunks=horizon_chunks, seed=seed)
     gen = torch.Generator(device=policy.device).manual_seed(seed)
+    precision = resolve_precision(precision, policy.device)
     out: dict[str, float] = {}
     for task in sorted({e.task for e in episodes}):
         starts = [s for s in initial_frames(episodes) if s.task == task]
-        rollouts = imagine_rollouts(policy, wm, starts, cfg, gen)
-        out[task] = float(score_rollouts(judge, rollouts, cfg).mean())
+        with autocast(policy.device, precision):
+            rollouts = imagine_rollouts(policy, wm, starts, cfg, gen)
+            out[task] = float(score_rollouts(judge, rollouts, cfg).mean())
     return out
 
 

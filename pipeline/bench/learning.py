@@ -337,6 +337,7 @@ def finish_report(ctx: BenchContext, sft, policies: dict, evals: dict, leg: Leg)
             group=4,
             horizon_chunks=cfg.grpo_overrides.get("horizon_chunks", 8),
             seed=cfg.seed,
+            precision=cfg.precision,
         )
 
     imag = once_per_policy(
