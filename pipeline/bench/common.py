@@ -41,11 +41,10 @@ def imagined_success(
     judged; at GRPO's ``precision`` (a RoundConfig's), so it measures what GRPO trained against."""
     import torch
 
-    from robot_bridge.devices import autocast, resolve_precision
-
     from policy.grpo import GRPOConfig, imagine_rollouts, score_rollouts
     from policy.vla import VLAPolicy
     from reward.judge import load_judge
+    from robot_bridge.devices import autocast, resolve_precision
     from world_model.model import ActionConditionedWorldModel
 
     policy = VLAPolicy.from_pretrained(policy_dir)
