@@ -168,6 +168,22 @@ def test_the_summary_over_replicates_has_the_arms_the_replicate_and_its_budget(b
     assert summary["budget"] == [bench.report["budget"]]
 
 
+def test_the_replicates_results_file_pools_into_the_same_report_through_the_cli(
+    bench, tmp_path
+):
+    results = bench.rep / "results.json"
+    assert f"replicate 0's results: {results}" in bench.done.stdout
+    cmd = [sys.executable, "-m", "pipeline.cli", "bench", "learning", "--pool", str(results)]
+    cmd += ["--workdir", str(tmp_path / "pooled")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pooled = json.loads((tmp_path / "pooled" / "bench_learning.json").read_text())
+    for key in ("arms", "main_arm", "per_replicate", "pooled", "budget", "verdict"):
+        assert pooled[key] == bench.summary[key], key
+    assert pooled["pooled_from"] == [str(results)]
+    assert (tmp_path / "pooled" / "bench_learning.png").stat().st_size > 10_000
+
+
 def test_the_summary_markdown_has_a_row_per_task_and_the_budget_and_a_figure(bench):
     markdown = (bench.work / "bench_learning.md").read_text()  # a row per task, one of the budget
     assert markdown.count("| WG+Dyna1 |") == len(TINY["tasks"]) + 1
