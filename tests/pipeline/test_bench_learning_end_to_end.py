@@ -168,9 +168,7 @@ def test_the_summary_over_replicates_has_the_arms_the_replicate_and_its_budget(b
     assert summary["budget"] == [bench.report["budget"]]
 
 
-def test_the_replicates_results_file_pools_into_the_same_report_through_the_cli(
-    bench, tmp_path
-):
+def test_the_replicates_results_file_pools_into_the_same_report_through_the_cli(bench, tmp_path):
     results = bench.rep / "results.json"
     assert f"replicate 0's results: {results}" in bench.done.stdout
     cmd = [sys.executable, "-m", "pipeline.cli", "bench", "learning", "--pool", str(results)]
