@@ -178,10 +178,15 @@ class FleetRunner:
     ``hold_arm(arm)`` is entered around each arm's work: the Dagster assets pass one that holds
     the arm's pool slot, so two runs never drive one arm while different arms work in parallel."""
 
-    def __init__(self, fleet: Fleet, hold_arm: ArmHold | None = None, log=print) -> None:
+    def __init__(
+        self, fleet: Fleet, hold_arm: ArmHold | None = None, log=print, *, flat: bool = False
+    ) -> None:
         self.fleet = fleet
         self.hold_arm = hold_arm or (lambda arm: nullcontext())
         self.log = log
+        # every arm's episodes in ``dest`` itself, as one station's would be (the learning
+        # bench's simulated stations: its folders and budgets stay as they are)
+        self.flat = flat
 
     @property
     def endpoint(self) -> str:
@@ -191,7 +196,7 @@ class FleetRunner:
         return StationClient(arm.endpoint, keys_dir=arm.keys_dir, timeout_s=self.fleet.timeout_s)
 
     def arm_dest(self, dest: Path, arm: Arm) -> Path:
-        return dest if len(self.fleet) == 1 else dest / arm.name
+        return dest if self.flat or len(self.fleet) == 1 else dest / arm.name
 
     def upload_checkpoint(self, checkpoint_dir: str | Path, progress: bool = False) -> str:
         """Dispatch to every arm (each holds what it runs next); returns the checkpoint's id."""

@@ -30,6 +30,7 @@ simulator's ground truth except through episode labels (Sim-RL's simulator is it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -102,6 +103,8 @@ class Options:
     # pipeline.bench.sft_choice's rule keeps; () keeps the config's
     sft_recipes: tuple[tuple[int, int | None], ...] = ()
     sft_rule: str = "budget"  # pipeline.bench.sft_choice.RULES
+    # simulated stations the episodes are spread over (``simulated_stations``)
+    stations: int = 1
     # the first replicate's index: a run may add replicates first..first+replicates-1 to those
     # earlier runs made (their results pool by ``--pool``)
     first_replicate: int = 0
@@ -125,6 +128,8 @@ class Options:
             raise ValueError(f"sft_rule must be one of {RULES}, got {self.sft_rule!r}")
         if self.replicates < 1:
             raise ValueError(f"replicates must be >= 1, got {self.replicates}")
+        if not 1 <= self.stations <= 16:
+            raise ValueError(f"stations must be in [1, 16], got {self.stations}")
         if self.first_replicate < 0:
             raise ValueError(f"first_replicate must be >= 0, got {self.first_replicate}")
         eval_counts(cfg.tasks, self.eval_episodes, self.task_episodes)
@@ -149,6 +154,7 @@ def run(
     sft_recipes: tuple[tuple[int, int | None], ...] = (),
     sft_rule: str = "budget",
     first_replicate: int = 0,
+    stations: int = 1,
 ) -> dict:
     """The benchmark: ``replicates`` independent replicates (indices ``first_replicate`` on), every arm evaluated on the same
     seeds of ``eval_range`` ("dev" while developing, "final" only for results to report), then
@@ -171,20 +177,13 @@ def run(
         progress,
         tuple(sft_recipes),
         sft_rule,
-        first_replicate,
+        stations=stations,
+        first_replicate=first_replicate,
     )
     rep_seeds = opts.check(cfg)
-    from robot_bridge.client import StationClient
-    from robot_bridge.launch import StationProcess
-
     workdir.mkdir(parents=True, exist_ok=True)
     reports, outcomes = [], {}
-    with (
-        StationProcess(
-            "sim", episodes_dir=workdir / "station" / "episodes", lease_timeout_s=30
-        ) as station,
-        StationClient(station.endpoint, timeout_s=60) as client,
-    ):
+    with simulated_stations(workdir, opts.stations) as client:
         for r, seed in zip(opts.indices(), rep_seeds, strict=True):
             rep_cfg = dataclasses.replace(cfg, seed=seed)
             rep_dyna = None
@@ -210,6 +209,43 @@ def run(
     summary = summarize(cfg, dataclasses.asdict(opts), reports, outcomes)
     write_summary(workdir, summary)
     return summary
+
+
+@contextlib.contextmanager
+def simulated_stations(workdir: Path, n: int):
+    """What the stages run policies through: one simulated station's client, or with ``n`` > 1 a
+    fleet of ``n`` run as one (``pipeline.fleet.FleetRunner``), each station in its own process
+    with one torch thread, every episode fetched into the stage's own folder (``flat``).
+
+    A station job is one process that simulates, renders, runs the policy and records, step by
+    step: about one core. On a 2-core machine a second station runs a second share of the
+    episodes (split by seed; each episode seeds its own reset and sampling, so the episodes are
+    the same whichever station runs them) while the first runs its own."""
+    from pipeline.fleet import Arm, Fleet, FleetRunner
+    from robot_bridge.client import StationClient
+    from robot_bridge.launch import StationProcess
+
+    def folder(i: int) -> Path:  # station 0 where a one-station run has always had it
+        return workdir / "station" / ("episodes" if i == 0 else f"arm{i}/episodes")
+
+    with contextlib.ExitStack() as stack:
+        procs = [
+            stack.enter_context(
+                StationProcess(
+                    "sim",
+                    episodes_dir=folder(i),
+                    lease_timeout_s=30,
+                    station_id=f"station-{i}",
+                    extra_env={"OMP_NUM_THREADS": "1"} if n > 1 else None,
+                )
+            )
+            for i in range(n)
+        ]
+        if n == 1:
+            yield stack.enter_context(StationClient(procs[0].endpoint, timeout_s=60))
+        else:
+            arms = tuple(Arm(f"station-{i}", p.endpoint) for i, p in enumerate(procs))
+            yield FleetRunner(Fleet(arms, timeout_s=60), log=lambda m: None, flat=True)
 
 
 def run_replicate(
@@ -437,6 +473,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "an earlier run made, each writing rep<r>/results.json",
     )
     p.add_argument(
+        "--stations",
+        type=int,
+        default=1,
+        metavar="N",
+        help="simulated stations the episodes are spread over, one process each (2 on a 2-core "
+        "machine: a station job uses about one core)",
+    )
+    p.add_argument(
         "--pool",
         nargs="+",
         type=Path,
@@ -517,6 +561,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         sft_recipes=sft_recipes_arg(args.sft_choice, args.preset, args.sft_rule),
         sft_rule=args.sft_rule,
         first_replicate=args.first_replicate,
+        stations=args.stations,
     )
     return 0
 

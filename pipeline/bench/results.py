@@ -16,8 +16,9 @@ from pathlib import Path
 
 RESULTS_FILE = "results.json"
 FORMAT = 1
-# settings that say which replicates a run made or how it printed, not what a replicate is
-_RUN_ONLY = ("replicates", "first_replicate", "progress")
+# settings that say which replicates a run made, on how many stations, or how it printed: not
+# what a replicate is
+_RUN_ONLY = ("replicates", "first_replicate", "progress", "stations")
 
 
 class PoolError(ValueError):

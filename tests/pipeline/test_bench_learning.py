@@ -136,6 +136,8 @@ def test_bad_bench_settings_fail_before_anything_runs():
         run(Path("/nonexistent/bench"), RoundConfig(), 1, replicates=0)
     with pytest.raises(ValueError, match="reach the dev evaluation range"):
         run(Path("/nonexistent/bench"), RoundConfig(seed=30_000), 1)
+    with pytest.raises(ValueError, match="stations must be in"):
+        run(Path("/nonexistent/bench"), RoundConfig(), 1, stations=0)
     with pytest.raises(ValueError, match="first_replicate must be >= 0"):
         run(Path("/nonexistent/bench"), RoundConfig(), 1, first_replicate=-1)
     with pytest.raises(ValueError, match="replicate must be in"):  # past the seed windows

@@ -266,3 +266,31 @@ def test_the_local_arm_lock_serialises_holders_even_if_the_pool_says_both_hold_t
     assert second[0] >= first[1], "two holders of arm a at once"
     assert any(spans["3"][0] < s[1] and s[0] < spans["3"][1] for s in (first, second))
     assert waits == ["waiting for the lock on a: another process is driving it"]
+
+
+@pytest.mark.timeout(600)
+def test_the_learning_bench_on_two_stations_records_the_episodes_one_station_would(tmp_path):
+    """``gymnast bench learning --stations 2``: each episode seeds its own reset and noise, so
+    the same (task, seed) gives the same episode whichever station runs it, and every episode
+    lands in the stage's own folder, as with one station."""
+    from pipeline.bench.learning import simulated_stations
+    from pipeline.fleet import run_policy
+
+    noisy = write_policy_config(tmp_path / "noisy", "scripted_expert", noise=0.02, seed=7)
+    tasks, n, seed = ("open_drawer", "close_drawer"), 3, 40_000
+    runs = {}
+    for stations in (1, 2):
+        dest = tmp_path / f"dest{stations}"
+        with simulated_stations(tmp_path / f"bench{stations}", stations) as station:
+            assert isinstance(station, FleetRunner) == (stations == 2)
+            result = run_policy(station, noisy, tasks, n, dest, seed=seed)
+        assert sorted(result.episodes) == list_episodes(dest)
+        assert all(p.parent == dest for p in result.episodes)  # no per-station subfolders
+        runs[stations] = {(e.task, e.seed): e for e in map(read_episode, list_episodes(dest))}
+    assert set(runs[1]) == set(runs[2]) == {(t, seed + i) for t in tasks for i in range(n)}
+    assert {e.station_id for e in runs[2].values()} == {"station-0", "station-1"}  # both ran
+    for key, one in runs[1].items():
+        two = runs[2][key]
+        assert one.success == two.success, key
+        np.testing.assert_array_equal(one.actions, two.actions)
+        np.testing.assert_array_equal(one.frames[0], two.frames[0])
