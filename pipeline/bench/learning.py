@@ -236,7 +236,9 @@ def simulated_stations(workdir: Path, n: int):
                     episodes_dir=folder(i),
                     lease_timeout_s=30,
                     station_id=f"station-{i}",
-                    extra_env={"OMP_NUM_THREADS": "1"} if n > 1 else None,
+                    # one thread whatever n: the policy's floating point, and so its episodes,
+                    # do not depend on how many stations ran them
+                    extra_env={"OMP_NUM_THREADS": "1"},
                 )
             )
             for i in range(n)
