@@ -156,15 +156,16 @@ def run(
     first_replicate: int = 0,
     stations: int = 1,
 ) -> dict:
-    """The benchmark: ``replicates`` independent replicates (indices ``first_replicate`` on), every arm evaluated on the same
-    seeds of ``eval_range`` ("dev" while developing, "final" only for results to report), then
-    the verdict over all of them. ``dyna_iterations`` > 0 adds Dyna iterations to World-Gymnast:
+    """The benchmark: ``replicates`` independent replicates (indices ``first_replicate`` on),
+    every arm evaluated on the same seeds of ``eval_range`` ("dev" while developing, "final"
+    only for results to report), then the verdict over all of them. ``dyna_iterations`` > 0 adds Dyna iterations to World-Gymnast:
     ``dyna_from="sft"`` restarts GRPO from SFT each time, ``"rl"`` from the last RL policy (also
     its KL anchor); ``dyna_seed`` seeds their GRPO (default: the replicate's seed).
     ``task_episodes`` gives some tasks more (or fewer) evaluation episodes than
     ``eval_episodes``. ``baselines=False`` runs SFT and World-Gymnast only (the target is then
     not judged). ``sft_recipes``: the (demonstrations per task, SFT steps) SFT may get, one chosen
-    per replicate by ``pipeline.bench.sft_choice``'s rule ``sft_rule`` (default: the config's)."""
+    per replicate by ``pipeline.bench.sft_choice``'s rule ``sft_rule`` (default: the config's).
+    ``stations``: simulated stations the episodes are spread over (``simulated_stations``)."""
     opts = Options(
         eval_episodes,
         dict(task_episodes or {}),
