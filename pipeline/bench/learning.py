@@ -21,7 +21,9 @@ End to end on the simulated station, tiny presets, CPU; per replicate (``pipelin
 
 Replicate r (``rep{r}/`` in the workdir) draws its own demonstrations, attempts, checks and
 torch seeds (``pipeline.seeds.bench_replicate_seed``); every stage is reused when its settings
-and inputs are unchanged, so replicates resume stage by stage and can be added run after run.
+and inputs are unchanged, so replicates resume stage by stage and can be added run after run;
+each finished replicate writes ``rep{r}/results.json``, and replicates run apart (on machines
+that kept only those files) pool into one report (``pipeline.bench.results``, ``--pool``).
 The verdict is the rule in ``pipeline.round.statistics`` (``target_verdict``), printed with the report
 (``pipeline.bench.report``: JSON, markdown and a PNG beside it). The learning code never sees the
 simulator's ground truth except through episode labels (Sim-RL's simulator is its own reward).
